@@ -1,0 +1,73 @@
+"""Embedded backend (the default): the DALI preprocessing definitions on the CPU and the committed
+ONNX models in ONNX Runtime, in-process. The step logic lives in ingest/steps/ and is shared
+with Triton's CPU python-backend models, so both realisations compute the same thing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ingest.backends.base import InferenceBackend, LdctRaw, MammoRaw
+from oncostream.errors import BackendUnavailable, ContractMismatch
+from oncostream.model_contract import MODEL_NAMES, load_contract, onnx_path
+from oncostream.settings import DEFAULT_MODEL_REPOSITORY
+
+
+class EmbeddedBackend(InferenceBackend):
+    name = "embedded"
+
+    def __init__(self, repository: Path = DEFAULT_MODEL_REPOSITORY, intra_op_threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            raise BackendUnavailable(f"embedded backend needs onnxruntime: {exc}") from exc
+        self._repository = repository
+        self._contracts = {n: load_contract(n, repository) for n in MODEL_NAMES}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        self._sessions = {}
+        for name in MODEL_NAMES:
+            session = ort.InferenceSession(str(onnx_path(name, repository)), options,
+                                           providers=["CPUExecutionProvider"])
+            _check_against_contract(session, self._contracts[name])
+            self._sessions[name] = session
+        self._lock = threading.Lock()  # sessions are thread-safe; the lock keeps CPU use predictable
+
+    def run_model(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._sessions[name]
+        outputs = [o.name for o in session.get_outputs()]
+        with self._lock:
+            values = session.run(outputs, feeds)
+        return dict(zip(outputs, values))
+
+    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
+        from ingest.steps import ldct
+
+        return ldct.run(volume_hu, spacing_mm, self.run_model)
+
+    def infer_mammo(self, images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> MammoRaw:
+        from ingest.steps import mammo
+
+        return mammo.run(images, lateralities, max_values, self.run_model)
+
+    def model_versions(self) -> dict[str, str]:
+        return {n: c.version for n, c in self._contracts.items()}
+
+
+def _check_against_contract(session, contract) -> None:
+    differences = []
+    for kind, actual, declared in (("input", session.get_inputs(), contract.inputs),
+                                   ("output", session.get_outputs(), contract.outputs)):
+        actual_by_name = {t.name: t for t in actual}
+        for spec in declared:
+            tensor = actual_by_name.get(spec.name)
+            if tensor is None:
+                differences.append(f"{kind} {spec.name!r} missing (model has {sorted(actual_by_name)})")
+                continue
+            rank = len(tensor.shape)
+            if rank != len(spec.shape):
+                differences.append(f"{kind} {spec.name!r} has rank {rank}, card says {len(spec.shape)}")
+    if differences:
+        raise ContractMismatch(contract.name, differences)

@@ -1,0 +1,3 @@
+"""oncostream: streaming AI inference for cancer-screening programs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,97 @@
+"""Contracts both sides speak (DESIGN.md, Contracts). Field names are read by other tools: keep them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+
+Priority = Literal["URGENT", "HIGH", "ROUTINE", "LOW"]
+Modality = Literal["MG", "CT"]
+Composition = Literal["solid", "part_solid", "ground_glass", "calcified"]
+LungRads = Literal["0", "1", "2", "3", "4A", "4B", "4X"]
+Density = Literal["a", "b", "c", "d"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoduleFinding(_Frozen):
+    """One LDCT nodule; coordinates are DICOM patient coordinates (LPS, mm)."""
+
+    type: Literal["nodule"] = "nodule"
+    center_mm: tuple[float, float, float]
+    mean_diameter_mm: float = Field(ge=0)
+    long_axis_mm: float = Field(ge=0)
+    volume_mm3: float = Field(ge=0)
+    composition: Composition
+    malignancy_probability: float = Field(ge=0, le=1)
+    lung_rads: LungRads
+    tracking_uid: str
+
+
+class MammoFinding(_Frozen):
+    """One mammography finding in the pixel grid of the image it was found on."""
+
+    type: Literal["mass", "calcification", "region"]
+    laterality: Literal["L", "R"]
+    view: Literal["CC", "MLO"]
+    sop_instance_uid: str
+    center_px: tuple[int, int]
+    bbox_px: tuple[int, int, int, int]
+    score: float = Field(ge=0, le=1)
+
+
+Finding = Annotated[Union[NoduleFinding, MammoFinding], Field(union_mode="left_to_right")]
+
+
+class LungRadsCategory(_Frozen):
+    system: Literal["Lung-RADS v2022"] = "Lung-RADS v2022"
+    lung_rads: LungRads
+
+
+class MammoCategory(_Frozen):
+    system: Literal["oncostream exam score + BI-RADS density"] = "oncostream exam score + BI-RADS density"
+    exam_score: int = Field(ge=1, le=10)
+    density: Density
+    malignancy_probability: float = Field(ge=0, le=1)
+    recall: bool
+
+
+class TriageEvent(_Frozen):
+    """Published to ``oncostream.triage`` (key StudyInstanceUID) and written to ``triage.jsonl``."""
+
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    study_instance_uid: str
+    accession_number: str | None = None
+    program: str
+    modality: Modality
+    priority: Priority
+    category: LungRadsCategory | MammoCategory
+    findings: list[Finding]
+    confidence: float = Field(ge=0, le=1)
+    needs_human_review: bool
+    incomplete: bool = False
+    missing: list[str] = Field(default_factory=list)
+    model_versions: dict[str, str]
+    sr_sop_instance_uid: str | None
+    seg_sop_instance_uids: list[str] = Field(default_factory=list)
+    arrived_at: datetime
+    triaged_at: datetime
+    patient_id: str | None = None  # only when the program's settings allow patient identifiers
+
+
+class ClaimCheck(_Frozen):
+    """Kafka value for objects above the inline limit (content-type application/vnd.oncostream.ref+json)."""
+
+    uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+CONTENT_TYPE_DICOM = "application/dicom"
+CONTENT_TYPE_CLAIM_CHECK = "application/vnd.oncostream.ref+json"

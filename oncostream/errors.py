@@ -1,0 +1,51 @@
+"""One error root for the whole system; subclasses carry what a caller needs."""
+
+from __future__ import annotations
+
+
+class OncostreamError(Exception):
+    """Root of every error oncostream raises on purpose."""
+
+
+class RejectedInstance(OncostreamError):
+    """One DICOM instance cannot be processed; it goes to the dead-letter topic.
+
+    ``reason`` is a short machine-friendly code (``truncated``, ``not_dicom``,
+    ``missing_pixel_data``, ``short_pixel_data``, ``unknown_sop_class``, ``oversize``,
+    ``undecodable``, ...); ``detail`` is the human sentence.
+    """
+
+    def __init__(self, reason: str, detail: str, sop_instance_uid: str | None = None):
+        self.reason = reason
+        self.detail = detail
+        self.sop_instance_uid = sop_instance_uid
+        super().__init__(f"{reason}: {detail}")
+
+
+class UnsupportedTransferSyntax(RejectedInstance):
+    """No available decoder reproduces this transfer syntax; ``failures`` lists why each failed."""
+
+    def __init__(self, transfer_syntax_uid: str, name: str, failures: dict[str, str],
+                 sop_instance_uid: str | None = None):
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.failures = failures
+        tried = "; ".join(f"{k}: {v}" for k, v in failures.items()) or "no decoder available"
+        super().__init__("undecodable", f"cannot decode transfer syntax {name} ({transfer_syntax_uid}): {tried}",
+                         sop_instance_uid)
+
+
+class BackendUnavailable(OncostreamError):
+    """The inference backend cannot serve now; callers pause and retry after ``retry_after`` s."""
+
+    def __init__(self, detail: str, retry_after: float = 5.0):
+        self.retry_after = retry_after
+        super().__init__(detail)
+
+
+class ContractMismatch(OncostreamError):
+    """A served or loaded model does not match its model card; ``differences`` says how."""
+
+    def __init__(self, model: str, differences: list[str]):
+        self.model = model
+        self.differences = differences
+        super().__init__(f"model {model!r} does not match its card: " + "; ".join(differences))

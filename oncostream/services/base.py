@@ -1,0 +1,69 @@
+"""Real services started by the project (Kafka, Triton, Orthanc, Prometheus) share this shape:
+`start(workdir) -> RunningService`, free ports picked at run time, readiness polled with a bound."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunningService:
+    name: str
+    env: dict[str, str]  # e.g. {"KAFKA_BOOTSTRAP": "127.0.0.1:40123"}
+    process: subprocess.Popen | None
+    workdir: Path
+    log_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=timeout_s)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_until(ready: Callable[[], bool], timeout_s: float, what: str,
+               process: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
+    """Poll `ready` until true; fail early if `process` died, with the tail of its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServiceStartError(f"{what} exited with {process.returncode}{_tail(log_path)}")
+        try:
+            if ready():
+                return
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        time.sleep(0.2)
+    raise ServiceStartError(f"{what} not ready after {timeout_s:.0f} s{_tail(log_path)}")
+
+
+def _tail(log_path: Path | None, lines: int = 30) -> str:
+    if log_path is None or not log_path.exists():
+        return ""
+    return "\n--- log tail ---\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])

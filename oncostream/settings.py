@@ -1,0 +1,42 @@
+"""One typed, frozen settings object (env prefix ONCOSTREAM_), passed down to every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONCOSTREAM_", frozen=True, extra="ignore")
+
+    program: str = "default"
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    backend: Literal["embedded", "triton"] = "embedded"
+    triton_url: str | None = None  # HOST:PORT of Triton's gRPC endpoint
+    triton_shared_memory: Literal["auto", "system", "none"] = "auto"
+    triton_timeout_s: float = 60.0
+
+    # ingest
+    max_instance_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    assembly_timeout_s: float = Field(default=30.0, gt=0)  # quiet time before an incomplete study closes
+    max_in_flight_studies: int = Field(default=8, gt=0)
+
+    # kafka
+    kafka_bootstrap: str | None = None
+    topic_dicom: str = "oncostream.dicom"
+    topic_triage: str = "oncostream.triage"
+    topic_results: str = "oncostream.results"
+    topic_dlq: str = "oncostream.dlq"
+    consumer_group: str = "oncostream-workers"
+    inline_limit_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    claim_check_dir: Path = Path("/tmp/oncostream-claims")
+
+    # outputs
+    allow_patient_identifiers: bool = False
+    stow_rs_password: SecretStr | None = None

@@ -1,0 +1,84 @@
+"""In-process shapes passed between stages: assembled studies and inference results.
+
+ingest produces ``Study``; a backend turns it into ``LdctInference`` / ``MammoInference``;
+postprocess turns those into a TriageEvent, SR and SEG. Arrays stay numpy, never copied to JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from pydicom import Dataset
+
+
+@dataclass
+class Study:
+    """An assembled study: a 4-view mammography exam or one LDCT series, plus where it came from."""
+
+    study_instance_uid: str
+    modality: str  # "MG" | "CT"
+    datasets: list[Dataset]  # mammo: any order; CT: sorted along the slice normal, localizers dropped
+    arrived_at: datetime
+    program: str = "default"
+    incomplete: bool = False
+    missing: list[str] = field(default_factory=list)
+    # (topic, partition, offset) of every instance, so the worker can advance its watermark
+    sources: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def accession_number(self) -> str | None:
+        return str(self.datasets[0].get("AccessionNumber", "")) or None if self.datasets else None
+
+
+@dataclass
+class NoduleCandidate:
+    """A detected nodule: geometry in patient LPS mm, mask on a 1 mm isotropic patch grid."""
+
+    center_mm: tuple[float, float, float]
+    detection_score: float
+    mean_diameter_mm: float
+    long_axis_mm: float
+    volume_mm3: float
+    composition: str  # solid | part_solid | ground_glass | calcified
+    malignancy_probability: float
+    uncertainty: float
+    mask: np.ndarray | None = None  # bool, on the source series' pixel grid (slices, rows, cols)
+
+
+@dataclass
+class LdctInference:
+    nodules: list[NoduleCandidate]
+    model_versions: dict[str, str]
+    denoised_hu: np.ndarray | None = None  # (slices, rows, cols), kept only when asked for
+
+
+@dataclass
+class MammoViewInference:
+    sop_instance_uid: str
+    laterality: str  # L | R
+    view: str  # CC | MLO
+    malignancy_probability: float
+    heatmap: np.ndarray  # coarse, float32 in [0, 1], in the image's own orientation
+    regions: list[tuple[str, tuple[int, int], tuple[int, int, int, int], float]]  # (type, center, bbox, score)
+
+
+@dataclass
+class MammoInference:
+    views: list[MammoViewInference]
+    exam_malignancy_probability: float
+    density_probabilities: tuple[float, float, float, float]  # a, b, c, d
+    uncertainty: float
+    model_versions: dict[str, str]
+
+
+@dataclass
+class StudyResult:
+    """Everything one study produces; sinks publish all of it before offsets move."""
+
+    study: Study
+    event: "TriageEvent"  # noqa: F821 - oncostream.contracts.TriageEvent
+    sr: Dataset | None
+    segs: list[Dataset] = field(default_factory=list)
+    secondary: list[Dataset] = field(default_factory=list)  # e.g. mammography heatmaps

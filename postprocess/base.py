@@ -1,0 +1,23 @@
+"""Sinks are add() + flush() (STYLE.md rule 2): the worker commits offsets only after every sink
+has flushed, which is the whole at-least-once story."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from oncostream.study import StudyResult
+
+
+class Sink(ABC):
+    name: str
+
+    @abstractmethod
+    def add(self, result: StudyResult) -> None:
+        """Queue one study's outputs; may send eagerly, must not report success before flush()."""
+
+    @abstractmethod
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Block until everything added is durably delivered; raise SinkError otherwise."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the tests need: dicom3tools (dciodvfy), DCMTK, Orthanc (+ DICOMweb plugin),
+# Prometheus. Idempotent and quiet; skipped when every tool is already present.
+set -euo pipefail
+need=()
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+command -v dsrdump >/dev/null || need+=(dcmtk)
+command -v Orthanc >/dev/null || need+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v prometheus >/dev/null || need+=(prometheus)
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing Debian packages: ${need[*]}"
+$SUDO apt-get update -qq
+# policy-rc.d keeps the packages' own services from starting; tests start their own instances
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

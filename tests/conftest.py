@@ -1,0 +1,9 @@
+"""Session-wide fixtures: each real service has its own fixture module under tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.corpus",
+    "tests.fixtures.kafka",
+    "tests.fixtures.triton",
+    "tests.fixtures.orthanc",
+    "tests.fixtures.prometheus",
+]
