@@ -49,3 +49,14 @@ class ContractMismatch(OncostreamError):
         self.model = model
         self.differences = differences
         super().__init__(f"model {model!r} does not match its card: " + "; ".join(differences))
+
+
+class StudyFailed(OncostreamError):
+    """An assembled study could not be processed (bad geometry, model error). It fails alone:
+    the run records it and carries on; the worker dead-letters its instances with ``reason``."""
+
+    def __init__(self, reason: str, detail: str, study_instance_uid: str):
+        self.reason = reason
+        self.detail = detail
+        self.study_instance_uid = study_instance_uid
+        super().__init__(f"{reason}: {detail}")

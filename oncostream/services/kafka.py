@@ -1,0 +1,194 @@
+"""Apache Kafka 4.x, KRaft combined mode, one node on loopback: the broker for `make stack` and the tests.
+
+The jars come from `scripts/fetch_kafka.sh` (pinned in scripts/kafka/pom.xml) into `.cache/kafka/libs`;
+nothing here downloads anything. `start()` formats a fresh data dir, starts `kafka.Kafka` in its own
+session (so `make stack` can exit and leave it running), waits for a metadata answer and creates the
+oncostream topics with explicit configs.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from oncostream.services.base import RunningService, ServiceStartError, free_port, wait_until
+from oncostream.settings import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIBS = REPO_ROOT / ".cache" / "kafka" / "libs"
+# a mammogram at full size is tens of MiB as DICOM; the claim check handles anything larger
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETENTION_MS = 7 * 24 * 3600 * 1000
+TOPIC_CONFIGS = {
+    "max.message.bytes": str(MAX_MESSAGE_BYTES),
+    "retention.ms": str(RETENTION_MS),
+    # keep whatever codec the producer chose (lz4 or gzip), no broker-side recompression
+    "compression.type": "producer",
+}
+READY_TIMEOUT_S = 120.0
+
+_LOG4J2 = """\
+Configuration:
+  status: warn
+  Appenders:
+    File:
+      name: broker
+      fileName: "{log_file}"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: broker
+    Logger:
+      - name: kafka.request.logger
+        level: WARN
+      - name: org.apache.kafka.controller
+        level: INFO
+      - name: state.change.logger
+        level: WARN
+"""
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """Partitions per oncostream topic: input spread over workers, outputs keyed by study."""
+    return {settings.topic_dicom: 6, settings.topic_triage: 3, settings.topic_results: 3, settings.topic_dlq: 1}
+
+
+def create_topics(bootstrap: str, partitions: dict[str, int], configs: dict[str, str] | None = None,
+                  timeout_s: float = 30.0) -> None:
+    """Create topics (idempotent: existing ones are left as they are) with explicit configs."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="oncostream-admin",
+                             request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=dict(configs or TOPIC_CONFIGS))
+               for name, n in partitions.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass  # created concurrently: same outcome
+        wait_until(lambda: set(partitions) <= set(admin.list_topics()), timeout_s, "kafka topic creation")
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap: str, names: list[str], timeout_s: float = 30.0) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="oncostream-admin")
+    try:
+        admin.delete_topics(names, timeout_ms=int(timeout_s * 1000))
+    finally:
+        admin.close()
+
+
+def _metadata_ready(bootstrap: str) -> bool:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="oncostream-ready", request_timeout_ms=5000)
+    try:
+        return bool(admin.describe_cluster().get("brokers"))
+    finally:
+        admin.close()
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise ServiceStartError("kafka: java (17+) not found; install a JDK 17 or set JAVA_HOME")
+    return java
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={data_dir}",
+        "num.partitions=3",
+        "auto.create.topics.enable=false",
+        # one node: every internal topic has a single replica
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=3",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        # tests start and stop consumers often; do not wait 3 s before the first rebalance
+        "group.initial.rebalance.delay.ms=0",
+        f"message.max.bytes={MAX_MESSAGE_BYTES}",
+        f"replica.fetch.max.bytes={MAX_MESSAGE_BYTES}",
+        "num.network.threads=2",
+        "num.io.threads=4",
+        "log.retention.hours=168",
+        "",
+    ])
+
+
+def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READY_TIMEOUT_S,
+          settings: Settings | None = None) -> RunningService:
+    """Format a fresh KRaft data dir under `workdir`, start the broker, create the oncostream topics."""
+    libs = libs or Path(os.environ.get("ONCOSTREAM_KAFKA_LIBS", DEFAULT_LIBS))
+    if not any(libs.glob("kafka_2.13-*.jar")):
+        raise ServiceStartError(f"kafka: no broker jars in {libs}; run scripts/fetch_kafka.sh first")
+    workdir = Path(workdir).resolve()
+    data_dir = workdir / "data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    port, controller_port = free_port(), free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    props = workdir / "server.properties"
+    props.write_text(_server_properties(data_dir, port, controller_port))
+    log_path = workdir / "broker.log"
+    log4j = workdir / "log4j2.yaml"
+    log4j.write_text(_LOG4J2.format(log_file=log_path))
+
+    java = _java()
+    classpath = str(libs / "*")
+    jvm = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+           f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={workdir}"]
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    fmt = subprocess.run([java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                          "-t", cluster_id, "-c", str(props)],
+                         capture_output=True, text=True, timeout=120)
+    if fmt.returncode != 0:
+        raise ServiceStartError(f"kafka storage format failed ({fmt.returncode}): {fmt.stdout[-2000:]}"
+                                f"{fmt.stderr[-2000:]}")
+
+    console = open(workdir / "console.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    process = subprocess.Popen([java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)],
+                               stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               cwd=workdir, start_new_session=True)
+    console.close()
+    bootstrap = f"127.0.0.1:{port}"
+    service = RunningService(name="kafka", env={"KAFKA_BOOTSTRAP": bootstrap}, process=process,
+                             workdir=workdir, log_path=log_path,
+                             extra={"controller_port": controller_port, "cluster_id": cluster_id})
+    try:
+        wait_until(lambda: _metadata_ready(bootstrap), ready_timeout_s, f"kafka broker on {bootstrap}",
+                   process=process, log_path=log_path)
+        create_topics(bootstrap, topic_partitions(settings or Settings()))
+    except BaseException:
+        service.stop()
+        raise
+    log.info("kafka broker ready on %s (pid %d)", bootstrap, process.pid)
+    return service

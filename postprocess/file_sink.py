@@ -1,0 +1,62 @@
+"""File sink: `triage.jsonl` (one TriageEvent per line) plus `sr/`, `seg/`, `secondary/` DICOM files.
+
+Idempotent like every sink: a replayed study (same SR UID) adds no second line, and DICOM files are
+named by SOPInstanceUID, so rewriting one leaves one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from oncostream.study import StudyResult
+from postprocess.base import Sink
+from postprocess.errors import SinkError
+
+
+class FileSink(Sink):
+    name = "files"
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        for sub in ("sr", "seg", "secondary"):
+            (self.out_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._triage_path = self.out_dir / "triage.jsonl"
+        self._seen: set[tuple[str, str | None]] = set()
+        if self._triage_path.exists():
+            for line in self._triage_path.read_text().splitlines():
+                if line.strip():
+                    event = json.loads(line)
+                    self._seen.add((event["study_instance_uid"], event.get("sr_sop_instance_uid")))
+        self._triage = self._triage_path.open("a", encoding="utf-8")
+        self._written: list[Path] = []
+
+    def add(self, result: StudyResult) -> None:
+        try:
+            for sub, datasets in (("sr", [result.sr] if result.sr is not None else []),
+                                  ("seg", result.segs), ("secondary", result.secondary)):
+                for ds in datasets:
+                    path = self.out_dir / sub / f"{ds.SOPInstanceUID}.dcm"
+                    tmp = path.with_suffix(".tmp")
+                    ds.save_as(tmp, enforce_file_format=True)
+                    os.replace(tmp, path)
+                    self._written.append(path)
+            key = (result.event.study_instance_uid, result.event.sr_sop_instance_uid)
+            if key not in self._seen:
+                self._triage.write(result.event.model_dump_json() + "\n")
+                self._seen.add(key)
+        except OSError as exc:
+            raise SinkError(self.name, f"cannot write outputs of study {result.event.study_instance_uid}: {exc}") from exc
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        try:
+            self._triage.flush()
+            os.fsync(self._triage.fileno())
+        except OSError as exc:
+            raise SinkError(self.name, f"cannot flush {self._triage_path}: {exc}") from exc
+        self._written.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._triage.close()
