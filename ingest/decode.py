@@ -60,10 +60,12 @@ def parse_instance(data: bytes, *, max_bytes: int) -> pydicom.Dataset:
     ds = _read(data)
     sop_instance_uid = _text(ds, "SOPInstanceUID")
     try:
-        _check_truncation(ds, sop_instance_uid)
-        route(ds)
-        _check_required(ds, sop_instance_uid)
-        _check_pixel_data(ds, sop_instance_uid)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on every odd value of untrusted input
+            _check_truncation(ds, len(data), sop_instance_uid)
+            route(ds)
+            _check_required(ds, sop_instance_uid)
+            _check_pixel_data(ds, sop_instance_uid)
     except RejectedInstance:
         raise
     except Exception as exc:  # malformed values surface lazily, on first access
@@ -195,9 +197,18 @@ def _read(data: bytes) -> pydicom.Dataset:
     return ds
 
 
-def _check_truncation(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None:
-    """A value shorter than its declared length means the file was cut off mid-element."""
-    for tag in list(ds.keys()):
+def _check_truncation(ds: pydicom.Dataset, size: int, sop_instance_uid: str | None) -> None:
+    """The file was cut off if a value is shorter than its declared length, or if bytes are left
+    after the last element (pydicom stops silently when fewer than a header's 8 bytes remain)."""
+    tags = list(ds.keys())
+    if tags:
+        last = ds.get_item(tags[-1])
+        if (isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH
+                and last.value_tell + last.length < size):
+            raise RejectedInstance(
+                "truncated", f"file ends inside the header of the element after {last.tag}", sop_instance_uid
+            )
+    for tag in tags:
         element = ds.get_item(tag)
         if not isinstance(element, RawDataElement) or element.value is None:
             continue
@@ -266,7 +277,9 @@ def _transfer_syntax(ds: pydicom.Dataset) -> UID:
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
     """An attribute as text, or None when absent or unreadable (parse must not fail on reading it)."""
     try:
-        value = ds.get(keyword)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword)
     except Exception:  # a malformed value must not hide the real reason for rejection
         return None
     return str(value) if value not in (None, "") else None

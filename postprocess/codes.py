@@ -1,0 +1,106 @@
+"""Every coded concept oncostream writes into DICOM (STYLE.md rule 3): one module, no inline literals.
+
+Standard codes come from pydicom's copy of the DICOM PS3.16 code dictionaries (DCM, SCT, LN, UCUM),
+so code values and meanings are the standard's own. Where no standard concept exists for what we
+report (Lung-RADS category values, the oncostream exam score, part-solid composition, recall) we
+use the private coding scheme ``99ONCOSTREAM``: PS3.3 8.2 reserves the "99" prefix for exactly
+that, and every object using it declares it in its Coding Scheme Identification Sequence
+(:data:`LOCAL_SCHEME_ITEM`). https://dicom.nema.org/medical/dicom/current/output/chtml/part16/chapter_D.html
+"""
+
+from __future__ import annotations
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+LOCAL_SCHEME = "99ONCOSTREAM"
+LOCAL_SCHEME_ITEM = CodingSchemeIdentificationItem(
+    designator=LOCAL_SCHEME, name="oncostream local codes", responsible_organization="oncostream project")
+
+
+def _local(value: str, meaning: str) -> Code:
+    return Code(value, LOCAL_SCHEME, meaning)
+
+
+MANUFACTURER = "oncostream"
+
+# --- shared --------------------------------------------------------------------------------
+ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence  # CID 7162 algorithm family
+PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer
+CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding
+RENDERING_INTENT = codes.DCM.RenderingIntent
+PRESENTATION_REQUIRED = codes.DCM.PresentationRequiredRenderingDeviceIsExpectedToPresent
+CENTER = codes.DCM.Center
+OUTLINE = codes.DCM.Outline
+ALGORITHM_NAME = codes.DCM.AlgorithmName
+ALGORITHM_VERSION = codes.DCM.AlgorithmVersion
+ALGORITHM_MANUFACTURER = codes.DCM.AlgorithmManufacturer
+YES = codes.SCT.Yes
+NO = Code("373067005", "SCT", "No")
+
+# --- units (UCUM) --------------------------------------------------------------------------
+UNIT_MM = Code("mm", "UCUM", "millimeter")
+UNIT_MM3 = codes.UCUM.CubicMillimeter
+UNIT_PERCENT = codes.UCUM.Percent
+UNIT_NO_UNITS = codes.UCUM.NoUnits
+
+# --- LDCT: TID 1500 Measurement Report --------------------------------------------------------
+PROCEDURE_CT_CHEST = codes.LN.CTChestReport
+LUNG = codes.SCT.Lung
+NODULE = codes.SCT.Nodule
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure
+DIAMETER = codes.SCT.Diameter
+LONG_AXIS = codes.SCT.LongAxis
+VOLUME = codes.SCT.Volume
+MEAN = codes.SCT.Mean
+NODULE_COMPOSITION = codes.DCM.OpacityDescriptor
+COMPOSITION_CODES: dict[str, Code] = {
+    "solid": codes.DCM.SolidMass,
+    "part_solid": _local("PARTSOLID", "Part-solid nodule"),
+    "ground_glass": codes.DCM.GroundGlassOpacity,
+    "calcified": codes.SCT.Calcified,
+}
+LUNG_RADS_ASSESSMENT = _local("LUNGRADS", "Lung-RADS v2022 assessment category")
+LUNG_RADS_CODES: dict[str, Code] = {
+    c: _local(f"LR{c}", f"Lung-RADS v2022 category {c}") for c in ("0", "1", "2", "3", "4A", "4B", "4X")
+}
+
+# --- mammography: TID 4000 Mammography CAD Document Root -------------------------------------
+MAMMOGRAPHY_CAD_REPORT = codes.DCM.MammographyCADReport
+IMAGE_LIBRARY = codes.DCM.ImageLibrary
+IMAGE_LATERALITY = codes.DCM.ImageLaterality
+IMAGE_VIEW = codes.DCM.ImageView
+CAD_PROCESSING_AND_FINDINGS_SUMMARY = codes.DCM.CADProcessingAndFindingsSummary
+ALL_SUCCEEDED_WITH_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithFindings
+ALL_SUCCEEDED_WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings
+INDIVIDUAL_IMPRESSION_RECOMMENDATION = Code("111034", "DCM", "Individual Impression/Recommendation")
+SINGLE_IMAGE_FINDING = Code("111059", "DCM", "Single Image Finding")
+SUMMARY_OF_DETECTIONS = codes.DCM.SummaryOfDetections
+SUMMARY_OF_ANALYSES = codes.DCM.SummaryOfAnalyses
+SUCCEEDED = Code("111222", "DCM", "Succeeded")
+NOT_ATTEMPTED = Code("111225", "DCM", "Not Attempted")
+SUCCESSFUL_DETECTIONS = codes.DCM.SuccessfulDetections
+DETECTION_PERFORMED = codes.DCM.DetectionPerformed
+MAMMO_FINDING_CODES: dict[str, Code] = {  # CID 6014 Single Image Finding
+    "mass": codes.SCT.MammographyBreastDensity,
+    "calcification": codes.SCT.CalcificationCluster,
+    "region": codes.SCT.MammographyBreastDensity,
+}
+LATERALITY_CODES: dict[str, Code] = {"L": codes.SCT.LeftBreast, "R": codes.SCT.RightBreast}  # CID 6022
+VIEW_CODES: dict[str, Code] = {  # CID 4014 View for Mammography
+    "CC": codes.SCT.CranioCaudal,
+    "MLO": codes.SCT.MedioLateralObliqueProjection,
+}
+BREAST_COMPOSITION = codes.SCT.BreastComposition
+DENSITY_CODES: dict[str, Code] = {  # CID 6000 BI-RADS breast composition
+    "a": codes.SCT.AlmostEntirelyFat,
+    "b": codes.SCT.ScatteredFibroglandularDensities,
+    "c": codes.SCT.HeterogeneouslyDense,
+    "d": codes.SCT.ExtremelyDense,
+}
+EXAM_SCORE = _local("EXAMSCORE", "oncostream exam score (decile 1-10)")
+RECALL_SUGGESTED = _local("RECALL", "Recall suggested")
+
+# --- mammography heatmap (Secondary Capture) --------------------------------------------------
+SALIENCY = codes.DCM.Saliency

@@ -1,0 +1,195 @@
+"""Lung-RADS v2022 nodule and exam categories (ACR Lung-RADS v2022, baseline and follow-up rules).
+
+https://www.acr.org/Clinical-Resources/Clinical-Tools-and-Reference/Reporting-and-Data-Systems/Lung-RADS
+
+Sizes are mean diameters rounded to the nearest 0.1 mm before comparison, as v2022 prescribes;
+volume thresholds (solid nodules) are the v2022 volume equivalents and apply when a program
+chooses ``size_basis: volume``. Growth is an increase in mean diameter of more than 1.5 mm within
+12 months. Margin features (spiculation, lymphadenopathy) are not produced by our models, so the
+only 4X trigger available is a malignancy probability at or above the program's threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from oncostream.contracts import LungRads
+
+SizeBasis = Literal["diameter", "volume"]
+
+# exam category is the most severe nodule category; "0" (incomplete) is handled by the caller
+_ORDER: dict[str, int] = {"0": -1, "1": 0, "2": 1, "3": 2, "4A": 3, "4B": 4, "4X": 5}
+
+GROWTH_THRESHOLD_MM = 1.5  # v2022: increase in mean diameter > 1.5 mm within 12 months
+GROWTH_WINDOW_DAYS = 365
+
+
+@dataclass(frozen=True)
+class NoduleMeasurement:
+    """What Lung-RADS needs of one nodule; ``solid_component_mm`` only matters for part-solid."""
+
+    mean_diameter_mm: float
+    composition: str  # solid | part_solid | ground_glass | calcified
+    volume_mm3: float | None = None
+    solid_component_mm: float | None = None
+    malignancy_probability: float = 0.0
+    center_mm: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class PriorNodule:
+    """One nodule of a prior study, already matched to a current nodule (same tracking UID or location)."""
+
+    mean_diameter_mm: float
+    solid_component_mm: float | None = None
+    interval_days: float = 365.0
+
+
+def round_mm(value: float) -> float:
+    """v2022: measurements are rounded to the nearest 0.1 mm before categorisation (half away from zero)."""
+    scaled = abs(value) * 10.0
+    rounded = int(scaled + 0.5 + 1e-9) / 10.0
+    return rounded if value >= 0 else -rounded
+
+
+def _solid_baseline(d: float) -> LungRads:
+    if d < 6.0:
+        return "2"
+    if d < 8.0:
+        return "3"
+    if d < 15.0:
+        return "4A"
+    return "4B"
+
+
+def _solid_baseline_volume(v: float) -> LungRads:
+    if v < 113.0:
+        return "2"
+    if v < 268.0:
+        return "3"
+    if v < 1767.0:
+        return "4A"
+    return "4B"
+
+
+def _part_solid_baseline(total: float, solid: float) -> LungRads:
+    if total < 6.0:
+        return "2"
+    if solid < 6.0:
+        return "3"
+    if solid < 8.0:
+        return "4A"
+    return "4B"
+
+
+def _ground_glass_baseline(d: float) -> LungRads:
+    return "2" if d < 30.0 else "3"
+
+
+def solid_component_mm(nodule: NoduleMeasurement, core_fraction: float) -> float:
+    """The solid component's mean diameter: measured when the model gives it, else an approximation.
+
+    Our reference segmenter reports one mean diameter per nodule; without a measured solid core we
+    approximate it as ``core_fraction`` x the total mean diameter (a program setting; the synthetic
+    phantoms build part-solid nodules with a solid core of about half the total diameter).
+    """
+    if nodule.solid_component_mm is not None:
+        return round_mm(nodule.solid_component_mm)
+    return round_mm(nodule.mean_diameter_mm * core_fraction)
+
+
+def baseline_category(nodule: NoduleMeasurement, *, size_basis: SizeBasis = "diameter",
+                      core_fraction: float = 0.5) -> LungRads:
+    """Baseline (no prior) category of one nodule, before 4X."""
+    d = round_mm(nodule.mean_diameter_mm)
+    if nodule.composition == "calcified":
+        return "1"
+    if nodule.composition == "solid":
+        if size_basis == "volume" and nodule.volume_mm3 is not None:
+            return _solid_baseline_volume(nodule.volume_mm3)
+        return _solid_baseline(d)
+    if nodule.composition == "part_solid":
+        return _part_solid_baseline(d, solid_component_mm(nodule, core_fraction))
+    if nodule.composition == "ground_glass":
+        return _ground_glass_baseline(d)
+    raise ValueError(f"composition: unknown nodule composition {nodule.composition!r}")
+
+
+def is_growing(current_mm: float, prior: PriorNodule) -> bool:
+    """v2022 growth: mean diameter increase > 1.5 mm, scaled to a 12-month window for longer intervals."""
+    delta = round_mm(current_mm) - round_mm(prior.mean_diameter_mm)
+    if prior.interval_days > GROWTH_WINDOW_DAYS:
+        delta *= GROWTH_WINDOW_DAYS / prior.interval_days
+    return delta > GROWTH_THRESHOLD_MM
+
+
+def follow_up_category(nodule: NoduleMeasurement, prior: PriorNodule | None, *,
+                       core_fraction: float = 0.5) -> LungRads:
+    """Category at a follow-up exam: ``prior`` is the matched prior nodule, None when the nodule is new."""
+    d = round_mm(nodule.mean_diameter_mm)
+    comp = nodule.composition
+    if comp == "calcified":
+        return "1"
+    if comp == "solid":
+        if prior is None:  # new solid nodule
+            if d < 4.0:
+                return "2"
+            if d < 6.0:
+                return "3"
+            if d < 8.0:
+                return "4A"
+            return "4B"
+        if is_growing(d, prior):
+            return "4A" if d < 8.0 else "4B"
+        # stable or slowly growing: v2022 downgrades a stable 3 to 2 and a stable 4A to 3
+        return {"3": "2", "4A": "3"}.get(_solid_baseline(d), _solid_baseline(d))  # type: ignore[return-value]
+    if comp == "part_solid":
+        solid = solid_component_mm(nodule, core_fraction)
+        if prior is None and d < 6.0:
+            return "3"
+        growing = prior is None or is_growing(d, prior) or (
+            prior.solid_component_mm is not None and solid - round_mm(prior.solid_component_mm) > GROWTH_THRESHOLD_MM)
+        if growing:  # v2022: new or growing with solid component >= 4 mm -> 4B, < 4 mm -> 4A
+            return "4B" if solid >= 4.0 else "4A"
+        return {"3": "2", "4A": "3"}.get(_part_solid_baseline(d, solid), _part_solid_baseline(d, solid))  # type: ignore[return-value]
+    if comp == "ground_glass":
+        if d >= 30.0 and (prior is None or is_growing(d, prior)):
+            return "3"
+        return "2"
+    raise ValueError(f"composition: unknown nodule composition {comp!r}")
+
+
+def apply_4x(category: LungRads, malignancy_probability: float, threshold: float) -> LungRads:
+    """v2022 4X: a category 3 or 4 nodule with features that raise suspicion; ours is the model's probability."""
+    if category in ("3", "4A", "4B") and malignancy_probability >= threshold:
+        return "4X"
+    return category
+
+
+def nodule_category(nodule: NoduleMeasurement, *, prior: PriorNodule | None = None, has_prior_study: bool = False,
+                    size_basis: SizeBasis = "diameter", core_fraction: float = 0.5,
+                    four_x_probability: float = 0.9) -> LungRads:
+    """Full per-nodule category: baseline or follow-up rules, then 4X."""
+    if has_prior_study:
+        category = follow_up_category(nodule, prior, core_fraction=core_fraction)
+    else:
+        category = baseline_category(nodule, size_basis=size_basis, core_fraction=core_fraction)
+    return apply_4x(category, nodule.malignancy_probability, four_x_probability)
+
+
+def exam_category(nodule_categories: list[LungRads], *, incomplete: bool = False) -> LungRads:
+    """Exam category = the most severe nodule category; no nodules -> 1; an incomplete exam -> 0.
+
+    An incomplete exam still reports an actionable (4A or higher) nodule: hiding it behind "0" would
+    delay the work-up Lung-RADS asks for.
+    """
+    worst: LungRads = max(nodule_categories, key=_ORDER.__getitem__) if nodule_categories else "1"
+    if incomplete and _ORDER[worst] < _ORDER["4A"]:
+        return "0"
+    return worst
+
+
+def severity(category: LungRads) -> int:
+    """Order of categories (0 < 1 < 2 < 3 < 4A < 4B < 4X) for sorting and thresholds."""
+    return _ORDER[category]
