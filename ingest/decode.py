@@ -9,14 +9,17 @@ failed (the pydicom ``pixels/decoders`` shape).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
+import threading
 import warnings
 from abc import ABC, abstractmethod
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
+from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
@@ -94,7 +97,15 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     Tries each available decoder that supports the transfer syntax, first success wins; raises
     UnsupportedTransferSyntax naming the syntax and each decoder's failure.
     """
+    return decode_pixels_and_decoder(ds)[0]
+
+
+def decode_pixels_and_decoder(ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
+    """decode_pixels, also naming the decoder that succeeded (for metrics and conformance tests)."""
     tsyntax = _transfer_syntax(ds)
+    if tsyntax is None:
+        raise UnsupportedTransferSyntax("", "(absent)", {"file meta": "no Transfer Syntax UID (0002,0010)"},
+                                        _text(ds, "SOPInstanceUID"))
     failures: dict[str, str] = {}
     for decoder in DECODERS:
         if not decoder.supports(ds, tsyntax):
@@ -103,9 +114,11 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
             failures[decoder.name] = f"unavailable: {decoder.unavailable_reason()}"
             continue
         try:
-            return decoder.decode(ds)
+            return decoder.decode(ds), decoder.name
         except Exception as exc:  # each decoder fails in its own way; all are reported together
             failures[decoder.name] = f"{type(exc).__name__}: {exc}"
+    if missing := _missing_plugins(tsyntax):
+        failures["not installed"] = missing
     raise UnsupportedTransferSyntax(str(tsyntax), tsyntax.name if tsyntax.is_valid else "unknown",
                                     failures, _text(ds, "SOPInstanceUID"))
 
@@ -133,50 +146,158 @@ class PixelDecoder(ABC):
 
 
 class PydicomPluginDecoder(PixelDecoder):
-    """pydicom's own decoder for a transfer syntax, pinned to one plugin (``pydicom`` = built in)."""
+    """pydicom's decoder for a transfer syntax, pinned to one plugin (``pydicom`` is the built-in
+    one: native syntaxes, deflated, RLE), so that each plugin's failure is reported on its own."""
 
     def __init__(self, plugin: str):
         self.plugin = plugin
         self.name = f"pydicom/{plugin}"
 
     def supports(self, ds: pydicom.Dataset, tsyntax: UID) -> bool:
+        if not tsyntax.is_compressed:
+            return self.plugin == "pydicom"
         try:
-            decoder = get_decoder(tsyntax)
-        except NotImplementedError:
+            return self.plugin in get_decoder(tsyntax).available_plugins
+        except NotImplementedError:  # a syntax pydicom has no decoder for
             return False
-        if tsyntax.is_compressed:
-            return self.plugin in decoder._available or self.plugin in decoder._unavailable
-        return self.plugin == "pydicom"
 
     def is_available(self) -> bool:
-        return True  # availability is per syntax; unavailable plugins fail in decode with their reason
+        return True  # registered only for plugins pydicom found importable
 
     def unavailable_reason(self) -> str:
         return ""
 
     def decode(self, ds: pydicom.Dataset) -> np.ndarray:
         tsyntax = _transfer_syntax(ds)
-        if tsyntax.is_compressed:
-            decoder = get_decoder(tsyntax)
-            if self.plugin in decoder._unavailable:
-                raise ImportError("missing " + ", ".join(decoder._unavailable[self.plugin]))
+        if tsyntax is not None and tsyntax.is_compressed:
             return pydicom.pixels.pixel_array(ds, decoding_plugin=self.plugin)
         return pydicom.pixels.pixel_array(ds)
 
 
+class DaliJpeg2000Decoder(PixelDecoder):
+    """DALI's CPU ``decoders.image`` for unsigned 16-bit single-sample JPEG 2000 frames.
+
+    Only for those: on pydicom's test corpus they decode pixel-identically to pydicom, while
+    signed codestreams fail in DALI and 8-bit or colour frames come back rescaled or converted.
+    The same pipeline definition runs on a GPU with ``device="mixed"``.
+    """
+
+    name = "dali"
+    _SYNTAXES = (pydicom.uid.JPEG2000Lossless, pydicom.uid.JPEG2000)
+    _BATCH = 8
+
+    def __init__(self) -> None:
+        self._pipeline = None
+        self._lock = threading.Lock()
+        # probed without importing: importing DALI costs about a second, paid on first decode only
+        self._reason = None if _importable("nvidia.dali") else "missing nvidia-dali (module nvidia.dali)"
+
+    def supports(self, ds: pydicom.Dataset, tsyntax: UID) -> bool:
+        return (
+            tsyntax in self._SYNTAXES
+            and ds.get("BitsAllocated") == 16
+            and ds.get("PixelRepresentation") == 0
+            and int(ds.get("SamplesPerPixel", 1) or 1) == 1
+        )
+
+    def is_available(self) -> bool:
+        return self._reason is None
+
+    def unavailable_reason(self) -> str:
+        return self._reason or ""
+
+    def decode(self, ds: pydicom.Dataset) -> np.ndarray:
+        frames_count = _number_of_frames(ds)
+        frames = list(generate_frames(ds.PixelData, number_of_frames=frames_count))
+        for index, frame in enumerate(frames):
+            signed, precision, components = _j2k_siz(frame)
+            if signed or components != 1 or precision > 16:
+                raise ValueError(f"frame {index}: codestream is signed={signed}, precision={precision}, "
+                                 f"components={components}; DALI is exact only for unsigned 1-component ≤16 bit")
+        decoded: list[np.ndarray] = []
+        with self._lock:
+            for start in range(0, len(frames), self._BATCH):
+                decoded.extend(self._run(frames[start:start + self._BATCH]))
+        shape = (int(ds.Rows), int(ds.Columns))
+        for index, frame in enumerate(decoded):
+            if frame.shape != shape:
+                raise ValueError(f"frame {index} decoded to {frame.shape}, expected Rows×Columns {shape}")
+        return decoded[0] if frames_count == 1 else np.stack(decoded)
+
+    def _run(self, frames: list[bytes]) -> list[np.ndarray]:
+        """One pipeline run; a failed run leaves DALI's pipeline unusable, so it is rebuilt next time."""
+        if self._pipeline is None:
+            self._pipeline = _build_dali_pipeline(self._BATCH)
+        try:
+            self._pipeline.feed_input("encoded", [np.frombuffer(frame, np.uint8) for frame in frames])
+            (output,) = self._pipeline.run()
+        except Exception:
+            self._pipeline = None
+            raise
+        return [np.array(output[i])[..., 0].astype(np.uint16, copy=False) for i in range(len(frames))]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package is missing
+        return False
+
+
+def _build_dali_pipeline(batch_size: int):
+    """CPU pipeline (``device_id=None``): encoded bytes in, uint16 H×W×1 out, no pipelining so
+    each run returns the frames just fed."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None,
+                  exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
+    def jpeg2000_frames():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        return fn.decoders.image(encoded, device="cpu", output_type=types.ANY_DATA, dtype=types.UINT16)
+
+    pipeline = jpeg2000_frames()
+    pipeline.build()
+    return pipeline
+
+
+def _j2k_siz(codestream: bytes) -> tuple[bool, int, int]:
+    """(signed, precision, components) of the first component, from the SIZ marker (ISO 15444-1 A.5.1).
+
+    Frames may be JP2-wrapped; the codestream starts at the SOC marker FF4F followed by SIZ FF51.
+    """
+    start = codestream.find(b"\xff\x4f\xff\x51")
+    if start < 0 or len(codestream) < start + 43:
+        raise ValueError("no JPEG 2000 SIZ marker in the frame")
+    siz = start + 4  # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz, Ssiz...
+    components = int.from_bytes(codestream[siz + 36:siz + 38], "big")
+    ssiz = codestream[siz + 38]
+    return bool(ssiz & 0x80), (ssiz & 0x7F) + 1, components
+
+
 def _pydicom_plugins() -> list[str]:
-    """Every plugin name pydicom knows for any syntax, preferring the ones pydicom itself prefers."""
-    names: list[str] = ["pydicom"]
-    from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+    """The built-in decoder first, then every importable plugin of any syntax, alphabetically."""
+    from pydicom.pixels.decoders import base as decoders
 
-    for decoder, _ in _PIXEL_DATA_DECODERS.values():
-        for plugin in [*decoder._available, *decoder._unavailable]:
-            if plugin not in names:
-                names.append(plugin)
-    return names
+    plugins = {
+        plugin
+        for value in vars(decoders).values()
+        if isinstance(value, decoders.Decoder)
+        for plugin in value.available_plugins
+    }
+    return ["pydicom", *sorted(plugins - {"pydicom"})]
 
 
-DECODERS: list[PixelDecoder] = [PydicomPluginDecoder(name) for name in _pydicom_plugins()]
+def _missing_plugins(tsyntax: UID) -> str | None:
+    """pydicom's own words on which plugins for this syntax are not installed, if any."""
+    try:
+        missing = get_decoder(tsyntax).missing_dependencies
+    except NotImplementedError:
+        return "pydicom has no decoder for this transfer syntax"
+    return "; ".join(missing) or None
+
+
+# first success wins: DALI where it is exact, then pydicom's own order of plugins
+DECODERS: list[PixelDecoder] = [DaliJpeg2000Decoder(), *(PydicomPluginDecoder(name) for name in _pydicom_plugins())]
 
 
 def _read(data: bytes) -> pydicom.Dataset:
@@ -241,9 +362,12 @@ def _check_pixel_data(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None
         raise RejectedInstance("missing_attribute",
                                f"invalid image geometry: Rows={rows}, Columns={columns}, BitsAllocated={bits}",
                                sop_instance_uid)
-    if _transfer_syntax(ds).is_compressed:
-        if raw.length != _UNDEFINED_LENGTH and not _transfer_syntax(ds).is_deflated:
-            raise RejectedInstance("short_pixel_data", "compressed Pixel Data is not encapsulated", sop_instance_uid)
+    tsyntax = _transfer_syntax(ds)
+    if tsyntax is None:
+        raise RejectedInstance("missing_attribute", "file meta has no Transfer Syntax UID (0002,0010)",
+                               sop_instance_uid)
+    if tsyntax.is_compressed:
+        _check_encapsulated(raw, tsyntax, sop_instance_uid)
         return
     pixels = rows * columns * samples * frames
     expected = (pixels + 7) // 8 if bits == 1 else pixels * bits // 8
@@ -256,6 +380,21 @@ def _check_pixel_data(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None
         )
 
 
+def _check_encapsulated(raw, tsyntax: UID, sop_instance_uid: str | None) -> None:
+    """Compressed Pixel Data must be encapsulated (PS3.5 A.4) and hold at least one non-empty fragment."""
+    if raw.length != _UNDEFINED_LENGTH:
+        raise RejectedInstance("malformed", f"{tsyntax.name} Pixel Data is not encapsulated", sop_instance_uid)
+    try:
+        fragments = list(generate_fragments(raw.value))
+    except Exception as exc:  # pydicom raises ValueError or struct errors on broken item tags
+        raise RejectedInstance("malformed", f"encapsulated Pixel Data items are broken: {exc}",
+                               sop_instance_uid) from exc
+    # the first item is the Basic Offset Table, the frames follow it
+    if not any(fragments[1:]):
+        raise RejectedInstance("short_pixel_data", "encapsulated Pixel Data holds no compressed frame fragment",
+                               sop_instance_uid)
+
+
 def _number_of_frames(ds: pydicom.Dataset) -> int:
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -264,14 +403,11 @@ def _number_of_frames(ds: pydicom.Dataset) -> int:
     return max(frames, 1)
 
 
-def _transfer_syntax(ds: pydicom.Dataset) -> UID:
+def _transfer_syntax(ds: pydicom.Dataset) -> UID | None:
+    """The Transfer Syntax UID from the file meta, None when absent (pydicom cannot decode then)."""
     meta = getattr(ds, "file_meta", None)
     tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if tsyntax is None:
-        # a dataset built in memory: pydicom records how it was read
-        tsyntax = pydicom.uid.ImplicitVRLittleEndian if getattr(ds, "is_implicit_VR", False) else (
-            pydicom.uid.ExplicitVRLittleEndian)
-    return UID(tsyntax)
+    return UID(str(tsyntax)) if tsyntax else None
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:

@@ -26,6 +26,8 @@ def _local(value: str, meaning: str) -> Code:
 MANUFACTURER = "oncostream"
 
 # --- shared --------------------------------------------------------------------------------
+DEVICE_OBSERVER = codes.DCM.Device
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence  # CID 7162 algorithm family
 PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer
 CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding

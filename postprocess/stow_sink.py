@@ -155,3 +155,7 @@ def _failed_instances(response: requests.Response) -> dict[str, int]:
         reason = (item.get(_TAG_FAILURE_REASON, {}).get("Value") or [0x0110])[0]
         failed[str(uid)] = int(reason)
     return failed
+
+
+class _Transient(Exception):
+    """A failure worth retrying (network, timeout, busy or failing server)."""

@@ -59,7 +59,8 @@ def write_targets(workdir: Path, targets: Iterable[str]) -> None:
         if not sep or not host or not port.isdigit():
             raise ValueError(f"targets: want HOST:PORT, got {target!r}")
     tmp = _targets_path(workdir).with_suffix(".tmp")
-    tmp.write_text(json.dumps([{"targets": targets, "labels": {}}] if targets else []))
+    # always one group (possibly empty): file_sd then replaces group 0 instead of keeping a stale one
+    tmp.write_text(json.dumps([{"targets": targets, "labels": {}}]))
     tmp.replace(_targets_path(workdir))
 
 

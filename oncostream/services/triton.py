@@ -8,12 +8,14 @@ The wheel's binary needs three things the wheel does not arrange (DESIGN.md, pit
 - the stub must sit in the python backend folder: we assemble a backend directory under `workdir`
   (the wheel's `libtriton_python.so` + `triton_python_backend_utils.py` + `python_backend_stubs/3.11/
   triton_python_backend_stub`) and pass `--backend-directory`;
-- the stub runs the interpreter embedded, not this venv: PYTHONHOME is the base interpreter and
-  PYTHONPATH is the repository root + this venv's site-packages, so the step models import
-  `ingest`/`oncostream`, onnxruntime, DALI and numpy 1.x (the stub is built against NumPy 1.x).
+- the stub embeds the base interpreter in isolated mode: it ignores PYTHONPATH and never sees this
+  venv. The server therefore gets ONCOSTREAM_STEP_PATH (the repository root + this venv's
+  site-packages, `:`-separated) and every generated step `model.py` adds those entries with
+  `site.addsitedir` before importing anything, so the step models import `ingest`/`oncostream`,
+  onnxruntime, DALI and numpy 1.x (the stub is built against NumPy 1.x) from this venv.
 
 Ports are free ports chosen at start; every listener binds 127.0.0.1. Models are loaded explicitly
-(`--model-control-mode explicit --load-model=*`) with `--strict-model-config` so that a config the
+(`--model-control-mode explicit --load-model=*`) with auto-completion disabled (`--disable-auto-complete-config`, formerly `--strict-model-config`) so that a config the
 server would have to guess fails loudly instead.
 """
 
@@ -36,6 +38,7 @@ from oncostream.settings import REPO_ROOT
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 180.0  # loading the ensembles' python steps imports DALI + onnxruntime per instance
+STEP_PATH_VARIABLE = "ONCOSTREAM_STEP_PATH"  # read by the generated python-backend model.py files
 _PY_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -82,10 +85,7 @@ def server_environment(home: Path | None = None) -> dict[str, str]:
     if env.get("LD_LIBRARY_PATH"):
         lib_dirs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(lib_dirs)
-    env["PYTHONHOME"] = sys.base_prefix
-    paths = [str(REPO_ROOT), *site.getsitepackages()]
-    env["PYTHONPATH"] = ":".join(paths)
-    env["PYTHONNOUSERSITE"] = "1"
+    env[STEP_PATH_VARIABLE] = ":".join([str(REPO_ROOT), *site.getsitepackages()])
     # each stub process runs ONNX Runtime / DALI; on a shared CPU host keep their thread pools small
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -115,7 +115,7 @@ def start(workdir: Path, repository: Path | None = None, ready_timeout_s: float 
         f"--model-repository={repository}",
         f"--backend-directory={backends}",
         "--model-control-mode=explicit", "--load-model=*",
-        "--strict-model-config=true",
+        "--disable-auto-complete-config",  # the replacement of the deprecated --strict-model-config
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--http-address=127.0.0.1", f"--http-port={http_port}",

@@ -1,0 +1,310 @@
+"""`oncostream gateway`: a DICOM C-STORE SCP (pynetdicom) in front of oncostream.
+
+DICOM PS3.4 Annex B (Storage Service Class, SCP role), PS3.7 9.1.1 (C-STORE), PS3.8 (associations).
+
+Modalities and PACS push studies here as they always do; each instance is kept as Part 10 bytes
+exactly as received (file meta included, pixel data never re-encoded) and either produced to Kafka
+(``--bootstrap``: topic ``settings.topic_dicom``, key StudyInstanceUID, the same headers and claim
+checks as ``oncostream produce``) or handed to the embedded pipeline (``--out``: assembly, inference
+and the file sink in this process).
+
+The C-STORE response tells the sender the truth, so that it keeps or retries the instance itself:
+0x0000 once the instance is durably handed on (Kafka acknowledged it, or the assembler holds it);
+0xC000 "cannot understand" with an ErrorComment when the instance cannot be parsed or routed (sending
+it again will not help); 0xA700 "out of resources" when handing it on failed (it may work later).
+Associations from calling AE titles outside ``--allow`` are rejected before any data moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pydicom import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    Verification,
+)
+
+from oncostream.errors import OncostreamError, RejectedInstance
+from oncostream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# the image storage SOP classes oncostream has a pipeline for (ingest.decode.SOP_CLASS_ROUTES)
+STORAGE_SOP_CLASSES = (
+    CTImageStorage,
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+)
+# every syntax the decoders (pydicom plugins: pylibjpeg-openjpeg, python-gdcm, pyjpegls; DALI for
+# JPEG 2000) read back pixel-exact or as encoded; uncompressed first, so that a sender that can
+# choose prefers what costs nothing to decode
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+)
+
+# PS3.4 B.2.3 C-STORE statuses
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+_ERROR_COMMENT_MAX = 64  # ErrorComment is LO (PS3.5 6.2)
+_PRODUCE_TIMEOUT_S = 60.0
+
+
+class GatewayError(OncostreamError):
+    """The gateway cannot start or hand instances on."""
+
+
+class Destination(ABC):
+    """Where accepted instances go. ``deliver`` returns once the instance is safely handed on."""
+
+    @abstractmethod
+    def deliver(self, data: bytes, calling_ae: str) -> None:
+        """Hand on one Part 10 instance; RejectedInstance if it is unusable, anything else if handing on failed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Finish what was accepted and release resources."""
+
+
+class KafkaDestination(Destination):
+    """Produce to ``settings.topic_dicom`` exactly as ``oncostream produce`` does; wait for the ack,
+    so that success to the modality means the broker has the instance."""
+
+    def __init__(self, settings: Settings, bootstrap: str):
+        from oncostream.streaming import make_producer
+
+        self.settings = settings
+        self.topic = settings.topic_dicom
+        self._producer = make_producer(bootstrap, client_id="oncostream-gateway", linger_ms=0)
+
+    def deliver(self, data: bytes, calling_ae: str) -> None:
+        from ingest.decode import parse_instance
+        from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM
+        from oncostream.streaming import write_claim_check
+
+        # parse here too: a modality learns at once that an instance is unusable, instead of the
+        # instance surfacing later in the dead-letter topic where nobody at the modality looks
+        ds = parse_instance(data, max_bytes=self.settings.max_instance_bytes)
+        headers = {"content-type": CONTENT_TYPE_DICOM, "program": self.settings.program,
+                   "trace-id": uuid.uuid4().hex}
+        value = data
+        if len(data) > self.settings.inline_limit_bytes:
+            value = write_claim_check(data, self.settings.claim_check_dir).model_dump_json().encode()
+            headers["content-type"] = CONTENT_TYPE_CLAIM_CHECK
+        future = self._producer.send(self.topic, key=str(ds.StudyInstanceUID).encode(), value=value,
+                                     headers=[(k, v.encode()) for k, v in headers.items()])
+        future.get(timeout=_PRODUCE_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._producer.flush(timeout=_PRODUCE_TIMEOUT_S)
+        self._producer.close(timeout=_PRODUCE_TIMEOUT_S)
+
+
+class PipelineDestination(Destination):
+    """The embedded pipeline: assembly under a lock (C-STORE handlers run on one thread per
+    association), inference and the file sink on one worker thread, and a timer thread that closes
+    studies quiet for ``settings.assembly_timeout_s``."""
+
+    def __init__(self, settings: Settings, out: Path):
+        from ingest.assembly import Assembler
+        from oncostream.pipeline import Pipeline, RejectionLog, make_backend
+        from postprocess.file_sink import FileSink
+
+        self.settings = settings
+        out.mkdir(parents=True, exist_ok=True)
+        self._backend = make_backend(settings)
+        self._pipeline = Pipeline(settings, self._backend)
+        self._sink = FileSink(out)
+        self._rejections = RejectionLog(out / "rejected.jsonl")
+        self._assembler = Assembler(settings)
+        self._lock = threading.Lock()
+        self._studies: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._expiry_interval_s = min(1.0, settings.assembly_timeout_s / 4)
+        self._worker = threading.Thread(target=self._process_loop, name="gateway-pipeline", daemon=True)
+        self._expirer = threading.Thread(target=self._expire_loop, name="gateway-expiry", daemon=True)
+        self._worker.start()
+        self._expirer.start()
+
+    def deliver(self, data: bytes, calling_ae: str) -> None:
+        from ingest.decode import parse_instance, route
+        from oncostream import metrics
+
+        metrics.record(metrics.INSTANCES.inc)
+        metrics.record(metrics.INSTANCE_BYTES.inc, len(data))
+        try:
+            ds = parse_instance(data, max_bytes=self.settings.max_instance_bytes)
+            modality = route(ds)
+        except RejectedInstance as exc:
+            self._rejections.add(exc.reason, exc.detail, f"c-store from {calling_ae}", exc.sop_instance_uid)
+            raise
+        with self._lock:
+            studies = self._assembler.add(ds, modality=modality)
+        for study in studies:
+            self._studies.put(study)
+
+    def close(self) -> None:
+        """Stop taking time-outs, close every pending study (incomplete ones say so) and finish them."""
+        self._stop.set()
+        self._expirer.join(timeout=10)
+        with self._lock:
+            for study in self._assembler.flush_all():
+                self._studies.put(study)
+        self._studies.put(None)
+        self._worker.join()
+        self._sink.close()
+        self._backend.close()
+
+    def _expire_loop(self) -> None:
+        while not self._stop.wait(self._expiry_interval_s):
+            try:
+                with self._lock:
+                    expired = self._assembler.expire()
+            except Exception:  # noqa: BLE001 - the timer must outlive one bad study
+                log.exception("assembly expiry failed")
+                continue
+            for study in expired:
+                self._studies.put(study)
+
+    def _process_loop(self) -> None:
+        from oncostream import metrics
+        from oncostream.errors import StudyFailed
+        from oncostream.pipeline import record_published
+
+        while (study := self._studies.get()) is not None:
+            try:
+                result = self._pipeline.process(study)
+                self._sink.add(result)
+                self._sink.flush()
+            except StudyFailed as exc:
+                metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
+                self._rejections.add(exc.reason, exc.detail, "study", study.study_instance_uid)
+                continue
+            except Exception:  # noqa: BLE001 - one study's failure must not stop the gateway
+                log.exception("study %s failed", study.study_instance_uid)
+                metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
+                continue
+            record_published(result)
+            log.info("study %s triaged: %s", study.study_instance_uid, result.event.priority)
+
+
+def _status(code: int, comment: str | None = None) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:_ERROR_COMMENT_MAX]
+    return status
+
+
+class Gateway:
+    """The storage SCP: association policy, presentation contexts, and the C-STORE handler."""
+
+    def __init__(self, destination: Destination, ae_title: str = "ONCOSTREAM",
+                 allow: list[str] | None = None):
+        if not isinstance(ae_title, str) or not 0 < len(ae_title.strip()) <= 16:
+            raise ValueError(f"ae_title must be an AE title of 1..16 characters (PS3.5 6.2), got {ae_title!r}")
+        for title in allow or []:
+            if not isinstance(title, str) or not 0 < len(title.strip()) <= 16:
+                raise ValueError(f"allow: {title!r} is not an AE title of 1..16 characters")
+        self.destination = destination
+        self.ae = AE(ae_title=ae_title)
+        self.ae.require_called_aet = True  # associations addressed to another AE title are not ours
+        if allow:
+            self.ae.require_calling_aet = list(allow)
+        for sop_class in STORAGE_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        self.ae.add_supported_context(Verification)  # C-ECHO, so that modalities can test the link
+        self._server = None
+
+    def start(self, port: int, host: str = "0.0.0.0") -> int:
+        """Listen (without blocking); returns the bound port (``port`` 0 picks a free one)."""
+        self._server = self.ae.start_server((host, port), block=False,
+                                            evt_handlers=[(evt.EVT_C_STORE, self._on_c_store)])
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_c_store(self, event) -> Dataset:
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as exc:  # noqa: BLE001 - the file meta of an odd request may not encode
+            log.warning("C-STORE from %s: cannot encode the received data set: %s", calling_ae, exc)
+            return _status(STATUS_CANNOT_UNDERSTAND, f"cannot encode data set: {type(exc).__name__}")
+        try:
+            self.destination.deliver(data, calling_ae)
+        except RejectedInstance as exc:
+            log.warning("C-STORE of %s from %s rejected: %s", exc.sop_instance_uid or "instance", calling_ae,
+                        exc.reason)
+            return _status(STATUS_CANNOT_UNDERSTAND, f"{exc.reason}: {exc.detail}")
+        except Exception as exc:  # noqa: BLE001 - handlers map every failure to an explicit status
+            log.exception("C-STORE from %s: handing on failed", calling_ae)
+            return _status(STATUS_OUT_OF_RESOURCES, f"cannot hand on instance: {type(exc).__name__}")
+        return _status(STATUS_SUCCESS)
+
+
+def main(args) -> int:
+    """`oncostream gateway --port P [--ae-title T] (--bootstrap HOST:PORT | --out DIR) [--allow AE ...]`."""
+    settings = Settings()
+    if args.bootstrap:
+        destination: Destination = KafkaDestination(settings, args.bootstrap)
+        where = f"Kafka {args.bootstrap} topic {settings.topic_dicom}"
+    else:
+        destination = PipelineDestination(settings, args.out)
+        where = f"the embedded pipeline, outputs in {args.out}"
+    gateway = Gateway(destination, ae_title=args.ae_title, allow=args.allow)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    port = gateway.start(args.port)
+    if not args.allow:
+        log.warning("no --allow given: any calling AE title may store")
+    # tests and operators read this line to learn the port when --port 0 was given
+    print(f"gateway {args.ae_title} listening on port {port}, feeding {where}", flush=True)
+    try:
+        while not stop.wait(0.5):  # a bounded wait lets the signal handler run on this thread
+            pass
+    finally:
+        log.info("stopping: no new associations; finishing accepted instances")
+        gateway.stop()
+        destination.close()
+    return 0

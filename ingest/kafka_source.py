@@ -1,0 +1,235 @@
+"""Kafka source: DICOM instances from `oncostream.dicom` in a consumer group, plus the dead-letter topic.
+
+A record's value is DICOM Part 10 bytes (`content-type: application/dicom`) or a claim check
+(`application/vnd.oncostream.ref+json`, oncostream.contracts.ClaimCheck) for objects above the inline
+limit. Offsets are never committed automatically: the worker commits watermarks after its sinks flushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pydantic import ValidationError
+
+from ingest.base import Source, SourceMessage
+from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
+from oncostream.errors import OncostreamError, RejectedInstance
+
+log = logging.getLogger(__name__)
+
+# fetch limit per partition and per request: above the topics' max.message.bytes (64 MiB)
+_MAX_FETCH_BYTES = 72 * 1024 * 1024
+
+TopicPartitionKey = tuple[str, int]
+
+
+class DeadLetterError(OncostreamError):
+    """The dead-letter topic did not acknowledge a record; offsets must not move past it."""
+
+
+@dataclass
+class KafkaMessage(SourceMessage):
+    """A SourceMessage that also keeps the record key and its timestamp (ms since the epoch)."""
+
+    key: bytes | None = None
+    timestamp_ms: int = 0
+
+
+def decode_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in (headers or [])}
+
+
+def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
+    return [(k, v.encode("utf-8")) for k, v in headers.items()]
+
+
+class ClaimCheckResolver:
+    """Fetches the object a claim check points at and verifies its size and SHA-256.
+
+    Resolvers are registered per URI scheme; `file` is built in. A WADO-RS resolver registers
+    `http`/`https` with a function `uri -> bytes` and nothing else changes.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._fetchers: dict[str, Callable[[str], bytes]] = {"file": self._fetch_file}
+
+    def register(self, scheme: str, fetch: Callable[[str], bytes]) -> None:
+        self._fetchers[scheme] = fetch
+
+    def resolve(self, claim: ClaimCheck) -> bytes:
+        if claim.size > self.max_bytes:
+            raise RejectedInstance("oversize", f"claim check refers to {claim.size} bytes, above the limit of "
+                                               f"{self.max_bytes} bytes")
+        scheme = urlparse(claim.uri).scheme
+        fetch = self._fetchers.get(scheme)
+        if fetch is None:
+            raise RejectedInstance("claim_check_unresolvable", f"no resolver for URI scheme {scheme!r}")
+        try:
+            data = fetch(claim.uri)
+        except OSError as exc:
+            raise RejectedInstance("claim_check_unresolvable", f"cannot fetch claim-checked object: "
+                                                               f"{type(exc).__name__}") from exc
+        if len(data) != claim.size or hashlib.sha256(data).hexdigest() != claim.sha256:
+            raise RejectedInstance("claim_check_mismatch", f"claim-checked object is {len(data)} bytes with a "
+                                                           f"different size or SHA-256 than its claim check")
+        return data
+
+    @staticmethod
+    def _fetch_file(uri: str) -> bytes:
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise FileNotFoundError(f"file URI on another host: {parsed.netloc}")
+        return Path(unquote(parsed.path)).read_bytes()
+
+
+def instance_bytes(message: SourceMessage, resolver: ClaimCheckResolver) -> bytes:
+    """The DICOM Part 10 bytes of a message: its value, or what its claim check points at."""
+    content_type = message.headers.get("content-type", CONTENT_TYPE_DICOM)
+    if content_type == CONTENT_TYPE_CLAIM_CHECK:
+        try:
+            claim = ClaimCheck.model_validate_json(message.data)
+        except ValidationError as exc:
+            raise RejectedInstance("claim_check_invalid", f"value is not a valid claim check: "
+                                                          f"{exc.error_count()} validation errors") from exc
+        return resolver.resolve(claim)
+    if content_type != CONTENT_TYPE_DICOM:
+        raise RejectedInstance("unsupported_content_type", f"content-type {content_type!r} is neither "
+                                                           f"{CONTENT_TYPE_DICOM} nor {CONTENT_TYPE_CLAIM_CHECK}")
+    return message.data
+
+
+class KafkaSource(Source):
+    """A consumer-group member on the DICOM topic, with manual commits, pause/resume and rebalance hooks.
+
+    ``on_revoked`` / ``on_assigned`` receive sets of (topic, partition); they run inside ``poll`` when
+    the group rebalances, which is where the worker drops revoked assemblies and commits what it can.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, group_id: str, *,
+                 on_revoked: Callable[[set[TopicPartitionKey]], None] | None = None,
+                 on_assigned: Callable[[set[TopicPartitionKey]], None] | None = None,
+                 max_poll_records: int = 64, client_id: str = "oncostream-worker"):
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        self.topic = topic
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=max_poll_records,
+            max_partition_fetch_bytes=_MAX_FETCH_BYTES, fetch_max_bytes=_MAX_FETCH_BYTES,
+            receive_message_max_bytes=_MAX_FETCH_BYTES + 1024 * 1024,
+            # a study's inference can take a while on 2 cores; the heartbeat thread keeps membership
+            max_poll_interval_ms=600_000, session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+        )
+        source = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                parts = {(tp.topic, tp.partition) for tp in revoked}
+                log.info("partitions revoked: %s", sorted(parts))
+                if on_revoked is not None and parts:
+                    on_revoked(parts)
+
+            def on_partitions_assigned(self, assigned):
+                parts = {(tp.topic, tp.partition) for tp in assigned}
+                log.info("partitions assigned: %s", sorted(parts))
+                source._paused = False
+                if on_assigned is not None:
+                    on_assigned(parts)
+
+        self._paused = False
+        self._closed = False
+        self._consumer.subscribe([topic], listener=_Listener())
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def poll(self, timeout_s: float = 0.5) -> list[KafkaMessage]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        messages: list[KafkaMessage] = []
+        for records in batches.values():
+            for r in records:
+                messages.append(KafkaMessage(
+                    data=r.value or b"", origin=f"{r.topic}/{r.partition}/{r.offset}",
+                    headers=decode_headers(r.headers), topic=r.topic, partition=r.partition, offset=r.offset,
+                    key=r.key, timestamp_ms=int(r.timestamp or 0)))
+        return messages
+
+    def __iter__(self) -> Iterator[SourceMessage]:
+        while not self._closed:
+            yield from self.poll()
+
+    def assignment(self) -> set[TopicPartitionKey]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition (backpressure); membership stays alive."""
+        if not self._paused:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._consumer.resume(*self._consumer.assignment())
+            self._paused = False
+
+    def commit(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        """Synchronously commit `offsets` (the next offset to read, per partition)."""
+        if not offsets:
+            return
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+
+    def committed(self, partition: TopicPartitionKey) -> int | None:
+        from kafka.structs import TopicPartition
+
+        return self._consumer.committed(TopicPartition(*partition))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._consumer.close(autocommit=False)
+
+
+class KafkaDeadLetter:
+    """Publishes rejected instances to the DLQ topic with the original bytes and why they were rejected.
+
+    Headers: `reason`, `detail`, `source-topic`, `source-partition`, `source-offset`, plus the record's
+    own headers (content-type, program, trace-id). Like a sink: add() then flush() before committing.
+    """
+
+    name = "dlq"
+
+    def __init__(self, producer, topic: str):
+        self._producer = producer
+        self.topic = topic
+        self._futures: list = []
+
+    def add(self, message: SourceMessage, error: RejectedInstance) -> None:
+        headers = {k: v for k, v in message.headers.items()
+                   if k not in ("reason", "detail", "source-topic", "source-partition", "source-offset")}
+        headers.update({"reason": error.reason, "detail": error.detail, "source-topic": str(message.topic),
+                        "source-partition": str(message.partition), "source-offset": str(message.offset)})
+        key = message.key if isinstance(message, KafkaMessage) else None
+        self._futures.append(self._producer.send(self.topic, key=key, value=message.data,
+                                                 headers=encode_headers(headers)))
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - kafka-python raises KafkaTimeoutError among others
+            raise DeadLetterError(f"dead-letter flush failed: {type(exc).__name__}: {exc}") from exc
+        futures, self._futures = self._futures, []
+        for future in futures:
+            if not future.is_done:
+                raise DeadLetterError(f"dead-letter publish not acknowledged within {timeout_s:.0f} s")
+            if future.failed():
+                raise DeadLetterError(f"dead-letter publish failed: {future.exception}")

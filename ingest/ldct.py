@@ -1,0 +1,174 @@
+"""One assembled LDCT series -> nodule findings in patient coordinates.
+
+The backend works in voxel space (``LdctRaw``); this module owns the DICOM geometry: it builds the
+HU volume and spacing from the datasets, and maps each candidate's 1 mm mask patch back to patient
+LPS millimetres (centre, diameters, volume) and onto the source series' own pixel grid (for SEG).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import Dataset
+from scipy import ndimage
+
+from ingest.backends.base import InferenceBackend, LdctRaw
+from ingest.decode import decode_pixels
+from ingest.preprocess.ldct import PATCH_SIZE, PATCH_SPACING_MM, patch_to_source_index, source_to_patch_index
+from oncostream.errors import OncostreamError
+from oncostream.study import LdctInference, NoduleCandidate, Study
+
+COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
+MASK_THRESHOLD = 0.5
+
+
+class SeriesGeometryError(OncostreamError):
+    """The series' position/orientation attributes do not describe a regular axial stack."""
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """Voxel index (z, y, x) <-> patient LPS mm for a stack of parallel slices."""
+
+    positions: np.ndarray  # float64 [D, 3]: ImagePositionPatient per slice (inferior to superior)
+    row_direction: np.ndarray  # float64 [3]: LPS direction of increasing column index (x)
+    column_direction: np.ndarray  # float64 [3]: LPS direction of increasing row index (y)
+    spacing_mm: np.ndarray  # float64 [3]: z (along the slice normal), y (row spacing), x (column spacing)
+
+    @classmethod
+    def from_datasets(cls, datasets: list[Dataset]) -> SeriesGeometry:
+        if not datasets:
+            raise SeriesGeometryError("an LDCT series needs at least one slice")
+        try:
+            orientation = np.asarray(datasets[0].ImageOrientationPatient, np.float64)
+            positions = np.asarray([ds.ImagePositionPatient for ds in datasets], np.float64)
+            row_spacing, column_spacing = (float(v) for v in datasets[0].PixelSpacing)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise SeriesGeometryError(f"missing or malformed geometry attribute: {exc}") from exc
+        row_direction, column_direction = orientation[:3], orientation[3:6]
+        normal = np.cross(row_direction, column_direction)
+        if len(datasets) > 1:
+            gaps = np.diff(positions @ normal)
+            z_spacing = float(np.median(np.abs(gaps)))
+        else:
+            z_spacing = float(datasets[0].get("SliceThickness", 1.0) or 1.0)
+        if z_spacing <= 0:
+            raise SeriesGeometryError("slices share one position along the normal")
+        return cls(positions, row_direction, column_direction, np.array([z_spacing, row_spacing, column_spacing]))
+
+    def to_patient_mm(self, index: np.ndarray) -> np.ndarray:
+        """Voxel index (..., 3) as (z, y, x), fractional allowed -> LPS mm (..., 3)."""
+        index = np.asarray(index, np.float64)
+        z = index[..., 0]
+        slices = np.arange(len(self.positions), dtype=np.float64)
+        if len(self.positions) > 1:
+            # linear in z, extrapolated with the end gaps, so off-grid centres map continuously
+            step = (self.positions[-1] - self.positions[0]) / (len(self.positions) - 1)
+            origin = np.stack([np.interp(z, slices, self.positions[:, a]) for a in range(3)], axis=-1)
+            below, above = z < 0, z > slices[-1]
+            origin = np.where(below[..., None], self.positions[0] + z[..., None] * step, origin)
+            origin = np.where(above[..., None], self.positions[-1] + (z[..., None] - slices[-1]) * step, origin)
+        else:
+            origin = np.broadcast_to(self.positions[0], index.shape).copy()
+        return (origin + index[..., 2:3] * self.spacing_mm[2] * self.row_direction
+                + index[..., 1:2] * self.spacing_mm[1] * self.column_direction)
+
+
+def series_volume_hu(datasets: list[Dataset]) -> np.ndarray:
+    """Stored pixels through RescaleSlope / RescaleIntercept -> float32 HU [D, H, W]."""
+    slices = []
+    for ds in datasets:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slices.append(decode_pixels(ds).astype(np.float32) * np.float32(slope) + np.float32(intercept))
+    return np.stack(slices)
+
+
+def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
+    """Run the LDCT models on one assembled series and express every nodule in patient space."""
+    geometry = SeriesGeometry.from_datasets(study.datasets)
+    volume = series_volume_hu(study.datasets)
+    raw = backend.infer_ldct(volume, geometry.spacing_mm.astype(np.float32))
+    nodules = nodules_from_raw(raw, geometry, volume.shape)
+    return LdctInference(nodules=nodules, model_versions=backend.model_versions())
+
+
+def nodules_from_raw(raw: LdctRaw, geometry: SeriesGeometry, volume_shape: tuple[int, int, int]) -> list[NoduleCandidate]:
+    """Candidates with a non-empty mask, as NoduleCandidate; duplicates of a kept nodule are dropped."""
+    nodules: list[NoduleCandidate] = []
+    kept_centres: list[np.ndarray] = []
+    kept_radii: list[float] = []
+    order = np.argsort(-raw.candidates[:, 4], kind="stable") if len(raw.candidates) else []
+    for k in order:
+        mask = central_component(raw.masks[k] >= MASK_THRESHOLD)
+        if not mask.any():
+            continue
+        centre_index = raw.candidates[k, :3].astype(np.float64)
+        measures = mask_measurements(mask)
+        centre_source = patch_to_source_index(measures["centroid"], centre_index, geometry.spacing_mm)
+        centre_mm = geometry.to_patient_mm(centre_source)
+        radius = measures["mean_diameter_mm"] / 2.0
+        if any(np.linalg.norm(centre_mm - c) < max(r, radius) for c, r in zip(kept_centres, kept_radii)):
+            continue
+        kept_centres.append(centre_mm)
+        kept_radii.append(radius)
+        nodules.append(NoduleCandidate(
+            center_mm=tuple(float(v) for v in centre_mm),
+            detection_score=float(raw.candidates[k, 4]),
+            mean_diameter_mm=measures["mean_diameter_mm"],
+            long_axis_mm=measures["long_axis_mm"],
+            volume_mm3=measures["volume_mm3"],
+            composition=COMPOSITIONS[int(np.argmax(raw.composition[k]))],
+            malignancy_probability=float(raw.malignancy[k]),
+            uncertainty=float(raw.uncertainty[k]),
+            mask=mask_on_source_grid(mask, centre_index, geometry.spacing_mm, volume_shape),
+        ))
+    return nodules
+
+
+def central_component(mask: np.ndarray) -> np.ndarray:
+    """The connected component of a patch mask nearest the patch centre (neighbours are other findings)."""
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    centre = (PATCH_SIZE - 1) / 2.0
+    centroids = np.asarray(ndimage.center_of_mass(mask, labels, range(1, count + 1)))
+    nearest = int(np.argmin(np.linalg.norm(centroids - centre, axis=1))) + 1
+    return labels == nearest
+
+
+def mask_measurements(mask: np.ndarray) -> dict:
+    """Volume, equivalent-sphere (mean) diameter, 3D long axis and centroid of a 1 mm patch mask."""
+    voxel_mm3 = PATCH_SPACING_MM ** 3
+    volume = float(mask.sum()) * voxel_mm3
+    points = np.argwhere(mask).astype(np.float64)
+    centroid = points.mean(axis=0)
+    surface = np.argwhere(mask & ~ndimage.binary_erosion(mask)).astype(np.float64)
+    if len(surface) > 1500:
+        surface = surface[np.linspace(0, len(surface) - 1, 1500).astype(int)]
+    span = np.sqrt(((surface[:, None, :] - surface[None, :, :]) ** 2).sum(-1)).max() if len(surface) > 1 else 0.0
+    return {
+        "volume_mm3": volume,
+        "mean_diameter_mm": float((6.0 * volume / np.pi) ** (1.0 / 3.0)),
+        # centre-to-centre span plus one voxel: the extent of the outermost voxels
+        "long_axis_mm": float(span + 1.0) * PATCH_SPACING_MM,
+        "centroid": centroid,
+    }
+
+
+def mask_on_source_grid(mask: np.ndarray, centre_index: np.ndarray, spacing_mm: np.ndarray,
+                        volume_shape: tuple[int, int, int]) -> np.ndarray:
+    """A 1 mm patch mask resampled (linear, threshold 0.5) onto the source series grid: bool [D, H, W]."""
+    out = np.zeros(volume_shape, bool)
+    corners = np.array([[0, 0, 0], [PATCH_SIZE - 1] * 3], np.float64)
+    lo_hi = patch_to_source_index(corners, centre_index, spacing_mm)
+    lo = np.clip(np.floor(lo_hi[0]).astype(int), 0, np.asarray(volume_shape) - 1)
+    hi = np.clip(np.ceil(lo_hi[1]).astype(int) + 1, lo + 1, np.asarray(volume_shape))
+    axes = [np.arange(lo[a], hi[a], dtype=np.float64) for a in range(3)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    patch_coords = source_to_patch_index(grid, centre_index, spacing_mm)
+    values = ndimage.map_coordinates(mask.astype(np.float32), np.moveaxis(patch_coords, -1, 0), order=1,
+                                     mode="constant", cval=0.0)
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = values >= 0.5
+    return out

@@ -1,0 +1,119 @@
+"""A mammography exam through the backend: views in, per-view findings and exam probabilities out.
+
+The backend returns raw tensors (MammoRaw); this module turns them into what postprocess reads:
+regions in each image's own pixel grid, a calibrated exam malignancy probability, density
+probabilities and an uncertainty. The exam combination is a two-feature logistic model fitted on
+training-side validation phantoms (training/mammo_train.py); its coefficients live in
+``model_repository/mammo_classifier/contract.yaml`` under ``calibration``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ingest.backends.base import InferenceBackend
+from oncostream.model_contract import load_contract
+from oncostream.settings import DEFAULT_MODEL_REPOSITORY
+from oncostream.study import MammoInference, MammoViewInference, Study
+
+MODELS = ("mammo_classifier", "mammo_density")
+# Used when the contract carries no fitted values (e.g. a user's own model).
+DEFAULT_CALIBRATION = {"exam_weight_breast_mean": 1.0, "exam_weight_view_max": 0.0, "exam_bias": 0.0,
+                       "region_threshold": 0.5}
+MAX_REGIONS_PER_VIEW = 3
+_EPS = 1e-6
+
+Region = tuple[str, tuple[int, int], tuple[int, int, int, int], float]
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, _EPS), 1 - _EPS)
+    return math.log(p / (1 - p))
+
+
+def exam_features(view_probabilities: list[float], lateralities: list[str]) -> tuple[float, float]:
+    """(max over breasts of the mean view logit, max view logit): a lesion is usually seen on both
+    views of its breast, but dense tissue can hide it on one, so both summaries are kept."""
+    logits = [_logit(p) for p in view_probabilities]
+    by_breast: dict[str, list[float]] = {}
+    for z, lat in zip(logits, lateralities):
+        by_breast.setdefault(lat, []).append(z)
+    return max(sum(z) / len(z) for z in by_breast.values()), max(logits)
+
+
+def exam_probability(view_probabilities: list[float], lateralities: list[str],
+                     calibration: Mapping[str, float]) -> float:
+    """Calibrated probability that the exam holds a malignant lesion."""
+    c = {**DEFAULT_CALIBRATION, **calibration}
+    breast_mean, view_max = exam_features(view_probabilities, lateralities)
+    z = c["exam_weight_breast_mean"] * breast_mean + c["exam_weight_view_max"] * view_max + c["exam_bias"]
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def heatmap_regions(heatmap: np.ndarray, image_shape: tuple[int, int], threshold: float,
+                    max_regions: int = MAX_REGIONS_PER_VIEW) -> list[Region]:
+    """Connected heatmap cells above ``threshold`` -> regions (type, center_px, bbox_px, score) in the
+    pixel grid of an image of ``image_shape``; the heatmap already has the image's orientation."""
+    rows, cols = image_shape
+    cell_h, cell_w = rows / heatmap.shape[0], cols / heatmap.shape[1]
+    labels, count = ndimage.label(heatmap >= threshold, structure=np.ones((3, 3)))
+    regions: list[Region] = []
+    for index, cells in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[cells] == index
+        weights = np.where(inside, heatmap[cells], 0.0)
+        r, c = np.indices(weights.shape)
+        centre_r = (cells[0].start + (weights * r).sum() / weights.sum() + 0.5) * cell_h
+        centre_c = (cells[1].start + (weights * c).sum() / weights.sum() + 0.5) * cell_w
+        bbox = (int(cells[0].start * cell_h), int(cells[1].start * cell_w),
+                min(rows, int(math.ceil(cells[0].stop * cell_h))), min(cols, int(math.ceil(cells[1].stop * cell_w))))
+        score = float(weights.max())
+        regions.append(("region", (min(int(centre_r), rows - 1), min(int(centre_c), cols - 1)), bbox, score))
+    regions.sort(key=lambda region: region[3], reverse=True)
+    return regions[:max_regions]
+
+
+def _pixels(ds) -> np.ndarray:
+    from ingest.decode import decode_pixels
+
+    return decode_pixels(ds)
+
+
+def infer_mammo_study(backend: InferenceBackend, study: Study,
+                      repository: Path = DEFAULT_MODEL_REPOSITORY) -> MammoInference:
+    """Run the exam's views (any of LCC, LMLO, RCC, RMLO present) through ``backend``; the exam
+    calibration is read from the classifier's contract in ``repository``."""
+    if not study.datasets:
+        raise ValueError("study: a mammography study needs at least one view")
+    calibration = {**DEFAULT_CALIBRATION, **load_contract("mammo_classifier", repository).calibration}
+    images, lateralities, views, max_values = [], [], [], []
+    for ds in study.datasets:
+        images.append(np.asarray(_pixels(ds), np.float32))
+        lateralities.append(str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper())
+        views.append(str(ds.get("ViewPosition", "")).upper())
+        max_values.append(float(2 ** int(ds.BitsStored) - 1))
+    raw = backend.infer_mammo(images, lateralities, max_values)
+    view_results = []
+    for k, ds in enumerate(study.datasets):
+        heatmap = np.clip(raw.heatmaps[k], 0.0, 1.0).astype(np.float32)
+        view_results.append(MammoViewInference(
+            sop_instance_uid=str(ds.SOPInstanceUID), laterality=lateralities[k], view=views[k],
+            malignancy_probability=float(raw.malignancy[k]), heatmap=heatmap,
+            regions=heatmap_regions(heatmap, images[k].shape, calibration["region_threshold"]),
+        ))
+    probabilities = [float(p) for p in raw.malignancy]
+    density = raw.density.mean(axis=0)
+    density = density / density.sum()
+    versions = backend.model_versions()
+    return MammoInference(
+        views=view_results,
+        exam_malignancy_probability=exam_probability(probabilities, lateralities, calibration),
+        density_probabilities=tuple(float(d) for d in density),  # type: ignore[arg-type]
+        uncertainty=float(raw.uncertainty.max()),
+        model_versions={name: versions[name] for name in MODELS if name in versions},
+    )
+

@@ -1,0 +1,104 @@
+"""The `ldct_screening` steps between models, as pure functions (numpy in, numpy out).
+
+The embedded backend composes them in :func:`run`; Triton's CPU python-backend models call the
+same functions, so both realisations compute the same thing:
+
+    HU volume -> denoise_input -> ldct_denoise (slice batches) -> detector_input (2 mm, windowed)
+    -> ldct_nodule_detector -> extract_candidates -> nodule_patches (1 mm, 48^3)
+    -> ldct_nodule_segmenter (+ left-right flip) -> combine_segmentations -> LdctRaw
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from ingest.backends.base import LdctRaw
+from ingest.preprocess import ldct as preprocess
+from ingest.preprocess.ldct import DENOISE_SCALE, PATCH_SIZE, ResampleGrid
+
+RunModel = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+DENOISE_BATCH = 8
+SEGMENT_BATCH = 8
+# Detector operating point: peaks of the centre heatmap above this are candidates. Low on purpose:
+# the segmenter's empty masks drop most false candidates, and the eval sweeps the score anyway.
+DETECTION_THRESHOLD = 0.15
+MAX_CANDIDATES = 32
+# Two peaks closer than this (in 2 mm detector voxels, per axis) are one candidate.
+PEAK_NEIGHBOURHOOD = 5
+
+
+def denoise(volume_hu: np.ndarray, run_model: RunModel) -> np.ndarray:
+    """HU [D, H, W] -> denoised HU [D, H, W], through ``ldct_denoise`` one batch of slices at a time."""
+    scaled = preprocess.denoise_input(volume_hu)
+    out = np.empty_like(scaled)
+    for start in range(0, scaled.shape[0], DENOISE_BATCH):
+        batch = scaled[start:start + DENOISE_BATCH, None]
+        out[start:start + DENOISE_BATCH] = run_model("ldct_denoise", {"image": batch})["denoised"][:, 0]
+    return out * np.float32(DENOISE_SCALE)
+
+
+def detect(denoised_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel) -> tuple[np.ndarray, np.ndarray, ResampleGrid]:
+    """Denoised HU -> (heatmap, diameter_mm) on the detector's 2 mm grid, plus that grid."""
+    volume, grid = preprocess.detector_input(denoised_hu, spacing_mm)
+    out = run_model("ldct_nodule_detector", {"volume": volume[None, None]})
+    return out["heatmap"][0, 0], out["diameter_mm"][0, 0], grid
+
+
+def extract_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: ResampleGrid,
+                       threshold: float = DETECTION_THRESHOLD, max_candidates: int = MAX_CANDIDATES) -> np.ndarray:
+    """Local maxima of the centre heatmap above ``threshold`` -> float32 [K, 5]:
+    z, y, x (voxel index in the source series), diameter_mm, detection score; highest score first."""
+    peaks = (heatmap == ndimage.maximum_filter(heatmap, size=PEAK_NEIGHBOURHOOD, mode="constant")) & (heatmap >= threshold)
+    index = np.argwhere(peaks)
+    scores = heatmap[peaks]
+    order = np.argsort(-scores, kind="stable")[:max_candidates]
+    index, scores = index[order], scores[order]
+    diameters = diameter_mm[tuple(index.T)] if len(index) else np.zeros(0, np.float32)
+    out = np.zeros((len(index), 5), np.float32)
+    if len(index):
+        out[:, :3] = grid.to_source_index(index)
+        out[:, 3] = diameters
+        out[:, 4] = scores
+    return out
+
+
+def segment(denoised_hu: np.ndarray, spacing_mm: np.ndarray, candidates: np.ndarray,
+            run_model: RunModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Patches around the candidates -> (masks [K,48,48,48], malignancy [K], composition [K,4],
+    uncertainty [K]); each patch also runs mirrored left-right and the two passes are averaged."""
+    patches = preprocess.nodule_patches(denoised_hu, spacing_mm, candidates[:, :3])
+    k = len(patches)
+    masks = np.zeros((k, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), np.float32)
+    malignancy = np.zeros((k, 2), np.float32)
+    composition = np.zeros((k, 4), np.float32)
+    for start in range(0, k, SEGMENT_BATCH):
+        batch = patches[start:start + SEGMENT_BATCH, None]
+        stop = start + len(batch)
+        for view, flipped in enumerate((batch, batch[..., ::-1])):
+            out = run_model("ldct_nodule_segmenter", {"patch": np.ascontiguousarray(flipped)})
+            mask = out["mask"][:, 0]
+            masks[start:stop] += (mask if view == 0 else mask[..., ::-1]) / 2.0
+            malignancy[start:stop, view] = out["malignancy"][:, 0]
+            composition[start:stop] += out["composition"] / 2.0
+    return masks, malignancy.mean(axis=1), composition, flip_uncertainty(malignancy)
+
+
+def flip_uncertainty(probabilities: np.ndarray) -> np.ndarray:
+    """Spread of the flip test-time augmentation: population std of the per-view probabilities [K, V]."""
+    return probabilities.std(axis=1).astype(np.float32)
+
+
+def run(volume_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel) -> LdctRaw:
+    """One series (HU [D, H, W], inferior to superior; spacing z, y, x mm) through every LDCT model."""
+    volume_hu = np.asarray(volume_hu, np.float32)
+    spacing_mm = np.asarray(spacing_mm, np.float32)
+    denoised = denoise(volume_hu, run_model)
+    heatmap, diameter, grid = detect(denoised, spacing_mm, run_model)
+    candidates = extract_candidates(heatmap, diameter, grid)
+    masks, malignancy, composition, uncertainty = segment(denoised, spacing_mm, candidates, run_model)
+    return LdctRaw(candidates=candidates, masks=masks, malignancy=malignancy,
+                   composition=composition, uncertainty=uncertainty)

@@ -1,0 +1,664 @@
+"""Low-dose chest CT phantoms: thorax anatomy, lung nodules with known truth, projection-domain noise.
+
+The anatomy is drawn in patient coordinates (DICOM LPS, mm) so that truth centres, DICOM geometry and
+voxel indices all agree: voxel [k, i, j] lies at origin + (j * column spacing, i * row spacing,
+k * slice spacing) in (x, y, z), rows run anterior -> posterior, columns right -> left of the patient,
+slices inferior -> superior (ImageOrientationPatient 1\\0\\0\\0\\1\\0).
+
+Dose is simulated where it acts, in the projection domain: the clean phantom is forward projected
+(parallel beam), photon counts are drawn from a Poisson law at full dose and thinned binomially to
+``dose_fraction`` (a real dose reduction keeps a subset of the same photons), and the filtered back
+projection of each log-count difference is added to the clean image. Noise therefore follows the
+anatomy: streaks along the shoulders and spine, lower noise in the lungs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import scipy.sparse as sparse
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
+from scipy import fft as sp_fft
+from scipy import ndimage
+
+from oncostream.synth.dicom import base_dataset, synth_uid
+from oncostream.synth.ground_truth import LdctTruth, NoduleTruth
+
+_KIND = "ldct"
+_MU_WATER_PER_MM = 0.0193  # linear attenuation of water near 70 keV effective energy, 1/mm
+_STORED_OFFSET = 1024  # stored value = HU + 1024 (RescaleIntercept -1024)
+
+# size -> (matrix, pixel spacing mm, slice spacing mm, slices, noise grid, projection angles)
+_SIZES = {
+    "full": (512, 0.70, 1.25, 160, 256, 192),
+    "small": (128, 2.65, 2.5, 48, 128, 96),
+}
+# unattenuated photons per mm^2 of detector over one rotation at full dose; sets the full-dose noise
+# (about 12 HU in the mediastinum at 0.7 mm x 1.25 mm); a 25 % series has about twice that
+_PHOTONS_PER_MM2 = 2.0e5 * 192 / (1.4 * 1.25) * 7.4
+
+COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
+MARGINS = ("smooth", "lobulated", "spiculated")
+
+
+@dataclass
+class LdctPhantom:
+    """One synthetic LDCT series: the clean, full-dose and low-dose volumes, labels and truth."""
+
+    hu_full: np.ndarray  # float32 [D, H, W] full-dose HU (full-dose quantum noise included)
+    hu_low: np.ndarray  # float32 [D, H, W] same anatomy at dose_fraction
+    spacing_mm: tuple[float, float, float]  # (slice, row, column) spacing
+    origin_mm: tuple[float, float, float]  # LPS (x, y, z) of voxel [0, 0, 0]
+    labels: np.ndarray  # int16 [D, H, W]: 0 background, k = truth.nodules[k-1]
+    truth: LdctTruth
+    hu_clean: np.ndarray = field(repr=False, default=None)  # float32 [D, H, W] noiseless phantom
+    size: str = "full"
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry helpers
+
+
+def _soft(signed_distance_mm: np.ndarray, edge_mm: float) -> np.ndarray:
+    """Partial-volume occupancy from a signed distance (negative inside): a one-voxel linear ramp."""
+    return np.clip(0.5 - signed_distance_mm / edge_mm, 0.0, 1.0, dtype=np.float32)
+
+
+def _ellipse_sd(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+    """Approximate signed distance (mm) to an axis-aligned ellipse: (normalised radius - 1) * min axis."""
+    if ax <= 0 or ay <= 0:
+        return np.full(np.broadcast(x, y).shape, 1e3, dtype=np.float32)
+    r = np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
+    return ((r - 1.0) * min(ax, ay)).astype(np.float32)
+
+
+@dataclass
+class _Tube:
+    a: np.ndarray  # (x, y, z) mm
+    b: np.ndarray
+    radius: float
+    hu: float
+
+
+def _render_tube(vol: np.ndarray, tube: _Tube, grid: "_Grid", blend_mask: np.ndarray | None = None,
+                 occ_out: np.ndarray | None = None) -> None:
+    """Blend a cylinder with rounded ends into ``vol`` (HU) by partial-volume occupancy."""
+    lo = np.minimum(tube.a, tube.b) - tube.radius - 2 * grid.edge
+    hi = np.maximum(tube.a, tube.b) + tube.radius + 2 * grid.edge
+    sl = grid.index_box(lo, hi)
+    if sl is None:
+        return
+    z, y, x = grid.coords(sl)
+    ab = tube.b - tube.a
+    denom = float(ab @ ab) or 1e-9
+    t = ((x - tube.a[0]) * ab[0] + (y - tube.a[1]) * ab[1] + (z - tube.a[2]) * ab[2]) / denom
+    t = np.clip(t, 0.0, 1.0)
+    d = np.sqrt((x - tube.a[0] - t * ab[0]) ** 2 + (y - tube.a[1] - t * ab[1]) ** 2
+                + (z - tube.a[2] - t * ab[2]) ** 2)
+    occ = _soft(d - tube.radius, grid.edge)
+    if blend_mask is not None:
+        occ = occ * blend_mask[sl]
+    sub = vol[sl]
+    sub += occ * (tube.hu - sub)
+    if occ_out is not None:
+        np.maximum(occ_out[sl], occ, out=occ_out[sl])
+
+
+@dataclass
+class _Grid:
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]  # (z, y, x)
+    origin: tuple[float, float, float]  # (x, y, z) LPS
+
+    @property
+    def edge(self) -> float:
+        return float(np.mean(self.spacing))
+
+    def index_box(self, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Index slices (k, i, j) covering the mm box, or None when it misses the volume."""
+        out = []
+        for axis_xyz, axis_kij in ((2, 0), (1, 1), (0, 2)):
+            a = int(np.floor((lo_xyz[axis_xyz] - self.origin[axis_xyz]) / self.spacing[axis_kij]))
+            b = int(np.ceil((hi_xyz[axis_xyz] - self.origin[axis_xyz]) / self.spacing[axis_kij])) + 1
+            a, b = max(a, 0), min(b, self.shape[axis_kij])
+            if a >= b:
+                return None
+            out.append(slice(a, b))
+        return tuple(out)
+
+    def coords(self, sl: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Broadcastable (z, y, x) mm coordinates of the voxels in ``sl``."""
+        k = np.arange(sl[0].start, sl[0].stop, dtype=np.float32)
+        i = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)
+        j = np.arange(sl[2].start, sl[2].stop, dtype=np.float32)
+        z = (self.origin[2] + k * self.spacing[0])[:, None, None]
+        y = (self.origin[1] + i * self.spacing[1])[None, :, None]
+        x = (self.origin[0] + j * self.spacing[2])[None, None, :]
+        return z, y, x
+
+    def index_of(self, xyz: np.ndarray) -> tuple[int, int, int]:
+        return (int(round((xyz[2] - self.origin[2]) / self.spacing[0])),
+                int(round((xyz[1] - self.origin[1]) / self.spacing[1])),
+                int(round((xyz[0] - self.origin[0]) / self.spacing[2])))
+
+    def contains(self, kij: tuple[int, int, int]) -> bool:
+        return all(0 <= v < n for v, n in zip(kij, self.shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# anatomy
+
+
+@dataclass
+class _Body:
+    """Per-patient anatomy parameters (mm, relative to the scan centre)."""
+
+    zc: float
+    ax: float
+    ay: float
+    lung_cx: float
+    lung_cy: float
+    lung_ax: float
+    lung_ay: float
+    lung_zc: float
+    lung_hz: float
+    heart: tuple[float, float, float, float, float, float]  # cx, cy, cz, ax, ay, az
+    liver: tuple[float, float, float, float, float, float]
+    spine_y: float
+    rib_period: float
+    rib_phase: float
+
+
+def _draw_body(rng: np.random.Generator, z_extent: float) -> _Body:
+    ax = rng.uniform(148, 162)
+    ay = rng.uniform(100, 118)
+    return _Body(
+        zc=0.0, ax=ax, ay=ay,
+        lung_cx=rng.uniform(0.43, 0.48) * ax, lung_cy=rng.uniform(-6, 4),
+        lung_ax=rng.uniform(0.33, 0.37) * ax, lung_ay=rng.uniform(0.70, 0.78) * ay,
+        lung_zc=rng.uniform(10, 30), lung_hz=rng.uniform(145, 165),
+        heart=(rng.uniform(12, 28), rng.uniform(-0.30, -0.18) * ay, rng.uniform(-60, -40),
+               rng.uniform(50, 62), rng.uniform(40, 50), rng.uniform(50, 60)),
+        liver=(rng.uniform(-50, -30), rng.uniform(-5, 10), -z_extent / 2 - rng.uniform(40, 70),
+               rng.uniform(100, 120), rng.uniform(80, 95), rng.uniform(75, 90)),
+        spine_y=ay - rng.uniform(38, 46),
+        rib_period=rng.uniform(24, 30), rib_phase=rng.uniform(0, 1),
+    )
+
+
+def _lung_field(body: _Body, z: float, y: np.ndarray, x: np.ndarray, side: int) -> np.ndarray:
+    """Signed distance (mm) to one lung (side -1 = patient right, +1 = left) at height z."""
+    f2 = 1.0 - ((z - body.lung_zc) / body.lung_hz) ** 2
+    if f2 <= 0:
+        return np.full(np.broadcast(x, y).shape, 1e3, dtype=np.float32)
+    f = np.sqrt(f2)
+    # lungs widen towards the base and are flatter anteriorly: shift the centre posteriorly with height
+    return _ellipse_sd(x, y, side * body.lung_cx, body.lung_cy + 0.05 * (z - body.lung_zc),
+                       body.lung_ax * f, body.lung_ay * f)
+
+
+def _ellipsoid_sd(x, y, z, p: tuple[float, float, float, float, float, float]) -> np.ndarray:
+    cx, cy, cz, ax, ay, az = p
+    r = np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 + ((z - cz) / az) ** 2)
+    return ((r - 1.0) * min(ax, ay, az)).astype(np.float32)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_px: float) -> np.ndarray:
+    """Zero-mean unit-variance Gaussian-filtered noise (tissue texture)."""
+    n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_px)
+    return n / (n.std() + 1e-6)
+
+
+def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Clean HU volume without vessels and nodules, and the soft lung mask [0, 1]."""
+    d, h, w = grid.shape
+    vol = np.empty(grid.shape, dtype=np.float32)
+    lung = np.zeros(grid.shape, dtype=np.float32)
+    _, y, x = grid.coords((slice(0, 1), slice(0, h), slice(0, w)))
+    y, x = y[0], x[0]
+    e = grid.edge
+    # coarse texture for soft tissue and lung parenchyma, upsampled to save time
+    tex_shape = (max(d // 2, 2), max(h // 4, 2), max(w // 4, 2))
+    tex = ndimage.zoom(_smooth_noise(rng, tex_shape, 1.5), [a / b for a, b in zip(grid.shape, tex_shape)],
+                       order=1)
+    theta = np.arctan2(y - 0.0, x)
+    for k in range(d):
+        z = grid.origin[2] + k * grid.spacing[0]
+        s = np.full((h, w), -1000.0, dtype=np.float32)
+        body_sd = _ellipse_sd(x, y, 0.0, 0.0, body.ax, body.ay)
+        s += _soft(body_sd, e) * (-100.0 - s)  # subcutaneous fat
+        muscle_sd = _ellipse_sd(x, y, 0.0, -2.0, body.ax - 14, body.ay - 12)
+        s += _soft(muscle_sd, e) * (45.0 - s)  # chest wall muscle
+        # ribs: a ring inside the muscle layer, present in bands that slope down anteriorly
+        cav_ax, cav_ay = body.ax - 26, body.ay - 22
+        ring = np.abs(_ellipse_sd(x, y, 0.0, -2.0, cav_ax + 5, cav_ay + 5)) - 4.5
+        band = np.sin(2 * np.pi * ((z + 25 * np.sin(theta)) / body.rib_period + body.rib_phase))
+        rib = _soft(ring, e) * (band > 0.55) * (np.abs(x) > 25)
+        s += rib * (650.0 - s)
+        cav_sd = _ellipse_sd(x, y, 0.0, -2.0, cav_ax, cav_ay)
+        s += _soft(cav_sd, e) * (-80.0 - s)  # mediastinal fat fills the cavity
+        # lungs, carved by heart and liver
+        lmask = np.maximum(_soft(_lung_field(body, z, y, x, -1), e), _soft(_lung_field(body, z, y, x, 1), e))
+        lmask *= _soft(-cav_sd - 2.0, e)
+        heart = _soft(_ellipsoid_sd(x, y, z, body.heart), e)
+        liver = _soft(_ellipsoid_sd(x, y, z, body.liver), e)
+        lmask *= (1 - heart) * (1 - liver)
+        s += lmask * (-860.0 + 18.0 * tex[k] - s)
+        s += heart * (40.0 + 6.0 * tex[k] - s)
+        s += liver * (58.0 + 5.0 * tex[k] - s)
+        # spine: vertebral body (cortex, cancellous), canal, with intervertebral discs every ~28 mm
+        disc = np.cos(2 * np.pi * z / 28.0) > 0.82
+        vb_sd = _ellipse_sd(x, y, 0.0, body.spine_y, 19.0, 16.0)
+        s += _soft(vb_sd, e) * ((90.0 if disc else 850.0) - s)
+        s += _soft(vb_sd + 1.8, e) * ((90.0 if disc else 260.0) - s)
+        canal_sd = _ellipse_sd(x, y, 0.0, body.spine_y + 26.0, 8.0, 7.0)
+        arch_sd = _ellipse_sd(x, y, 0.0, body.spine_y + 27.0, 15.0, 12.0)
+        s += _soft(arch_sd, e) * (600.0 - s)
+        s += _soft(canal_sd, e) * (25.0 - s)
+        s += _soft(body_sd, e) * 6.0 * tex[k]  # soft-tissue mottle
+        vol[k] = s
+        lung[k] = lmask
+    return vol, lung
+
+
+def _vessel_tree(body: _Body, rng: np.random.Generator, z_lo: float, z_hi: float) -> list[_Tube]:
+    """Pulmonary vessels: branching tubes from each hilum; in cross-section they mimic nodules."""
+    tubes: list[_Tube] = []
+    zs = body.heart[2] + 0.8 * body.heart[5]
+    for side in (-1, 1):
+        hilum = np.array([side * 0.45 * body.lung_cx, body.lung_cy + 8.0, zs], dtype=np.float64)
+        for lobe_dir in ([side * 0.5, -0.2, 0.8], [side * 1.0, 0.1, 0.0], [side * 0.6, 0.3, -0.8],
+                         [side * 0.7, -0.6, -0.3]):
+            v = np.array(lobe_dir) + rng.normal(0, 0.15, 3)
+            stack = [(hilum.copy(), v / np.linalg.norm(v), rng.uniform(4.5, 6.5), 0)]
+            while stack:
+                a, v, r, depth = stack.pop()
+                length = rng.uniform(5.0, 8.0) * r ** 0.75 + 4.0
+                b = a + v * length
+                lung_sd = _lung_field(body, float(b[2]), np.array(b[1]), np.array(b[0]), side)
+                if float(lung_sd) > -1.0 or b[2] < z_lo - 20 or b[2] > z_hi + 20:
+                    b = a + v * length * 0.5
+                    tubes.append(_Tube(a, b, r, 45.0))
+                    continue
+                tubes.append(_Tube(a, b, r, 45.0))
+                if r < 0.7 or depth > 9:
+                    continue
+                for _ in range(2):
+                    child = v + rng.normal(0, 0.45, 3)
+                    child /= np.linalg.norm(child)
+                    stack.append((b, child, r * rng.uniform(0.62, 0.8), depth + 1))
+    return tubes
+
+
+# ---------------------------------------------------------------------------------------------
+# nodules
+
+
+def _draw_nodule_specs(rng: np.random.Generator) -> list[dict]:
+    """0-4 nodules across Lung-RADS size bands; malignancy decides margin and composition odds."""
+    n = int(rng.choice([0, 1, 1, 2, 2, 3, 4]))
+    specs = []
+    for _ in range(n):
+        malignant = bool(rng.random() < 0.4)
+        if malignant:
+            margin = str(rng.choice(MARGINS, p=[0.15, 0.35, 0.50]))
+            composition = str(rng.choice(COMPOSITIONS, p=[0.50, 0.35, 0.15, 0.0]))
+            diameter = float(rng.choice([rng.uniform(4, 6), rng.uniform(6, 8), rng.uniform(8, 15),
+                                         rng.uniform(15, 30)], p=[0.1, 0.2, 0.4, 0.3]))
+        else:
+            margin = str(rng.choice(MARGINS, p=[0.75, 0.18, 0.07]))
+            composition = str(rng.choice(COMPOSITIONS, p=[0.45, 0.05, 0.2, 0.3]))
+            diameter = float(rng.choice([rng.uniform(3, 6), rng.uniform(6, 8), rng.uniform(8, 15),
+                                         rng.uniform(15, 25)], p=[0.35, 0.3, 0.25, 0.1]))
+        if composition == "calcified":
+            margin = "smooth"
+        specs.append({"diameter_mm": round(diameter, 2), "composition": composition, "margin": margin,
+                      "malignant": malignant})
+    return specs
+
+
+@dataclass
+class _NoduleShape:
+    center: np.ndarray  # (x, y, z) mm
+    radius: float
+    axes: np.ndarray  # 3x3 rotation, rows = principal directions
+    scales: np.ndarray  # relative semi-axes, geometric mean 1
+    lobes: list[tuple[np.ndarray, float]]
+    spicules: list[tuple[np.ndarray, float, float]]  # direction, length mm, radius mm
+
+    def signed_distance(self, x, y, z) -> np.ndarray:
+        px, py, pz = x - self.center[0], y - self.center[1], z - self.center[2]
+        q = [(self.axes[i, 0] * px + self.axes[i, 1] * py + self.axes[i, 2] * pz) / self.scales[i]
+             for i in range(3)]
+        rho = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2) + 1e-6
+        rad = np.full(np.shape(rho), self.radius, dtype=np.float32)
+        for direction, amp in self.lobes:
+            cos = (q[0] * direction[0] + q[1] * direction[1] + q[2] * direction[2]) / rho
+            rad = rad + self.radius * amp * np.exp((cos - 1.0) / 0.12)
+        return (rho - rad).astype(np.float32)
+
+    def volume_mm3(self) -> float:
+        """Volume of the nodule body (spicules excluded, as in clinical volumetry) on a fine grid."""
+        reach = self.radius * float(self.scales.max()) * 1.6 + 0.5
+        n = 48
+        step = 2 * reach / n
+        ax = (np.arange(n) + 0.5) * step - reach
+        inside = self.signed_distance(self.center[0] + ax[None, None, :], self.center[1] + ax[None, :, None],
+                                      self.center[2] + ax[:, None, None]) < 0
+        return float(inside.sum() * step ** 3)
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v)
+
+
+def _place_nodules(specs: list[dict], body: _Body, grid: _Grid, lung: np.ndarray,
+                   rng: np.random.Generator) -> list[_NoduleShape]:
+    """Centres drawn inside the lungs (away from the scan ends) with the body mostly in lung."""
+    shapes = []
+    d, h, w = grid.shape
+    candidates = np.argwhere(lung[:: 2, :: 2, :: 2] > 0.99) * 2
+    for spec in specs:
+        r = spec["diameter_mm"] / 2
+        for _ in range(200):
+            k, i, j = candidates[rng.integers(len(candidates))]
+            margin_k = int(np.ceil((r + 2) / grid.spacing[0]))
+            if not margin_k <= k < d - margin_k:
+                continue
+            # require lung around the centre at 0.7 r in the six axis directions
+            ok = True
+            for dk, di, dj in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+                kk = int(k + dk * 0.7 * r / grid.spacing[0])
+                ii = int(i + di * 0.7 * r / grid.spacing[1])
+                jj = int(j + dj * 0.7 * r / grid.spacing[2])
+                if not grid.contains((kk, ii, jj)) or lung[kk, ii, jj] < 0.5:
+                    ok = False
+                    break
+            if ok and all(np.linalg.norm(s.center - _center_of(grid, k, i, j)) > s.radius + r + 4 for s in shapes):
+                break
+        center = _center_of(grid, k, i, j) + rng.uniform(-0.5, 0.5, 3) * np.array(grid.spacing[::-1])
+        scales = rng.uniform(0.85, 1.18, 3)
+        scales /= np.prod(scales) ** (1 / 3)
+        lobes = []
+        if spec["margin"] == "lobulated":
+            lobes = [(_unit(rng), float(rng.uniform(0.12, 0.25))) for _ in range(int(rng.integers(4, 7)))]
+        elif spec["margin"] == "spiculated":
+            lobes = [(_unit(rng), float(rng.uniform(0.05, 0.15))) for _ in range(int(rng.integers(2, 5)))]
+        spicules = []
+        if spec["margin"] == "spiculated":
+            spicules = [(_unit(rng), float(r * rng.uniform(1.5, 2.6) + 2.0), float(rng.uniform(0.35, 0.7)))
+                        for _ in range(int(rng.integers(7, 15)))]
+        shapes.append(_NoduleShape(center, r, _rotation(rng), scales, lobes, spicules))
+    return shapes
+
+
+def _center_of(grid: _Grid, k: int, i: int, j: int) -> np.ndarray:
+    return np.array([grid.origin[0] + j * grid.spacing[2], grid.origin[1] + i * grid.spacing[1],
+                     grid.origin[2] + k * grid.spacing[0]], dtype=np.float64)
+
+
+def _render_nodule(vol: np.ndarray, labels: np.ndarray, label: int, shape: _NoduleShape, spec: dict,
+                   grid: _Grid, rng: np.random.Generator) -> None:
+    reach = shape.radius * float(shape.scales.max()) * 1.6 + 2 * grid.edge
+    sl = grid.index_box(shape.center - reach, shape.center + reach)
+    z, y, x = grid.coords(sl)
+    sd = shape.signed_distance(x, y, z)
+    occ = _soft(sd, grid.edge)
+    comp = spec["composition"]
+    solid_hu = float(rng.uniform(20, 60))
+    if comp == "ground_glass":
+        target = np.float32(rng.uniform(-680, -480))
+    elif comp == "part_solid":
+        core = _soft(sd + shape.radius * (1 - rng.uniform(0.35, 0.6)), grid.edge)
+        target = rng.uniform(-650, -480) + core * (solid_hu - (-560.0))
+    elif comp == "calcified":
+        core = _soft(sd + shape.radius * rng.uniform(0.3, 0.6), grid.edge)
+        target = solid_hu + core * rng.uniform(350, 800)
+    else:
+        target = np.float32(solid_hu)
+    sub = vol[sl]
+    sub += occ * (target - sub)
+    # spicules: thin strands of solid tissue radiating into the lung
+    for direction, length, radius in shape.spicules:
+        _render_tube(vol, _Tube(shape.center.copy(), shape.center + direction * length, radius,
+                                solid_hu if comp != "ground_glass" else -450.0), grid)
+    lab = labels[sl]
+    lab[occ >= 0.5] = label
+    kij = grid.index_of(shape.center)
+    labels[kij] = label
+
+
+# ---------------------------------------------------------------------------------------------
+# low-dose simulation in the projection domain
+
+
+@lru_cache(maxsize=4)
+def _projector(m: int, n_angles: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix, int]:
+    """Pixel-driven parallel-beam projector A (linear interpolation onto unit detector bins) and A^T."""
+    n_det = int(np.ceil(m * np.sqrt(2))) + 3
+    c = (m - 1) / 2
+    y, x = np.mgrid[0:m, 0:m].astype(np.float32) - c
+    pix = np.flatnonzero(((x ** 2 + y ** 2) <= (m / 2 + 1) ** 2).ravel())
+    xs, ys = x.ravel()[pix], y.ravel()[pix]
+    th = np.arange(n_angles, dtype=np.float32) * np.float32(np.pi / n_angles)
+    s = np.cos(th)[:, None] * xs[None] + np.sin(th)[:, None] * ys[None] + (n_det - 1) / 2
+    i0 = np.floor(s).astype(np.int32)
+    wt = (s - i0).astype(np.float32)
+    rows = (np.arange(n_angles, dtype=np.int32)[:, None] * n_det + i0).ravel()
+    cols = np.broadcast_to(pix.astype(np.int32), (n_angles, pix.size)).ravel()
+    a = sparse.csr_matrix((np.concatenate([(1 - wt).ravel(), wt.ravel()]),
+                           (np.concatenate([rows, rows + 1]), np.concatenate([cols, cols]))),
+                          shape=(n_angles * n_det, m * m), dtype=np.float32)
+    return a, a.T.tocsr(), n_det
+
+
+def _ramp_filter(n_det: int) -> np.ndarray:
+    """Frequency response of the Ram-Lak filter (spatial kernel, zero-padded), for unit bin spacing."""
+    size = int(2 ** np.ceil(np.log2(2 * n_det)))
+    n = np.arange(-(size // 2), size // 2)
+    h = np.zeros(size, dtype=np.float64)
+    h[size // 2] = 0.25
+    odd = n % 2 == 1
+    h[odd] = -1.0 / (np.pi * n[odd]) ** 2
+    return np.real(np.fft.fft(np.fft.ifftshift(h)))
+
+
+def _upsample2(vol: np.ndarray) -> np.ndarray:
+    """In-plane x2 upsampling (pixel repeat, then a [1, 2, 1] / 4 smoothing): cheap and unshifted."""
+    up = np.repeat(np.repeat(vol, 2, axis=1), 2, axis=2)
+    for axis in (1, 2):
+        up = ndimage.convolve1d(up, np.array([0.25, 0.5, 0.25], dtype=np.float32), axis=axis, mode="nearest")
+    return up
+
+
+def _downsample(vol: np.ndarray, factor: int) -> np.ndarray:
+    d, h, w = vol.shape
+    return vol.reshape(d, h // factor, factor, w // factor, factor).mean(axis=(2, 4), dtype=np.float32)
+
+
+def _dose_noise(clean_hu: np.ndarray, pixel_mm: float, slice_mm: float, m: int, n_angles: int,
+                dose_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Full-dose and low-dose noise volumes (HU) from Poisson counts on a parallel-beam sinogram.
+
+    Photons per ray scale with the detector bin area (bin width x slice thickness) and are shared
+    among the views, so the noise level depends on voxel size and dose, not on the simulated view
+    count. The low-dose counts are a Poisson split of the full-dose counts (a dose reduction keeps a
+    random subset of the same photons), so the two series carry correlated noise like a real pair.
+    """
+    d, h, w = clean_hu.shape
+    factor = h // m
+    mu = np.clip(clean_hu, -1000.0, None) * np.float32(_MU_WATER_PER_MM / 1000.0) + np.float32(_MU_WATER_PER_MM)
+    if factor != 1:
+        mu = _downsample(mu, factor)
+    grid_mm = pixel_mm * factor
+    i0_full = _PHOTONS_PER_MM2 * grid_mm * slice_mm / n_angles
+    a, a_t, n_det = _projector(m, n_angles)
+    x = np.ascontiguousarray(mu.reshape(d, m * m).T)
+    line = (a @ x) * np.float32(grid_mm)  # (angles * n_det, D), unitless line integrals
+    expected = i0_full * np.exp(-line.astype(np.float64))
+    counts_low = rng.poisson(expected * dose_fraction)
+    counts_full = counts_low + rng.poisson(expected * (1.0 - dose_fraction))
+    del expected
+    size = int(2 ** np.ceil(np.log2(2 * n_det)))
+    resp = _ramp_filter(n_det)[: size // 2 + 1].astype(np.float32)
+    deltas = [-np.log(np.maximum(c, 0.5) / i0).astype(np.float32) - line
+              for c, i0 in ((counts_full, i0_full), (counts_low, i0_full * dose_fraction))]
+    del counts_low, counts_full
+    sino = np.stack(deltas).reshape(2, n_angles, n_det, d)
+    del deltas
+    spec = sp_fft.rfft(sino, n=size, axis=2, workers=2)
+    spec *= resp[None, None, :, None]
+    filt = sp_fft.irfft(spec, n=size, axis=2, workers=2)[:, :, :n_det].astype(np.float32)
+    del spec, sino
+    out = []
+    for filtered in filt:
+        rec = a_t @ np.ascontiguousarray(filtered.reshape(n_angles * n_det, d))
+        noise = rec.T.reshape(d, m, m) * np.float32(np.pi / n_angles / grid_mm * 1000.0 / _MU_WATER_PER_MM)
+        out.append(_upsample2(noise) if factor == 2 else noise)
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25,
+                      nodules: list[dict] | None = None) -> LdctPhantom:
+    """One chest LDCT series, deterministic for ``seed``.
+
+    ``nodules`` overrides the random nodules: dicts with ``diameter_mm``, ``composition``
+    (solid | part_solid | ground_glass | calcified), ``margin`` (smooth | lobulated | spiculated) and
+    optionally ``malignant`` (default: spiculated/lobulated or part-solid).
+    """
+    if size not in _SIZES:
+        raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
+    if not 0 < dose_fraction <= 1:
+        raise ValueError(f"dose_fraction must be in (0, 1], got {dose_fraction!r}")
+    matrix, pix, dz, n_slices, noise_m, n_angles = _SIZES[size]
+    rng = np.random.default_rng([seed, 0x1DC7])
+    z_extent = (n_slices - 1) * dz
+    table_z = -float(rng.integers(120, 200))
+    origin = (-(matrix - 1) / 2 * pix, -(matrix - 1) / 2 * pix, round(table_z - z_extent / 2, 3))
+    grid = _Grid((n_slices, matrix, matrix), (dz, pix, pix), origin)
+    body = _draw_body(rng, z_extent)
+    # anatomy is drawn relative to the scan centre; shift the body frame to table coordinates
+    shift = table_z
+    body.lung_zc += shift
+    body.heart = body.heart[:2] + (body.heart[2] + shift,) + body.heart[3:]
+    body.liver = body.liver[:2] + (body.liver[2] + shift,) + body.liver[3:]
+    clean, lung = _anatomy(body, grid, rng)
+    for tube in _vessel_tree(body, rng, origin[2], origin[2] + z_extent):
+        _render_tube(clean, tube, grid, blend_mask=lung)
+
+    if nodules is None:
+        specs = _draw_nodule_specs(rng)
+    else:
+        specs = []
+        for spec in nodules:
+            full = dict(spec)
+            full.setdefault("margin", "smooth")
+            full.setdefault("composition", "solid")
+            full.setdefault("malignant", full["margin"] in ("spiculated", "lobulated")
+                            or full["composition"] == "part_solid")
+            specs.append(full)
+    labels = np.zeros(grid.shape, dtype=np.int16)
+    shapes = _place_nodules(specs, body, grid, lung, rng)
+    for label, (shape, spec) in enumerate(zip(shapes, specs), start=1):
+        _render_nodule(clean, labels, label, shape, spec, grid, rng)
+
+    noise_full, noise_low = _dose_noise(clean, pix, dz, noise_m, n_angles, dose_fraction, rng)
+    hu_full = np.clip(clean + noise_full, -1024, 3071).astype(np.float32)
+    hu_low = np.clip(clean + noise_low, -1024, 3071).astype(np.float32)
+
+    study = synth_uid(_KIND, seed, "study")
+    series = synth_uid(_KIND, seed, "series", size, f"{dose_fraction:.4f}")
+    sops = [str(synth_uid(_KIND, seed, "sop", size, f"{dose_fraction:.4f}", str(k))) for k in range(n_slices)]
+    truth = LdctTruth(
+        seed=seed, study_instance_uid=str(study), series_instance_uid=str(series), sop_instance_uids=sops,
+        dose_fraction=dose_fraction,
+        nodules=[NoduleTruth(center_mm=tuple(round(float(v), 3) for v in s.center),
+                             diameter_mm=round(2 * s.radius * float(s.scales.mean()), 2),
+                             volume_mm3=round(s.volume_mm3(), 1),
+                             composition=spec["composition"], margin=spec["margin"],
+                             malignant=bool(spec["malignant"]))
+                 for s, spec in zip(shapes, specs)],
+    )
+    return LdctPhantom(hu_full=hu_full, hu_low=hu_low, spacing_mm=(dz, pix, pix),
+                       origin_mm=tuple(float(v) for v in origin), labels=labels, truth=truth,
+                       hu_clean=clean, size=size)
+
+
+def ldct_datasets(phantom: LdctPhantom) -> list[Dataset]:
+    """CT Image Storage instances, one per axial slice of ``hu_low`` (PS3.3 A.3, CT Image IOD)."""
+    truth = phantom.truth
+    d, h, w = phantom.hu_low.shape
+    dz, rs, cs = phantom.spacing_mm
+    stored = np.clip(np.rint(phantom.hu_low) + _STORED_OFFSET, 0, 4095).astype(np.uint16)
+    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference")
+    ma = round(200.0 * truth.dose_fraction, 1)
+    out = []
+    for k in range(d):
+        ds = base_dataset(_KIND, truth.seed, "CT", CTImageStorage, truth.sop_instance_uids[k],
+                          truth.study_instance_uid, truth.series_instance_uid, 2, k + 1,
+                          "LDCT lung screening (synthetic)")
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.BodyPartExamined = "CHEST"
+        ds.ProtocolName = "LDCT lung screening"
+        ds.PatientPosition = "HFS"
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PositionReferenceIndicator = ""
+        ds.AcquisitionNumber = 1
+        ds.ImagesInAcquisition = d
+        z = phantom.origin_mm[2] + k * dz
+        ds.ImagePositionPatient = [_ds(phantom.origin_mm[0]), _ds(phantom.origin_mm[1]), _ds(z)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceLocation = _ds(z)
+        ds.SliceThickness = _ds(dz)
+        ds.SpacingBetweenSlices = _ds(dz)
+        ds.PixelSpacing = [_ds(rs), _ds(cs)]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = h, w
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -_STORED_OFFSET
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.WindowCenter = -600
+        ds.WindowWidth = 1500
+        ds.KVP = 120
+        ds.XRayTubeCurrent = int(round(ma))
+        ds.ExposureTime = 500
+        ds.Exposure = int(round(ma * 0.5))
+        ds.CTDIvol = round(8.0 * truth.dose_fraction, 3)
+        ds.ConvolutionKernel = "FBP-RAMLAK"
+        ds.ReconstructionDiameter = _ds(w * cs)
+        ds.DataCollectionDiameter = _ds(500.0)
+        ds.GantryDetectorTilt = 0
+        ds.TableHeight = 150
+        ds.RotationDirection = "CW"
+        ds.ScanOptions = "HELICAL"
+        ds.FilterType = "BODY"
+        ds.PixelData = stored[k].tobytes()
+        out.append(ds)
+    return out
+
+
+def _ds(v: float) -> str:
+    """A decimal string that fits DS (16 characters)."""
+    text = f"{v:.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("-0", "") else "0"
+
+
+__all__ = ["LdctPhantom", "make_ldct_phantom", "ldct_datasets", "COMPOSITIONS", "MARGINS"]

@@ -1,0 +1,419 @@
+"""Screening mammography phantoms: four For-Presentation views with breast outline, parenchyma by
+BI-RADS density, and masses / calcification clusters with known truth.
+
+Orientation (the conventional display, PS3.3 C.8.11.7 PatientOrientation examples): every view is
+stored so that the nipple points away from the chest wall, with the chest wall on the LEFT image edge
+(column 0) for left-breast views (LCC ``A\\R``, LMLO ``A\\FR``) and on the RIGHT image edge (last column)
+for right-breast views (RCC ``P\\L``, RMLO ``P\\FL``): right views are the mirror image of the left ones.
+Rows run lateral -> medial on CC views and superior (axilla) -> inferior on MLO views, where the
+pectoral muscle is the bright wedge in the upper chest-wall corner.
+
+A lesion is placed once in breast coordinates (distance from the chest wall, medio-lateral and
+supero-inferior offsets) and projected into the CC and the MLO of its side, so it sits at the same
+depth from the chest wall on both views, as a reader would expect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation
+from scipy import fft as sp_fft
+from scipy import ndimage
+
+from oncostream.synth.dicom import base_dataset, synth_uid
+from oncostream.synth.ground_truth import MammoLesionTruth, MammoLesionView, MammoTruth
+
+_KIND = "mammo"
+VIEWS = ("LCC", "LMLO", "RCC", "RMLO")
+DENSITIES = ("a", "b", "c", "d")
+# size -> (rows, columns, pixel spacing mm)
+_SIZES = {"full": (2048, 1664, 0.1), "small": (512, 416, 0.4)}
+# fibroglandular fraction range of the breast per BI-RADS density category (5th edition wording)
+_GLANDULAR = {"a": (0.05, 0.2), "b": (0.25, 0.45), "c": (0.5, 0.7), "d": (0.75, 0.9)}
+_ORIENTATION = {"LCC": ["A", "R"], "LMLO": ["A", "FR"], "RCC": ["P", "L"], "RMLO": ["P", "FL"]}
+# SNOMED CT view codes (CID 4014) and laterality
+_VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
+
+
+@dataclass
+class MammoPhantom:
+    """One synthetic screening exam: stored pixel values per view, lesion masks and truth."""
+
+    views: dict[str, np.ndarray]  # "LCC" | "LMLO" | "RCC" | "RMLO" -> uint16 [H, W], MONOCHROME2
+    lesion_masks: dict[str, np.ndarray]  # same keys -> bool [H, W], union of lesions on that view
+    pixel_spacing_mm: float
+    bits_stored: int  # 12..14
+    truth: MammoTruth
+    breast_masks: dict[str, np.ndarray] | None = None  # same keys -> bool [H, W], breast incl. skin
+    size: str = "full"
+
+
+@dataclass
+class _Breast:
+    depth_mm: float  # chest wall to nipple on the CC view
+    half_width_mm: float  # half the breast extent along rows on the CC view
+    mlo_depth_mm: float
+    mlo_half_height_mm: float
+    mlo_center_frac: float  # row of the MLO nipple line as a fraction of the image height
+    pectoral_top_frac: float  # width of the pectoral wedge at the top row (fraction of image width)
+    pectoral_len_frac: float  # how far down the chest-wall edge it reaches (fraction of height)
+    glandular_fraction: float
+
+
+@dataclass
+class _Lesion:
+    type: str  # mass | calcification
+    shape: str  # round | oval | spiculated | cluster
+    laterality: str
+    malignant: bool
+    size_mm: float
+    depth: float  # fraction of the breast depth from the chest wall, 0..1
+    ml: float  # medio-lateral offset, -1..1 (CC rows)
+    si: float  # supero-inferior offset, -1..1 (MLO rows)
+    contrast: float  # relative to the glandular contrast
+    aspect: float
+    angle: float
+    seed: int
+
+
+def _power_law_texture(rng: np.random.Generator, shape: tuple[int, int], beta: float, scale_px: float) -> np.ndarray:
+    """Gaussian field with a 1/f^beta power spectrum (mammographic parenchyma has beta near 3)."""
+    h, w = shape
+    fy = sp_fft.fftfreq(h)[:, None]
+    fx = sp_fft.rfftfreq(w)[None, :]
+    f = np.sqrt(fy ** 2 + fx ** 2) + 1.0 / (scale_px * 40)
+    amp = (f ** (-beta / 2)).astype(np.float32)
+    noise = rng.standard_normal((h, w), dtype=np.float32)
+    field = sp_fft.irfft2(sp_fft.rfft2(noise, workers=2) * amp, s=(h, w), workers=2).astype(np.float32)
+    field -= field.mean()
+    return field / (field.std() + 1e-6)
+
+
+def _draw_breast(rng: np.random.Generator, density: str) -> _Breast:
+    lo, hi = _GLANDULAR[density]
+    return _Breast(
+        depth_mm=rng.uniform(95, 135), half_width_mm=rng.uniform(72, 92),
+        mlo_depth_mm=rng.uniform(115, 150), mlo_half_height_mm=rng.uniform(80, 95),
+        mlo_center_frac=rng.uniform(0.52, 0.6), pectoral_top_frac=rng.uniform(0.25, 0.4),
+        pectoral_len_frac=rng.uniform(0.35, 0.55), glandular_fraction=rng.uniform(lo, hi),
+    )
+
+
+def _view_geometry(breast: _Breast, view: str, h: int, w: int, spacing: float):
+    """Normalised breast coordinates for one view in the L orientation (chest wall at column 0).
+
+    Returns (u, v, rho): u = distance from the chest wall as a fraction of the breast depth,
+    v = signed row offset as a fraction of the half extent, rho = normalised elliptical radius.
+    """
+    rows = (np.arange(h, dtype=np.float32) + 0.5) * spacing
+    cols = (np.arange(w, dtype=np.float32) + 0.5) * spacing
+    if view == "CC":
+        depth, half, center = breast.depth_mm, breast.half_width_mm, h * spacing / 2
+    else:
+        depth, half, center = breast.mlo_depth_mm, breast.mlo_half_height_mm, h * spacing * breast.mlo_center_frac
+    u = (cols / depth)[None, :]
+    v = ((rows - center) / half)[:, None]
+    if view == "MLO":
+        # the MLO outline sags: the inferior part reaches further from the chest wall than the axilla
+        v = v - 0.25 * u * u
+    rho = np.sqrt(u ** 2 + v ** 2)
+    return u, v, rho, depth, half, center
+
+
+def _lesion_position(lesion: _Lesion, breast: _Breast, view: str, h: int, spacing: float) -> tuple[float, float]:
+    """(row, col) in pixels of the lesion centre on one view, L orientation (chest wall at column 0)."""
+    if view == "CC":
+        depth, half, center = breast.depth_mm, breast.half_width_mm, h * spacing / 2
+        v = lesion.ml
+        u = lesion.depth
+    else:
+        depth, half, center = breast.mlo_depth_mm, breast.mlo_half_height_mm, h * spacing * breast.mlo_center_frac
+        # the oblique projection mixes medio-lateral and supero-inferior position (45 degrees)
+        v = 0.7 * lesion.si + 0.45 * lesion.ml
+        u = lesion.depth * breast.depth_mm / breast.mlo_depth_mm * 1.05
+        v = v + 0.25 * u * u
+    # keep inside the outline
+    max_r = 0.82
+    r = np.hypot(u, v - (0.25 * u * u if view == "MLO" else 0.0))
+    if r > max_r:
+        scale = max_r / r
+        u *= scale
+        v = (v - (0.25 * u * u if view == "MLO" else 0)) * scale + (0.25 * u * u if view == "MLO" else 0)
+    return center / spacing + v * half / spacing, u * depth / spacing
+
+
+def _draw_lesions(rng: np.random.Generator, malignant_exam: bool) -> list[_Lesion]:
+    lesions = []
+
+    def one(malignant: bool) -> _Lesion:
+        kind = "mass" if rng.random() < 0.65 else "calcification"
+        if kind == "mass":
+            shape = str(rng.choice(["spiculated", "spiculated", "oval"])) if malignant else str(
+                rng.choice(["round", "oval"]))
+            size = float(rng.uniform(8, 22))
+        else:
+            shape, size = "cluster", float(rng.uniform(5, 14) if malignant else rng.uniform(8, 20))
+        return _Lesion(type=kind, shape=shape, laterality=str(rng.choice(["L", "R"])), malignant=malignant,
+                       size_mm=round(size, 2), depth=float(rng.uniform(0.2, 0.75)), ml=float(rng.uniform(-0.55, 0.55)),
+                       si=float(rng.uniform(-0.55, 0.55)), contrast=float(rng.uniform(0.35, 1.0)),
+                       aspect=float(rng.uniform(0.6, 0.95) if shape == "oval" else rng.uniform(0.85, 1.0)),
+                       angle=float(rng.uniform(0, np.pi)), seed=int(rng.integers(2 ** 31)))
+
+    if malignant_exam:
+        lesions.append(one(True))
+    for _ in range(int(rng.choice([0, 0, 1, 1, 2]))):
+        lesions.append(one(False))
+    return lesions
+
+
+def _mass_field(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray, r0: float, c0: float, spacing: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """Projected mass density [0, 1] (a blurred ellipse, spiculated masses with radiating strands)."""
+    radius_px = lesion.size_mm / 2 / spacing
+    ca, sa = np.cos(lesion.angle), np.sin(lesion.angle)
+    dr, dc = rr - r0, cc - c0
+    a = (dr * ca + dc * sa) / radius_px
+    b = (-dr * sa + dc * ca) / (radius_px * lesion.aspect)
+    rho = np.sqrt(a ** 2 + b ** 2)
+    if lesion.shape == "spiculated":
+        theta = np.arctan2(b, a)
+        wobble = sum(rng.uniform(0.05, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 5, 7))
+        rho = rho / (1 + wobble)
+    # a compressed sphere projects to a thickness profile sqrt(1 - rho^2), softened at the edge
+    body = np.sqrt(np.clip(1 - rho ** 2, 0, 1))
+    edge_px = max(0.6, 0.4 / spacing)
+    body = np.maximum(body, np.clip(1 - (rho - 1) * radius_px / edge_px, 0, 1) * 0.15 * (rho > 1))
+    if lesion.shape == "spiculated":
+        n = int(rng.integers(10, 20))
+        for _ in range(n):
+            th = rng.uniform(0, 2 * np.pi)
+            length = radius_px * rng.uniform(1.6, 2.8)
+            width = max(0.5, rng.uniform(0.15, 0.35) / spacing)
+            ux, uy = np.cos(th), np.sin(th)
+            t = dr * uy + dc * ux
+            perp = np.abs(-dr * ux + dc * uy)
+            along = np.clip(t / length, 0, 1)
+            strand = np.exp(-(perp / width) ** 2) * (t > 0) * (t < length) * (1 - along) * 0.6
+            body = np.maximum(body, strand)
+    return body.astype(np.float32)
+
+
+def _calc_field(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray, r0: float, c0: float, spacing: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Calcification specks: fine, many and tight when malignant; fewer, coarser and looser when benign."""
+    if lesion.malignant:
+        n, spread, sizes = int(rng.integers(8, 20)), lesion.size_mm / 4, (0.15, 0.4)
+    else:
+        n, spread, sizes = int(rng.integers(4, 8)), lesion.size_mm / 3, (0.4, 0.9)
+    field = np.zeros(np.broadcast(rr, cc).shape, dtype=np.float32)
+    points = []
+    for _ in range(n):
+        pr = r0 + rng.normal(0, spread / spacing)
+        pc = c0 + rng.normal(0, spread / spacing)
+        radius_mm = rng.uniform(*sizes)
+        sigma_px = max(radius_mm / spacing / 1.5, 0.5)
+        # sub-pixel specks lose peak contrast (partial volume) but keep their integrated signal
+        peak = min(1.0, (radius_mm / spacing / 1.5 / sigma_px) ** 2)
+        field = np.maximum(field, peak * np.exp(-((rr - pr) ** 2 + (cc - pc) ** 2) / (2 * sigma_px ** 2)))
+        points.append((pr, pc))
+    return field, points
+
+
+def _render_view(name: str, breast: _Breast, lesions: list[_Lesion], h: int, w: int, spacing: float,
+                 density: str, rng: np.random.Generator, max_value: int):
+    view = name[1:]
+    side = name[0]
+    u, v, rho, depth, half, center = _view_geometry(breast, view, h, w, spacing)
+    skin_px = 2.0 / spacing
+    edge_soft = np.clip((1 - rho) * depth / spacing / max(skin_px, 1.0), 0, 1)
+    breast_mask = rho < 1
+    # thickness falls off in the uncompressed periphery
+    thickness = np.clip(np.sqrt(np.clip(1 - rho ** 4, 0, 1)), 0, 1) * edge_soft
+    texture = _power_law_texture(rng, (h, w), 3.0, 2.0 / spacing)
+    fine = _power_law_texture(rng, (h, w), 1.8, 0.5 / spacing)
+    # glandular tissue concentrates behind the nipple and fades towards the skin and chest wall
+    prior = np.exp(-((u - 0.45) / 0.35) ** 2 - (v / 0.6) ** 2)
+    g_frac = breast.glandular_fraction
+    thresh = np.quantile(texture[breast_mask], 1 - g_frac) if breast_mask.any() else 0
+    gland = np.clip((texture + 1.2 * (prior - 0.5) - thresh) / 0.6 + 0.5, 0, 1) * (rho < 0.97)
+    gland = ndimage.gaussian_filter(gland, 0.4 / spacing) if spacing < 0.3 else gland
+    # Cooper's ligaments: thin bright ridges of the fine texture
+    ligaments = np.clip(1 - np.abs(fine) / 0.08, 0, 1) * 0.12 * (rho > 0.3)
+    signal = thickness * (0.30 + 0.38 * gland + ligaments * (1 - gland))
+    if view == "MLO":
+        # pectoral muscle wedge in the upper chest-wall corner
+        rows = (np.arange(h, dtype=np.float32) / h)[:, None]
+        cols = (np.arange(w, dtype=np.float32) / w)[None, :]
+        pect = cols < breast.pectoral_top_frac * (1 - rows / breast.pectoral_len_frac)
+        pect_soft = ndimage.gaussian_filter(pect.astype(np.float32), 1.0 / spacing)
+        signal = np.maximum(signal, pect_soft * (0.72 + 0.02 * fine))
+        breast_mask = breast_mask | pect
+    rr = np.arange(h, dtype=np.float32)[:, None]
+    cc = np.arange(w, dtype=np.float32)[None, :]
+    mask = np.zeros((h, w), dtype=bool)
+    placements = []
+    for lesion in lesions:
+        if lesion.laterality != side:
+            continue
+        r0, c0 = _lesion_position(lesion, breast, view, h, spacing)
+        lrng = np.random.default_rng([lesion.seed, 0 if view == "CC" else 1])
+        reach = int(lesion.size_mm * (2.0 if lesion.shape == "spiculated" else 1.2) / spacing) + 4
+        r_lo, r_hi = max(int(r0) - reach, 0), min(int(r0) + reach + 1, h)
+        c_lo, c_hi = max(int(c0) - reach, 0), min(int(c0) + reach + 1, w)
+        sub_r, sub_c = rr[r_lo:r_hi], cc[:, c_lo:c_hi]
+        if lesion.type == "mass":
+            field = _mass_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
+            signal[r_lo:r_hi, c_lo:c_hi] += field * 0.30 * lesion.contrast
+            lmask = field > 0.5
+        else:
+            field, points = _calc_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
+            signal[r_lo:r_hi, c_lo:c_hi] += field * (0.25 + 0.35 * lesion.contrast)
+            lmask = ndimage.binary_dilation(field > 0.3, iterations=max(1, int(0.6 / spacing)))
+        mask[r_lo:r_hi, c_lo:c_hi] |= lmask
+        placements.append((lesion, (r0, c0), lmask, (r_lo, c_lo)))
+    # quantum and electronic noise, stronger relative to signal in thin (dark) regions
+    noise = rng.standard_normal((h, w), dtype=np.float32) * (0.012 + 0.01 * np.sqrt(np.clip(signal, 0, 1)))
+    if spacing < 0.3:
+        noise = ndimage.gaussian_filter(noise, 0.7)
+    image = np.clip(signal + noise * breast_mask + 0.02, 0, 1)
+    stored = np.rint(image * max_value).astype(np.uint16)
+    if side == "R":
+        stored, mask, breast_mask = stored[:, ::-1], mask[:, ::-1], breast_mask[:, ::-1]
+        placements = [(les, (r0, w - 1 - c0), lm[:, ::-1], (r_lo, w - (c_lo + lm.shape[1])))
+                      for les, (r0, c0), lm, (r_lo, c_lo) in placements]
+    return np.ascontiguousarray(stored), np.ascontiguousarray(mask), np.ascontiguousarray(breast_mask), placements
+
+
+def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = None,
+                       density: str | None = None) -> MammoPhantom:
+    """One 4-view screening exam, deterministic for ``seed``.
+
+    ``malignant=None`` lets the seed decide (about 40 % of exams carry a malignant lesion);
+    ``density=None`` draws a BI-RADS category with screening prevalence (a 10 %, b 40 %, c 40 %, d 10 %).
+    """
+    if size not in _SIZES:
+        raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
+    if density is not None and density not in DENSITIES:
+        raise ValueError(f"density must be one of {DENSITIES}, got {density!r}")
+    h, w, spacing = _SIZES[size]
+    rng = np.random.default_rng([seed, 0x3A33])
+    malignant_exam = bool(rng.random() < 0.4) if malignant is None else bool(malignant)
+    drawn_density = str(rng.choice(DENSITIES, p=[0.1, 0.4, 0.4, 0.1]))
+    density = density or drawn_density
+    bits_stored = int(rng.choice([12, 14]))
+    max_value = 2 ** bits_stored - 1
+    breast = _draw_breast(rng, density)
+    lesions = _draw_lesions(rng, malignant_exam)
+    sop_uids = {v: str(synth_uid(_KIND, seed, "sop", size, v)) for v in VIEWS}
+    views, masks, breasts, lesion_views = {}, {}, {}, {id(les): [] for les in lesions}
+    for name in VIEWS:
+        vrng = np.random.default_rng([seed, VIEWS.index(name), 0x3A33])
+        stored, mask, bmask, placements = _render_view(name, breast, lesions, h, w, spacing, density, vrng,
+                                                       max_value)
+        views[name], masks[name], breasts[name] = stored, mask, bmask
+        for lesion, (r0, c0), lmask, (r_lo, c_lo) in placements:
+            rows = np.flatnonzero(lmask.any(axis=1))
+            cols = np.flatnonzero(lmask.any(axis=0))
+            if rows.size == 0:
+                rows = cols = np.array([0])
+                r_lo, c_lo = int(round(r0)), int(round(c0))
+            bbox = (r_lo + int(rows[0]), c_lo + int(cols[0]), r_lo + int(rows[-1]) + 1, c_lo + int(cols[-1]) + 1)
+            lesion_views[id(lesion)].append(MammoLesionView(
+                sop_instance_uid=sop_uids[name], view=name[1:],
+                center_px=(int(round(r0)), int(round(c0))), bbox_px=bbox))
+    truth = MammoTruth(
+        seed=seed, study_instance_uid=str(synth_uid(_KIND, seed, "study")), sop_instance_uids=sop_uids,
+        density=density, malignant=any(les.malignant for les in lesions),
+        lesions=[MammoLesionTruth(type=les.type, shape=les.shape, laterality=les.laterality,
+                                  malignant=les.malignant, size_mm=les.size_mm, views=lesion_views[id(les)])
+                 for les in lesions],
+    )
+    return MammoPhantom(views=views, lesion_masks=masks, pixel_spacing_mm=spacing, bits_stored=bits_stored,
+                        truth=truth, breast_masks=breasts, size=size)
+
+
+def mammo_datasets(phantom: MammoPhantom) -> list[Dataset]:
+    """Digital Mammography X-Ray Image Storage - For Presentation instances, LCC, LMLO, RCC, RMLO
+    (PS3.3 A.26.1)."""
+    truth = phantom.truth
+    series_uid = synth_uid(_KIND, truth.seed, "series", phantom.size)
+    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference")
+    spacing = f"{phantom.pixel_spacing_mm:g}"
+    out = []
+    for number, name in enumerate(VIEWS, start=1):
+        pixels = phantom.views[name]
+        side, view = name[0], name[1:]
+        ds = base_dataset(_KIND, truth.seed, "MG", DigitalMammographyXRayImageStorageForPresentation,
+                          truth.sop_instance_uids[name], truth.study_instance_uid, series_uid, 1, number,
+                          "screening mammography (synthetic)")
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PositionReferenceIndicator = ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.BodyPartExamined = "BREAST"
+        ds.Laterality = side
+        ds.ImageLaterality = side
+        ds.ViewPosition = view
+        ds.PatientOrientation = _ORIENTATION[name]
+        ds.PositionerType = "MAMMOGRAPHIC"
+        ds.DetectorType = "DIRECT"
+        ds.AcquisitionNumber = 1
+        ds.ContentQualification = "RESEARCH"
+        ds.BurnedInAnnotation = "NO"
+        ds.LossyImageCompression = "00"
+        ds.QualityControlImage = "NO"
+        ds.ProtocolName = "screening mammography"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.BitsAllocated = 16
+        ds.BitsStored = phantom.bits_stored
+        ds.HighBit = phantom.bits_stored - 1
+        ds.PixelRepresentation = 0
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = 1
+        ds.RescaleIntercept = 0
+        ds.RescaleSlope = 1
+        ds.RescaleType = "US"
+        max_value = 2 ** phantom.bits_stored - 1
+        ds.WindowCenter = f"{max_value * 0.45:.1f}"
+        ds.WindowWidth = f"{max_value * 0.7:.1f}"
+        ds.VOILUTFunction = "SIGMOID"
+        ds.PixelSpacing = [spacing, spacing]
+        ds.ImagerPixelSpacing = [spacing, spacing]
+        ds.KVP = 29
+        ds.ExposureTime = 900
+        ds.XRayTubeCurrent = 100
+        ds.Exposure = 90
+        ds.BodyPartThickness = 50
+        ds.CompressionForce = 110
+        ds.AnodeTargetMaterial = "TUNGSTEN"
+        ds.FilterMaterial = "RHODIUM"
+        ds.BreastImplantPresent = "NO"
+        ds.PartialView = "NO"
+        ds.OrganExposed = "BREAST"
+        ds.EntranceDoseInmGy = 4.5
+        ds.RelativeXRayExposure = 500
+        ds.AnatomicRegionSequence = Sequence([_code("76752008", "SCT", "Breast")])
+        view_item = _code(*_VIEW_CODES[view][:1], "SCT", _VIEW_CODES[view][1])
+        view_item.ViewModifierCodeSequence = Sequence()
+        ds.ViewCodeSequence = Sequence([view_item])
+        ds.AcquisitionContextSequence = Sequence()
+        ds.PixelData = pixels.tobytes()
+        out.append(ds)
+    return out
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+__all__ = ["MammoPhantom", "make_mammo_phantom", "mammo_datasets", "VIEWS", "DENSITIES"]

@@ -1,0 +1,137 @@
+"""The one entry point the pipeline calls: inference -> TriageEvent + SR (+ SEG, heatmaps).
+
+Every output identifier is derived from the input UIDs, the model versions and a role string
+(oncostream.uids), and every DICOM date/time from the input, so replaying a study after a crash
+gives byte-identical objects: delivery is at-least-once, results are idempotent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from oncostream.contracts import LungRadsCategory, MammoFinding, NoduleFinding, TriageEvent
+from oncostream.settings import Settings
+from oncostream.study import LdctInference, MammoInference, Study, StudyResult
+from oncostream.uids import derive_uid, model_fingerprint
+from postprocess import lungrads
+from postprocess.heatmap import heatmap_images
+from postprocess.lungrads import NoduleMeasurement, PriorNodule
+from postprocess.mammo_policy import exam_score_edges, mammo_category
+from postprocess.priority import ProgramPolicy, ldct_priority, load_program, mammo_priority, needs_human_review
+from postprocess.seg import nodule_segmentation
+from postprocess.sr import ContentTimestamp, MammographyCadSR, lung_nodule_report
+
+
+def _mm(value: float) -> float:
+    return lungrads.round_mm(float(value))
+
+
+def _p(value: float) -> float:
+    return round(min(max(float(value), 0.0), 1.0), 4)
+
+
+def _clip01(value: float) -> float:
+    return min(max(float(value), 0.0), 1.0)
+
+
+def output_uid(study: Study, model_versions: dict[str, str], role: str) -> str:
+    """A derived UID for one output of ``study``; ``role`` says which (``sr``, ``seg-series``, ``nodule/3``...)."""
+    return str(derive_uid(study.study_instance_uid, model_fingerprint(model_versions), role))
+
+
+def _patient_id(study: Study, settings: Settings) -> str | None:
+    if not settings.allow_patient_identifiers or not study.datasets:
+        return None
+    return str(study.datasets[0].get("PatientID", "")) or None
+
+
+def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
+          priors: list[PriorNodule | None] | None) -> tuple[list[NoduleFinding], LungRadsCategory, float, float]:
+    findings: list[NoduleFinding] = []
+    for i, nodule in enumerate(inference.nodules):
+        measurement = NoduleMeasurement(
+            mean_diameter_mm=nodule.mean_diameter_mm, composition=nodule.composition,
+            volume_mm3=nodule.volume_mm3, solid_component_mm=getattr(nodule, "solid_component_mm", None),
+            malignancy_probability=nodule.malignancy_probability)
+        category = lungrads.nodule_category(
+            measurement, prior=priors[i] if priors is not None and i < len(priors) else None,
+            has_prior_study=priors is not None, size_basis=policy.ldct.size_basis,
+            core_fraction=policy.ldct.part_solid_core_fraction,
+            four_x_probability=policy.ldct.four_x_probability)
+        findings.append(NoduleFinding(
+            center_mm=tuple(round(float(c), 2) for c in nodule.center_mm),  # type: ignore[arg-type]
+            mean_diameter_mm=_mm(nodule.mean_diameter_mm), long_axis_mm=_mm(nodule.long_axis_mm),
+            volume_mm3=round(max(float(nodule.volume_mm3), 0.0), 1), composition=nodule.composition,  # type: ignore[arg-type]
+            malignancy_probability=_p(nodule.malignancy_probability), lung_rads=category,
+            tracking_uid=output_uid(study, inference.model_versions, f"nodule/{i}")))
+    exam = lungrads.exam_category([f.lung_rads for f in findings], incomplete=study.incomplete)
+    uncertainty = max((_clip01(n.uncertainty) for n in inference.nodules), default=0.0)
+    return findings, LungRadsCategory(lung_rads=exam), round(1.0 - uncertainty, 4), uncertainty
+
+
+def _mammo_findings(inference: MammoInference) -> list[MammoFinding]:
+    findings = []
+    for view in inference.views:
+        for kind, center, bbox, score in view.regions:
+            findings.append(MammoFinding(
+                type=kind, laterality=view.laterality, view=view.view,  # type: ignore[arg-type]
+                sop_instance_uid=view.sop_instance_uid,
+                center_px=(int(center[0]), int(center[1])),
+                bbox_px=(int(bbox[0]), int(bbox[1]), int(bbox[2]), int(bbox[3])), score=_p(score)))
+    return findings
+
+
+def build_result(study: Study, inference: LdctInference | MammoInference, settings: Settings,
+                 now: datetime | None = None, *, priors: list[PriorNodule | None] | None = None) -> StudyResult:
+    """TriageEvent, SR, SEG and heatmaps for one study.
+
+    ``priors`` (LDCT only) switches Lung-RADS to its follow-up rules: one entry per current nodule,
+    the matched prior nodule or None for a new one. ``now`` stamps ``triaged_at`` only; nothing in
+    the DICOM outputs depends on the wall clock.
+    """
+    triaged_at = now or datetime.now(timezone.utc)
+    policy = load_program(study.program or settings.program)
+    versions = dict(inference.model_versions)
+    when = ContentTimestamp.from_datasets(study.datasets, study.arrived_at)
+    device_uid = str(derive_uid(model_fingerprint(versions), "device"))
+    sr_uid = output_uid(study, versions, "sr")
+    sr_series_uid = output_uid(study, versions, "sr-series")
+    segs = []
+    secondary = []
+    if isinstance(inference, LdctInference):
+        findings, category, confidence, uncertainty = _ldct(study, inference, policy, priors)
+        priority = ldct_priority(category.lung_rads, policy)
+        modality = "CT"
+        sr = lung_nodule_report(study.datasets, findings, category.lung_rads, versions, sop_instance_uid=sr_uid,
+                                series_instance_uid=sr_series_uid, device_uid=device_uid, when=when)
+        seg = nodule_segmentation(study.datasets, inference.nodules, findings, versions,
+                                  sop_instance_uid=output_uid(study, versions, "seg"),
+                                  series_instance_uid=output_uid(study, versions, "seg-series"),
+                                  device_uid=device_uid, when=when)
+        if seg is not None:
+            segs.append(seg)
+    elif isinstance(inference, MammoInference):
+        findings = _mammo_findings(inference)
+        category = mammo_category(inference.exam_malignancy_probability, inference.density_probabilities,
+                                  policy, exam_score_edges(policy, settings.model_repository))
+        priority = mammo_priority(category.exam_score, policy)
+        modality = "MG"
+        uncertainty = _clip01(inference.uncertainty)
+        confidence = round(1.0 - uncertainty, 4)
+        sr = MammographyCadSR(study.datasets, findings, category, versions, sop_instance_uid=sr_uid,
+                              series_instance_uid=sr_series_uid, device_uid=device_uid, when=when)
+        secondary = heatmap_images(study.datasets, inference.views, versions,
+                                   series_instance_uid=output_uid(study, versions, "heatmap-series"),
+                                   uid_for=lambda sop: output_uid(study, versions, f"heatmap/{sop}"), when=when)
+    else:
+        raise TypeError(f"inference: expected LdctInference or MammoInference, got {type(inference).__name__}")
+
+    event = TriageEvent(
+        study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
+        program=study.program or settings.program, modality=modality, priority=priority, category=category,
+        findings=findings, confidence=confidence,
+        needs_human_review=needs_human_review(confidence, uncertainty, study.incomplete, policy),
+        incomplete=study.incomplete, missing=list(study.missing), model_versions=versions,
+        sr_sop_instance_uid=str(sr.SOPInstanceUID), seg_sop_instance_uids=[str(s.SOPInstanceUID) for s in segs],
+        arrived_at=study.arrived_at, triaged_at=triaged_at, patient_id=_patient_id(study, settings))
+    return StudyResult(study=study, event=event, sr=sr, segs=segs, secondary=secondary)

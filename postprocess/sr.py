@@ -1,0 +1,334 @@
+"""DICOM Structured Reports: LDCT TID 1500 Measurement Report and the Mammography CAD SR (TID 4000).
+
+PS3.16 TID 1500: https://dicom.nema.org/medical/dicom/current/output/chtml/part16/chapter_A.html#sect_TID_1500
+PS3.16 TID 4000: https://dicom.nema.org/medical/dicom/current/output/chtml/part16/sect_TID_4000.html
+
+highdicom models TID 1500 completely, so the LDCT report is a ``highdicom.sr.Comprehensive3DSR``.
+It has no Mammography CAD SR class; that one is built from highdicom content items on highdicom's SR
+document base, so both share one IOD writer. Every value written is also what the TriageEvent
+carries (rounded the same way), which is what lets tests read the SR back and compare exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import highdicom as hd
+import numpy as np
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    ContainerContentItem,
+    ContentSequence,
+    FindingSite,
+    GraphicTypeValues,
+    GraphicTypeValues3D,
+    ImageContentItem,
+    ImageRegion3D,
+    Measurement,
+    MeasurementReport,
+    NumContentItem,
+    ObservationContext,
+    ObserverContext,
+    DeviceObserverIdentifyingAttributes,
+    PixelOriginInterpretationValues,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
+    QualitativeEvaluation,
+    RelationshipTypeValues,
+    ScoordContentItem,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from highdicom.sr.sop import _SR
+from pydicom import Dataset
+from pydicom.uid import UID
+
+from oncostream.uids import derive_uid
+from oncostream.contracts import LungRads, MammoCategory, MammoFinding, NoduleFinding
+from postprocess import codes
+
+MAMMOGRAPHY_CAD_SR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.50")
+SERIES_NUMBER_SR = 9001  # a fixed, high series number keeps derived objects after the source series
+
+_CONTAINS = RelationshipTypeValues.CONTAINS
+_PROPERTIES = RelationshipTypeValues.HAS_PROPERTIES
+_CONCEPT_MOD = RelationshipTypeValues.HAS_CONCEPT_MOD
+_INFERRED = RelationshipTypeValues.INFERRED_FROM
+_ACQ_CONTEXT = RelationshipTypeValues.HAS_ACQ_CONTEXT
+_SELECTED = RelationshipTypeValues.SELECTED_FROM
+
+
+@dataclass(frozen=True)
+class ContentTimestamp:
+    """ContentDate/ContentTime (and InstanceCreation*) taken from the input, so a replay writes the same bytes."""
+
+    date: str  # DA
+    time: str  # TM
+
+    @classmethod
+    def from_datasets(cls, datasets: Sequence[Dataset], fallback: datetime) -> "ContentTimestamp":
+        """The latest ContentDate/Time (else StudyDate/Time) of the inputs; ``fallback`` only if they have none."""
+        stamps = []
+        for ds in datasets:
+            date = str(ds.get("ContentDate", "") or ds.get("StudyDate", "") or "")
+            time = str(ds.get("ContentTime", "") or ds.get("StudyTime", "") or "")
+            if date:
+                stamps.append((date, time.split(".")[0] or "000000"))
+        if stamps:
+            date, time = max(stamps)
+            return cls(date, time)
+        return cls(fallback.strftime("%Y%m%d"), fallback.strftime("%H%M%S"))
+
+
+def stamp(ds: Dataset, when: ContentTimestamp) -> None:
+    """Replace every wall-clock value and random UID highdicom writes, for byte-identical replays.
+
+    highdicom stamps InstanceCreation/Content/Series dates, ContributionDateTime, the Secondary Capture
+    date/time, and (SEG) a random
+    DimensionOrganizationUID; all become functions of the input.
+    """
+    for prefix in ("Content", "InstanceCreation", "Series"):
+        setattr(ds, f"{prefix}Date", when.date)
+        setattr(ds, f"{prefix}Time", when.time)
+    if "DateOfSecondaryCapture" in ds or "TimeOfSecondaryCapture" in ds:
+        ds.DateOfSecondaryCapture = when.date
+        ds.TimeOfSecondaryCapture = when.time
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = when.date + when.time
+    if "DimensionOrganizationSequence" in ds:
+        uid = derive_uid(str(ds.SOPInstanceUID), "dimension-organization")
+        for item in ds.DimensionOrganizationSequence:
+            item.DimensionOrganizationUID = uid
+        for item in ds.get("DimensionIndexSequence", []):
+            item.DimensionOrganizationUID = uid
+
+
+def _device_observer(device_uid: str, model_versions: dict[str, str]) -> ObservationContext:
+    return ObservationContext(observer_device_context=ObserverContext(
+        observer_type=codes.DEVICE_OBSERVER,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=device_uid, name="oncostream", manufacturer_name=codes.MANUFACTURER,
+            model_name=",".join(sorted(model_versions))[:64])))
+
+
+def _algorithm(model_versions: dict[str, str], primary: str) -> AlgorithmIdentification:
+    """TID 4019 for the model that produced the findings; every model version as a parameter."""
+    name = primary if primary in model_versions else sorted(model_versions)[0]
+    return AlgorithmIdentification(
+        name=name, version=model_versions[name], manufacturer=codes.MANUFACTURER,
+        parameters=[f"{k}={v}" for k, v in sorted(model_versions.items())])
+
+
+# ---------------------------------------------------------------------------------------------
+# LDCT: TID 1500 Measurement Report in a Comprehensive 3D SR
+# ---------------------------------------------------------------------------------------------
+
+def _axial_circle(center: tuple[float, float, float], diameter: float) -> np.ndarray:
+    """A planar ELLIPSE (here a circle) in the axial plane: major-axis end points, then minor-axis end points."""
+    x, y, z = center
+    r = max(diameter, 0.1) / 2.0
+    return np.array([[x - r, y, z], [x + r, y, z], [x, y - r, z], [x, y + r, z]], dtype=np.float64)
+
+
+def _nodule_group(index: int, finding: NoduleFinding, frame_of_reference_uid: str,
+                  algorithm: AlgorithmIdentification) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for one nodule: location as a SCOORD3D circle (long axis) centred on the nodule centre."""
+    region = ImageRegion3D(graphic_type=GraphicTypeValues3D.ELLIPSE,
+                           graphic_data=_axial_circle(finding.center_mm, finding.long_axis_mm),
+                           frame_of_reference_uid=frame_of_reference_uid)
+    measurements = [
+        Measurement(name=codes.LONG_AXIS, value=finding.long_axis_mm, unit=codes.UNIT_MM),
+        Measurement(name=codes.DIAMETER, value=finding.mean_diameter_mm, unit=codes.UNIT_MM, derivation=codes.MEAN),
+        Measurement(name=codes.VOLUME, value=finding.volume_mm3, unit=codes.UNIT_MM3),
+        Measurement(name=codes.PROBABILITY_OF_CANCER, value=finding.malignancy_probability, unit=codes.UNIT_NO_UNITS),
+    ]
+    evaluations = [
+        QualitativeEvaluation(name=codes.NODULE_COMPOSITION, value=codes.COMPOSITION_CODES[finding.composition]),
+        QualitativeEvaluation(name=codes.LUNG_RADS_ASSESSMENT, value=codes.LUNG_RADS_CODES[finding.lung_rads]),
+    ]
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=finding.tracking_uid, identifier=f"Nodule {index + 1}"),
+        referenced_region=region,
+        finding_type=codes.NODULE,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_sites=[FindingSite(anatomic_location=codes.LUNG)],
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
+def lung_nodule_report(  # TID 1500
+    datasets: Sequence[Dataset], findings: Sequence[NoduleFinding], exam_category: LungRads,
+    model_versions: dict[str, str], *, sop_instance_uid: str, series_instance_uid: str, device_uid: str,
+    when: ContentTimestamp,
+) -> hd.sr.Comprehensive3DSR:
+    """LDCT Measurement Report (TID 1500): one TID 1410 group per nodule, the exam Lung-RADS category.
+
+    References exactly ``datasets`` (the series the findings come from) as evidence.
+    """
+    if not datasets:
+        raise ValueError("datasets: an SR needs the instances it reports on")
+    frame_of_reference_uid = str(datasets[0].FrameOfReferenceUID)
+    algorithm = _algorithm(model_versions, "ldct_nodule_segmenter")
+    groups = [_nodule_group(i, f, frame_of_reference_uid, algorithm) for i, f in enumerate(findings)]
+    report = MeasurementReport(
+        observation_context=_device_observer(device_uid, model_versions),
+        procedure_reported=codes.PROCEDURE_CT_CHEST,
+        imaging_measurements=groups or None,
+    )
+    # TID 1500 row 12: exam-level Qualitative Evaluations container
+    exam = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS,
+                                relationship_type=_CONTAINS)
+    exam.ContentSequence = ContentSequence([CodeContentItem(
+        name=codes.LUNG_RADS_ASSESSMENT, value=codes.LUNG_RADS_CODES[exam_category], relationship_type=_CONTAINS)])
+    report[0].ContentSequence.append(exam)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(datasets), content=report[0], series_instance_uid=series_instance_uid,
+        series_number=SERIES_NUMBER_SR, sop_instance_uid=sop_instance_uid, instance_number=1,
+        manufacturer=codes.MANUFACTURER, is_complete=True, series_description="oncostream LDCT measurements",
+        content_date=when.date, content_time=when.time, series_date=when.date, series_time=when.time,
+    )
+    sr.CodingSchemeIdentificationSequence = [codes.LOCAL_SCHEME_ITEM]
+    stamp(sr, when)
+    return sr
+
+
+# ---------------------------------------------------------------------------------------------
+# Mammography CAD SR: TID 4000 Mammography CAD Document Root
+# ---------------------------------------------------------------------------------------------
+
+def _node(item: Dataset, children: Sequence[Dataset]) -> Dataset:
+    if children:
+        item.ContentSequence = ContentSequence(list(children))
+    return item
+
+
+def _rendering_intent() -> CodeContentItem:
+    return CodeContentItem(name=codes.RENDERING_INTENT, value=codes.PRESENTATION_REQUIRED,
+                           relationship_type=_CONCEPT_MOD)
+
+
+def _algorithm_items(name: str, version: str) -> list[Dataset]:  # TID 4019
+    return [
+        TextContentItem(name=codes.ALGORITHM_NAME, value=name, relationship_type=_PROPERTIES),
+        TextContentItem(name=codes.ALGORITHM_VERSION, value=version, relationship_type=_PROPERTIES),
+    ]
+
+
+def _library_entry(ds: Dataset) -> ImageContentItem:  # TID 4020
+    item = ImageContentItem(name=codes.IMAGE_LIBRARY, referenced_sop_class_uid=ds.SOPClassUID,
+                            referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=_CONTAINS)
+    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", ""))
+    view = str(ds.get("ViewPosition", ""))
+    children: list[Dataset] = []
+    if laterality in codes.LATERALITY_CODES:
+        children.append(CodeContentItem(name=codes.IMAGE_LATERALITY, value=codes.LATERALITY_CODES[laterality],
+                                        relationship_type=_ACQ_CONTEXT))
+    if view in codes.VIEW_CODES:
+        children.append(CodeContentItem(name=codes.IMAGE_VIEW, value=codes.VIEW_CODES[view],
+                                        relationship_type=_ACQ_CONTEXT))
+    return _node(item, children)
+
+
+def _scoord_on(name, graphic_type: GraphicTypeValues, points_rc: np.ndarray, ds: Dataset) -> ScoordContentItem:
+    """SCOORD on one view; DICOM graphic data is (column, row) with the pixel centre at +0.5."""
+    xy = np.asarray(points_rc, dtype=np.float64)[:, ::-1]
+    item = ScoordContentItem(name=name, graphic_type=graphic_type, graphic_data=xy,
+                             pixel_origin_interpretation=PixelOriginInterpretationValues.VOLUME,
+                             relationship_type=_PROPERTIES)
+    ref = ImageContentItem(name=codes.IMAGE_LIBRARY, referenced_sop_class_uid=ds.SOPClassUID,
+                           referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=_SELECTED)
+    return _node(item, [ref])
+
+
+def _single_image_finding(finding: MammoFinding, ds: Dataset, algorithm: tuple[str, str]) -> Dataset:  # TID 4006
+    row, col = finding.center_px
+    r0, c0, r1, c1 = finding.bbox_px
+    outline = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0], [r0, c0]], dtype=np.float64)
+    item = CodeContentItem(name=codes.SINGLE_IMAGE_FINDING, value=codes.MAMMO_FINDING_CODES[finding.type],
+                           relationship_type=_CONTAINS)
+    children = [
+        _rendering_intent(),
+        *_algorithm_items(*algorithm),
+        NumContentItem(name=codes.CERTAINTY_OF_FINDING, value=round(finding.score * 100.0, 4),
+                       unit=codes.UNIT_PERCENT, relationship_type=_PROPERTIES),
+        _scoord_on(codes.CENTER, GraphicTypeValues.POINT, np.array([[row, col]], dtype=np.float64), ds),
+        _scoord_on(codes.OUTLINE, GraphicTypeValues.POLYLINE, outline, ds),
+    ]
+    return _node(item, children)
+
+
+def _individual_impression(children: Sequence[Dataset]) -> Dataset:  # TID 4003
+    container = ContainerContentItem(name=codes.INDIVIDUAL_IMPRESSION_RECOMMENDATION,
+                                     relationship_type=_INFERRED, is_content_continuous=False)
+    return _node(container, [_rendering_intent(), *children])
+
+
+def _exam_impression(category: MammoCategory) -> Dataset:
+    return _individual_impression([
+        NumContentItem(name=codes.EXAM_SCORE, value=category.exam_score, unit=codes.UNIT_NO_UNITS,
+                       relationship_type=_CONTAINS),
+        NumContentItem(name=codes.PROBABILITY_OF_CANCER, value=round(category.malignancy_probability * 100.0, 4),
+                       unit=codes.UNIT_PERCENT, relationship_type=_CONTAINS),
+        CodeContentItem(name=codes.BREAST_COMPOSITION, value=codes.DENSITY_CODES[category.density],
+                        relationship_type=_CONTAINS),
+        CodeContentItem(name=codes.RECALL_SUGGESTED, value=codes.YES if category.recall else codes.NO,
+                        relationship_type=_CONTAINS),
+    ])
+
+
+class MammographyCadSR(_SR):  # TID 4000
+    """Mammography CAD SR (PS3.3 A.35.5) with a TID 4000 document tree; references exactly the given views."""
+
+    def __init__(self, datasets: Sequence[Dataset], findings: Sequence[MammoFinding], category: MammoCategory,
+                 model_versions: dict[str, str], *, sop_instance_uid: str, series_instance_uid: str,
+                 device_uid: str, when: ContentTimestamp):
+        if not datasets:
+            raise ValueError("datasets: a Mammography CAD SR needs the views it reports on")
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+        unknown = [f.sop_instance_uid for f in findings if f.sop_instance_uid not in by_uid]
+        if unknown:
+            raise ValueError(f"findings: reference instances outside the study: {unknown}")
+        if not model_versions:
+            raise ValueError("model_versions: TID 4019 needs at least one algorithm")
+        name = "mammo_classifier" if "mammo_classifier" in model_versions else sorted(model_versions)[0]
+        algorithm = (name, model_versions[name])
+
+        root = ContainerContentItem(name=codes.MAMMOGRAPHY_CAD_REPORT, is_content_continuous=False,
+                                    template_id="4000")
+        observer = [item for item in _device_observer(device_uid, model_versions)]
+        library = _node(ContainerContentItem(name=codes.IMAGE_LIBRARY, relationship_type=_CONTAINS),
+                        [_library_entry(ds) for ds in datasets])
+        summary_value = codes.ALL_SUCCEEDED_WITH_FINDINGS if findings else codes.ALL_SUCCEEDED_WITHOUT_FINDINGS
+        impressions = [_individual_impression([_single_image_finding(f, by_uid[f.sop_instance_uid], algorithm)])
+                       for f in findings]
+        summary = _node(CodeContentItem(name=codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY, value=summary_value,
+                                        relationship_type=_CONTAINS),
+                        [*impressions, _exam_impression(category)])
+        detection_types = sorted({f.type for f in findings} | {"mass", "calcification"})
+        detections = _node(CodeContentItem(name=codes.SUMMARY_OF_DETECTIONS, value=codes.SUCCEEDED,
+                                           relationship_type=_CONTAINS), [
+            _node(ContainerContentItem(name=codes.SUCCESSFUL_DETECTIONS, relationship_type=_INFERRED), [
+                _node(CodeContentItem(name=codes.DETECTION_PERFORMED, value=codes.MAMMO_FINDING_CODES[t],
+                                      relationship_type=_CONTAINS),
+                      [*_algorithm_items(*algorithm),
+                       *[ImageContentItem(name=codes.IMAGE_LIBRARY, referenced_sop_class_uid=ds.SOPClassUID,
+                                          referenced_sop_instance_uid=ds.SOPInstanceUID,
+                                          relationship_type=_PROPERTIES) for ds in datasets]])
+                for t in detection_types if t != "region"])])
+        analyses = CodeContentItem(name=codes.SUMMARY_OF_ANALYSES, value=codes.NOT_ATTEMPTED,
+                                   relationship_type=_CONTAINS)
+        _node(root, [*observer, library, summary, detections, analyses])
+        super().__init__(
+            evidence=list(datasets), content=root, series_instance_uid=series_instance_uid,
+            series_number=SERIES_NUMBER_SR, sop_instance_uid=sop_instance_uid,
+            sop_class_uid=MAMMOGRAPHY_CAD_SR_STORAGE, instance_number=1, manufacturer=codes.MANUFACTURER,
+            is_complete=True, series_description="oncostream mammography CAD",
+            content_date=when.date, content_time=when.time, series_date=when.date, series_time=when.time,
+        )
+        self.CodingSchemeIdentificationSequence = [codes.LOCAL_SCHEME_ITEM]
+        stamp(self, when)

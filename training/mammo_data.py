@@ -1,0 +1,147 @@
+"""Training examples for the mammography models, drawn from the synth phantoms.
+
+Each phantom view goes through ``ingest.preprocess.mammo.preprocess_view_reference`` (the numpy twin
+of the serving DALI pipeline, tested equal to it), and its truth becomes targets on the classifier's
+32 x 26 heatmap grid. Examples are cached under ``.cache/mammo/`` as .npy chunks (float16 views,
+memory-mapped when training), keyed by size and seed range, so a rerun only trains.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ingest.preprocess.mammo import MODEL_SHAPE, preprocess_view_reference
+from oncostream.settings import REPO_ROOT
+
+VIEW_KEYS = ("LCC", "LMLO", "RCC", "RMLO")
+DENSITIES = ("a", "b", "c", "d")
+GRID = (MODEL_SHAPE[0] // 16, MODEL_SHAPE[1] // 16)
+CACHE_DIR = REPO_ROOT / ".cache" / "mammo"
+CHUNK = 100  # exams per cache file
+CELL_COVER = 0.1  # a grid cell counts as lesion when its densest 1/16 row x col sample reaches this
+
+
+@dataclass
+class MammoExamples:
+    """V views (4 per exam, in VIEW_KEYS order) and their targets."""
+
+    images: np.ndarray  # float16 [V, 512, 416], possibly memory-mapped
+    lesion: np.ndarray  # uint8 [V, 32, 26]: cell overlaps a lesion
+    malignant_map: np.ndarray  # uint8 [V, 32, 26]: cell overlaps a malignant lesion
+    view_malignant: np.ndarray  # uint8 [V]
+    density: np.ndarray  # int64 [V]: 0..3 = a..d (the exam's)
+    exam_malignant: np.ndarray  # uint8 [V // 4]
+    seeds: np.ndarray  # int64 [V // 4]
+
+    def __len__(self) -> int:
+        return len(self.view_malignant)
+
+
+def cell_targets(mask: np.ndarray, laterality: str) -> np.ndarray:
+    """bool [H, W] mask in the view's pixels -> uint8 [32, 26] on the model's heatmap grid."""
+    resized = preprocess_view_reference(mask.astype(np.float32), 1.0, laterality)
+    cells = resized.reshape(GRID[0], 16, GRID[1], 16).max(axis=(1, 3))
+    return (cells >= CELL_COVER).astype(np.uint8)
+
+
+def exam_examples(seed: int, size: str) -> dict[str, np.ndarray]:
+    """One phantom exam -> arrays for its 4 views (VIEW_KEYS order)."""
+    from oncostream.synth.mammo import make_mammo_phantom
+
+    phantom = make_mammo_phantom(seed, size=size)
+    truth = phantom.truth
+    max_value = float(2 ** phantom.bits_stored - 1)
+    images, lesion, malignant_map, view_malignant = [], [], [], []
+    for key in VIEW_KEYS:
+        laterality, view = key[0], key[1:]
+        mask = phantom.lesion_masks[key]
+        boxes = np.zeros_like(mask)
+        malignant = False
+        for lesion_truth in truth.lesions:
+            if lesion_truth.laterality != laterality or not lesion_truth.malignant:
+                continue
+            for lesion_view in lesion_truth.views:
+                if lesion_view.view == view:
+                    r0, c0, r1, c1 = lesion_view.bbox_px
+                    boxes[max(r0, 0):r1, max(c0, 0):c1] = True
+                    malignant = True
+        images.append(preprocess_view_reference(phantom.views[key], max_value, laterality).astype(np.float16))
+        lesion.append(cell_targets(mask, laterality))
+        malignant_map.append(cell_targets(mask & boxes if (mask & boxes).any() else boxes, laterality))
+        view_malignant.append(malignant)
+    return {
+        "images": np.stack(images),
+        "lesion": np.stack(lesion),
+        "malignant_map": np.stack(malignant_map),
+        "view_malignant": np.array(view_malignant, np.uint8),
+        "density": np.full(4, DENSITIES.index(truth.density), np.int64),
+        "exam_malignant": np.array([truth.malignant], np.uint8),
+        "seeds": np.array([seed], np.int64),
+    }
+
+
+def _chunk_dir(size: str, start: int, stop: int) -> Path:
+    return CACHE_DIR / f"{size}_{start}_{stop}"
+
+
+def _build_chunk(args: tuple[str, int, int]) -> Path:
+    size, start, stop = args
+    out = _chunk_dir(size, start, stop)
+    if (out / "done").exists():
+        return out
+    parts = [exam_examples(seed, size) for seed in range(start, stop)]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in parts[0]:
+        np.save(out / f"{name}.npy", np.concatenate([p[name] for p in parts]))
+    (out / "done").write_text("ok\n")
+    return out
+
+
+def build(seeds: range, size: str, workers: int = 1) -> list[Path]:
+    """Generate (or reuse) the cache chunks that cover ``seeds``; returns their folders."""
+    chunks = [(size, s, min(s + CHUNK, seeds.stop)) for s in range(seeds.start, seeds.stop, CHUNK)]
+    if workers <= 1:
+        return [_build_chunk(c) for c in chunks]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_build_chunk, chunks))
+
+
+def load(folders: list[Path]) -> MammoExamples:
+    """Concatenate cached chunks; views stay memory-mapped (a few GB for thousands of exams)."""
+    def cat(name: str, mmap: bool = False) -> np.ndarray:
+        arrays = [np.load(f / f"{name}.npy", mmap_mode="r" if mmap else None) for f in folders]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    images = [np.load(f / "images.npy", mmap_mode="r") for f in folders]
+    return MammoExamples(
+        images=_ChunkedViews(images),  # type: ignore[arg-type]
+        lesion=cat("lesion"), malignant_map=cat("malignant_map"), view_malignant=cat("view_malignant"),
+        density=cat("density"), exam_malignant=cat("exam_malignant"), seeds=cat("seeds"),
+    )
+
+
+class _ChunkedViews:
+    """Index-addressable view of several memory-mapped chunks, without copying them together."""
+
+    def __init__(self, chunks: list[np.ndarray]):
+        self._chunks = chunks
+        self._offsets = np.cumsum([0] + [len(c) for c in chunks])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), *MODEL_SHAPE), np.float32)
+        for k, i in enumerate(indices):
+            c = int(np.searchsorted(self._offsets, i, side="right") - 1)
+            out[k] = self._chunks[c][i - self._offsets[c]]
+        return out
+
+
+def default_workers() -> int:
+    return max(1, min(2, (os.cpu_count() or 1)))

@@ -1,0 +1,327 @@
+"""Train, calibrate and export the two mammography models (``python -m training.mammo_train``).
+
+Seeds (all training-side, below the evaluation range that starts at 1,000,000):
+- training:    small phantoms TRAIN_SEEDS, full phantoms FULL_TRAIN_SEEDS
+- validation:  small phantoms VALIDATION_SEEDS; used for model selection, Platt / temperature
+               calibration, the exam combination fit and the exam-score decile edges.
+
+Outputs: model_repository/mammo_classifier/{contract.yaml,1/model.onnx} and the same for
+mammo_density. The model cards (README.md) are written by hand from ``oncostream eval`` figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from ingest.mammo import exam_features
+from ingest.steps.mammo import augment, merge_augmented
+from oncostream.settings import DEFAULT_MODEL_REPOSITORY
+from training import mammo_data
+from training.mammo_nets import ClassifierNet, DensityNet, ExportedClassifier, ExportedDensity, view_logit
+
+TRAIN_SEEDS = range(0, 3000)
+FULL_TRAIN_SEEDS = range(50_000, 50_060)
+VALIDATION_SEEDS = range(90_000, 90_600)
+TORCH_SEED = 20261128
+OPSET = 17
+REGION_THRESHOLD = 0.5
+
+
+def log(message: str) -> None:
+    print(f"[mammo_train {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _batches(n: int, batch: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    for start in range(0, n - batch + 1, batch):
+        yield np.sort(order[start:start + batch])
+
+
+def _augment(x: np.ndarray, maps: list[np.ndarray], rng: np.random.Generator):
+    """Up-down mirror (the symmetry test-time augmentation uses) and a mild contrast jitter."""
+    flip = rng.random(len(x)) < 0.5
+    x[flip] = x[flip, ::-1, :]
+    maps = [m.copy() for m in maps]
+    for m in maps:
+        m[flip] = m[flip, ::-1, :]
+    gain = rng.uniform(0.9, 1.1, size=(len(x), 1, 1)).astype(np.float32)
+    return x * gain, maps
+
+
+def _pos_weight(targets: np.ndarray, cap: float) -> torch.Tensor:
+    positives = max(float(targets.mean()), 1e-6)
+    return torch.tensor(min((1 - positives) / positives, cap))
+
+
+def predict_classifier(net: ClassifierNet, images, batch: int = 32) -> np.ndarray:
+    """View logits (uncalibrated) for every view of ``images`` (no augmentation)."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            idx = np.arange(start, min(start + batch, len(images)))
+            _, mal = net(torch.from_numpy(images.take(idx))[:, None])
+            out.append(view_logit(mal).numpy())
+    return np.concatenate(out)
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties averaged)."""
+    from scipy.stats import rankdata
+
+    labels = labels.astype(bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamples, epochs: int,
+                     batch: int = 16, lr: float = 2e-3) -> ClassifierNet:
+    rng = np.random.default_rng(TORCH_SEED)
+    net = ClassifierNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * (len(train) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    bce_lesion = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(train.lesion, 30.0))
+    bce_map = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(train.malignant_map, 30.0))
+    bce_view = nn.BCEWithLogitsLoss()
+    best, best_state = -1.0, None
+    for epoch in range(epochs):
+        net.train()
+        t0, total = time.time(), 0.0
+        for idx in _batches(len(train), batch, rng):
+            x, (les, mal) = _augment(train.images.take(idx), [train.lesion[idx], train.malignant_map[idx]], rng)
+            x_t = torch.from_numpy(np.ascontiguousarray(x))[:, None]
+            lesion_logits, mal_map = net(x_t)
+            loss = (bce_lesion(lesion_logits[:, 0], torch.from_numpy(les).float())
+                    + bce_map(mal_map[:, 0], torch.from_numpy(mal).float())
+                    + bce_view(view_logit(mal_map), torch.from_numpy(train.view_malignant[idx]).float()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss)
+        logits = predict_classifier(net, val.images)
+        view_auc = auc(logits, val.view_malignant)
+        exam_auc = auc(logits.reshape(-1, 4).max(axis=1), val.exam_malignant)
+        log(f"classifier epoch {epoch + 1}/{epochs}: loss {total / max(1, len(train) // batch):.4f} "
+            f"val view AUC {view_auc:.3f} exam AUC (max) {exam_auc:.3f} ({time.time() - t0:.0f} s)")
+        if exam_auc > best:
+            best, best_state = exam_auc, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    return net.eval()
+
+
+def train_density(train: mammo_data.MammoExamples, val: mammo_data.MammoExamples, epochs: int,
+                  batch: int = 32, lr: float = 3e-3) -> DensityNet:
+    rng = np.random.default_rng(TORCH_SEED + 1)
+    net = DensityNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * (len(train) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    ce = nn.CrossEntropyLoss()
+    best, best_state = -1.0, None
+    for epoch in range(epochs):
+        net.train()
+        t0 = time.time()
+        for idx in _batches(len(train), batch, rng):
+            x, _ = _augment(train.images.take(idx), [], rng)
+            loss = ce(net(torch.from_numpy(np.ascontiguousarray(x))[:, None]), torch.from_numpy(train.density[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        logits = predict_density(net, val.images)
+        exam_pred = logits.reshape(-1, 4, 4).mean(axis=1).argmax(axis=1)
+        kappa = cohen_kappa(exam_pred, val.density[::4])
+        log(f"density epoch {epoch + 1}/{epochs}: val exam kappa {kappa:.3f} ({time.time() - t0:.0f} s)")
+        if kappa > best:
+            best, best_state = kappa, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    return net.eval()
+
+
+def predict_density(net: DensityNet, images, batch: int = 64) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            idx = np.arange(start, min(start + batch, len(images)))
+            out.append(net(torch.from_numpy(images.take(idx))[:, None]).numpy())
+    return np.concatenate(out)
+
+
+def cohen_kappa(predicted: np.ndarray, truth: np.ndarray, classes: int = 4) -> float:
+    confusion = np.zeros((classes, classes))
+    np.add.at(confusion, (truth, predicted), 1)
+    n = confusion.sum()
+    observed = np.trace(confusion) / n
+    expected = (confusion.sum(0) * confusion.sum(1)).sum() / n ** 2
+    return float((observed - expected) / (1 - expected)) if expected < 1 else 1.0
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Weights (one per feature column, then the bias) of a logistic model, fitted by L-BFGS."""
+    x = torch.from_numpy(np.column_stack([features, np.ones(len(features))])).double()
+    y = torch.from_numpy(labels.astype(np.float64))
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        w[0] = 1.0
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(x @ w, y) + 1e-4 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy()
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = torch.from_numpy(logits).double()
+    y = torch.from_numpy(labels)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp())
+
+
+def export(module: nn.Module, path: Path, outputs: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, 1, *mammo_data.MODEL_SHAPE)
+    torch.onnx.export(module.eval(), (dummy,), str(path), input_names=["image"], output_names=outputs,
+                      dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                      opset_version=OPSET, dynamo=False)
+
+
+def served_view_probabilities(repository: Path, images) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view malignancy and density as served (ONNX Runtime, flip TTA merged) -> ([V], [V, 4])."""
+    import onnxruntime as ort
+
+    cls = ort.InferenceSession(str(repository / "mammo_classifier" / "1" / "model.onnx"),
+                               providers=["CPUExecutionProvider"])
+    den = ort.InferenceSession(str(repository / "mammo_density" / "1" / "model.onnx"),
+                               providers=["CPUExecutionProvider"])
+    probs, dens = [], []
+    for start in range(0, len(images), 4):
+        batch = augment(images.take(np.arange(start, start + 4))[:, None])
+        m, h = cls.run(["malignancy", "heatmap"], {"image": batch})
+        (d,) = den.run(["density"], {"image": batch})
+        p, _, d, _ = merge_augmented(m, h, d)
+        probs.append(p)
+        dens.append(d)
+    return np.concatenate(probs), np.concatenate(dens)
+
+
+def write_contracts(repository: Path, classifier_calibration: dict[str, float],
+                    density_calibration: dict[str, float]) -> None:
+    shape = [-1, 1, *mammo_data.MODEL_SHAPE]
+    preprocessing = ("view / (2**BitsStored - 1); right-breast views mirrored left-right so the chest wall "
+                     "is on the left edge; resized to 512x416 (rows x cols) with an antialiased linear "
+                     "filter, edges clamped (DALI fn.resize INTERP_LINEAR antialias; "
+                     "ingest/preprocess/mammo.py)")
+    image = {"name": "image", "dtype": "FP32", "shape": shape, "description": "one preprocessed view"}
+    contracts = {
+        "mammo_classifier": {
+            "name": "mammo_classifier", "version": "1",
+            "task": "per-view malignancy probability and coarse lesion heatmap (mammography)",
+            "inputs": [image],
+            "outputs": [
+                {"name": "malignancy", "dtype": "FP32", "shape": [-1, 1],
+                 "description": "calibrated probability that the view shows a malignant lesion"},
+                {"name": "heatmap", "dtype": "FP32", "shape": [-1, 1, 32, 26],
+                 "description": "lesion probability per 16x16 cell of the model input (flipped like it)"},
+            ],
+            "preprocessing": preprocessing, "max_batch_size": 8, "calibration": classifier_calibration,
+        },
+        "mammo_density": {
+            "name": "mammo_density", "version": "1", "task": "BI-RADS breast density a-d per view",
+            "inputs": [image],
+            "outputs": [{"name": "density", "dtype": "FP32", "shape": [-1, 4],
+                         "description": "calibrated probabilities of density a, b, c, d"}],
+            "preprocessing": preprocessing, "max_batch_size": 8, "calibration": density_calibration,
+        },
+    }
+    for name, contract in contracts.items():
+        (repository / name).mkdir(parents=True, exist_ok=True)
+        (repository / name / "contract.yaml").write_text(yaml.safe_dump(contract, sort_keys=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train-exams", type=int, default=len(TRAIN_SEEDS))
+    parser.add_argument("--full-exams", type=int, default=len(FULL_TRAIN_SEEDS))
+    parser.add_argument("--val-exams", type=int, default=len(VALIDATION_SEEDS))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--density-epochs", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=mammo_data.default_workers())
+    parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    args = parser.parse_args(argv)
+    torch.manual_seed(TORCH_SEED)
+    started = time.time()
+
+    train_range = range(TRAIN_SEEDS.start, TRAIN_SEEDS.start + args.train_exams)
+    full_range = range(FULL_TRAIN_SEEDS.start, FULL_TRAIN_SEEDS.start + args.full_exams)
+    val_range = range(VALIDATION_SEEDS.start, VALIDATION_SEEDS.start + args.val_exams)
+    log(f"phantoms: train small {train_range}, train full {full_range}, validation small {val_range}")
+    folders = mammo_data.build(train_range, "small", args.workers)
+    if len(full_range):
+        folders += mammo_data.build(full_range, "full", args.workers)
+    train = mammo_data.load(folders)
+    val = mammo_data.load(mammo_data.build(val_range, "small", args.workers))
+    log(f"{len(train)} training views, {len(val)} validation views ready ({time.time() - started:.0f} s)")
+
+    classifier = train_classifier(train, val, args.epochs)
+    density = train_density(train, val, args.density_epochs)
+
+    # Calibration on the validation split: Platt scaling of the view logit, temperature of density.
+    a, b = fit_logistic(predict_classifier(classifier, val.images)[:, None], val.view_malignant)
+    temperature = fit_temperature(predict_density(density, val.images), val.density)
+    log(f"view Platt a={a:.3f} b={b:.3f}; density temperature {temperature:.3f}")
+    repo = args.repository
+    export(ExportedClassifier(classifier, float(a), float(b)), repo / "mammo_classifier" / "1" / "model.onnx",
+           ["malignancy", "heatmap"])
+    export(ExportedDensity(density, temperature), repo / "mammo_density" / "1" / "model.onnx", ["density"])
+
+    # Exam combination and decile edges, on the served path (ONNX Runtime + flip TTA).
+    view_probs, _ = served_view_probabilities(repo, val.images)
+    lateralities = [k[0] for k in mammo_data.VIEW_KEYS]
+    features = np.array([exam_features(list(p), lateralities) for p in view_probs.reshape(-1, 4)])
+    w_mean, w_max, bias = fit_logistic(features, val.exam_malignant)
+    exam_z = features @ np.array([w_mean, w_max]) + bias
+    exam_p = 1 / (1 + np.exp(-exam_z))
+    edges = np.quantile(exam_p, np.linspace(0.1, 0.9, 9))
+    log(f"exam combination w_mean={w_mean:.3f} w_max={w_max:.3f} bias={bias:.3f}; "
+        f"validation exam AUC {auc(exam_p, val.exam_malignant):.3f}")
+    classifier_calibration = {
+        "view_platt_a": float(a), "view_platt_b": float(b),
+        "exam_weight_breast_mean": float(w_mean), "exam_weight_view_max": float(w_max), "exam_bias": float(bias),
+        "region_threshold": REGION_THRESHOLD,
+        **{f"exam_score_edge_{k + 1}": float(e) for k, e in enumerate(edges)},
+    }
+    write_contracts(repo, classifier_calibration, {"temperature": float(temperature)})
+    log(f"exported to {repo} in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
