@@ -80,7 +80,8 @@ def parse_instance(data: bytes, *, max_bytes: int) -> pydicom.Dataset:
 
 def route(ds: pydicom.Dataset) -> str:
     """The pipeline ("MG" or "CT") for this instance's SOP Class UID."""
-    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", pydicom.Dataset()), "MediaStorageSOPClassUID")
+    meta = getattr(ds, "file_meta", pydicom.Dataset())
+    sop_class = _text(ds, "SOPClassUID") or _text(meta, "MediaStorageSOPClassUID")
     pipeline = SOP_CLASS_ROUTES.get(sop_class or "")
     if pipeline is None:
         name = UID(sop_class).name if sop_class else "none"
@@ -117,6 +118,8 @@ def decode_pixels_and_decoder(ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
             return decoder.decode(ds), decoder.name
         except Exception as exc:  # each decoder fails in its own way; all are reported together
             failures[decoder.name] = f"{type(exc).__name__}: {exc}"
+            LOG.debug("decoder %s failed on %s (%s): %s", decoder.name, _text(ds, "SOPInstanceUID"),
+                      tsyntax.name, type(exc).__name__)
     if missing := _missing_plugins(tsyntax):
         failures["not installed"] = missing
     raise UnsupportedTransferSyntax(str(tsyntax), tsyntax.name if tsyntax.is_valid else "unknown",
@@ -296,7 +299,7 @@ def _missing_plugins(tsyntax: UID) -> str | None:
     return "; ".join(missing) or None
 
 
-# first success wins: DALI where it is exact, then pydicom's own order of plugins
+# first success wins: DALI where it is exact, then pydicom's built-in decoder and plugins
 DECODERS: list[PixelDecoder] = [DaliJpeg2000Decoder(), *(PydicomPluginDecoder(name) for name in _pydicom_plugins())]
 
 

@@ -197,6 +197,73 @@ def config_text(config) -> str:
     return text_format.MessageToString(config)
 
 
+def parse_config(text: str):
+    """config.pbtxt text -> ModelConfig; unknown fields or bad values raise text_format.ParseError."""
+    return text_format.Parse(text, _model_config().ModelConfig())
+
+
+def _full_shape(tensor, max_batch_size: int) -> list[int]:
+    """A config tensor's shape as a request sees it (batch axis first when the model batches)."""
+    dims = list(tensor.dims)
+    return [-1, *dims] if max_batch_size > 0 else dims
+
+
+def _compatible(a: list[int], b: list[int]) -> bool:
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b))
+
+
+def ensemble_problems(ensemble, models: dict) -> list[str]:
+    """What is wrong with an ensemble's tensor maps against its step models' configs (`models`:
+    name -> ModelConfig): unknown models or tensors, tensors used before produced, dtype or shape
+    disagreements, ensemble outputs nobody produces. Empty when the graph is consistent."""
+    problems: list[str] = []
+    known = {t.name: (t.data_type, _full_shape(t, ensemble.max_batch_size)) for t in ensemble.input}
+    for index, step in enumerate(ensemble.ensemble_scheduling.step):
+        where = f"step {index} ({step.model_name})"
+        model = models.get(step.model_name)
+        if model is None:
+            problems.append(f"{where}: no such model in the repository")
+            continue
+        inputs = {t.name: t for t in model.input}
+        outputs = {t.name: t for t in model.output}
+        for model_tensor, ensemble_tensor in step.input_map.items():
+            if model_tensor not in inputs:
+                problems.append(f"{where}: model has no input {model_tensor!r} (has {sorted(inputs)})")
+            elif ensemble_tensor not in known:
+                problems.append(f"{where}: input {model_tensor!r} reads {ensemble_tensor!r}, "
+                                "which no ensemble input or earlier step provides")
+            else:
+                dtype, shape = known[ensemble_tensor]
+                want = inputs[model_tensor]
+                want_shape = _full_shape(want, model.max_batch_size)
+                if dtype != want.data_type:
+                    problems.append(f"{where}: {ensemble_tensor!r} has dtype {dtype}, input {model_tensor!r} "
+                                    f"wants {want.data_type}")
+                if not _compatible(shape, want_shape):
+                    problems.append(f"{where}: {ensemble_tensor!r} has shape {shape}, input {model_tensor!r} "
+                                    f"wants {want_shape}")
+        missing = set(inputs) - set(step.input_map)
+        if missing:
+            problems.append(f"{where}: inputs {sorted(missing)} are not mapped")
+        for model_tensor, ensemble_tensor in step.output_map.items():
+            if model_tensor not in outputs:
+                problems.append(f"{where}: model has no output {model_tensor!r} (has {sorted(outputs)})")
+            elif ensemble_tensor in known:
+                problems.append(f"{where}: {ensemble_tensor!r} is produced twice")
+            else:
+                produced = outputs[model_tensor]
+                known[ensemble_tensor] = (produced.data_type, _full_shape(produced, model.max_batch_size))
+    for tensor in ensemble.output:
+        if tensor.name not in known:
+            problems.append(f"ensemble output {tensor.name!r} is produced by no step")
+            continue
+        dtype, shape = known[tensor.name]
+        if dtype != tensor.data_type or not _compatible(shape, _full_shape(tensor, ensemble.max_batch_size)):
+            problems.append(f"ensemble output {tensor.name!r} is declared {tensor.data_type} "
+                            f"{list(tensor.dims)}, its step produces {dtype} {shape}")
+    return problems
+
+
 def tensorrt_profile(contract: ModelContract) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shapes (batch axis included) of every input, for the engine build."""
     profile = {}
@@ -235,6 +302,7 @@ def build_repository(target: str, out: Path, source: Path = DEFAULT_MODEL_REPOSI
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, dict] = {"networks": {}, "dali": {}}
+    configs = {}
     for name in model_names():
         contract = load_contract(name, source)
         model_dir = out / name
@@ -265,6 +333,11 @@ def build_repository(target: str, out: Path, source: Path = DEFAULT_MODEL_REPOSI
         else:
             config = ensemble_config(contract, load_ensemble_steps(name, source))
         (model_dir / "config.pbtxt").write_text(config_text(config))
+        configs[name] = config
+    for name in ENSEMBLES:
+        problems = ensemble_problems(configs[name], configs)
+        if problems:
+            raise ModelBuildError(f"ensemble {name} does not fit its step models: " + "; ".join(problems))
     if target == "tensorrt":
         (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("wrote %s repository with %d models to %s", target, len(model_names()), out)

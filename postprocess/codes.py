@@ -27,6 +27,7 @@ MANUFACTURER = "oncostream"
 
 # --- shared --------------------------------------------------------------------------------
 DEVICE_OBSERVER = codes.DCM.Device
+IMAGING_MEASUREMENTS = codes.DCM.ImagingMeasurements  # TID 1500 row 6
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence  # CID 7162 algorithm family
 PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer

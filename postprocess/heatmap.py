@@ -66,10 +66,12 @@ def heatmap_image(ds: Dataset, view: MammoViewInference, model_versions: dict[st
         study_date=ds.get("StudyDate") or None, study_time=ds.get("StudyTime") or None,
         referring_physician_name=ds.get("ReferringPhysicianName"),
         pixel_spacing=(float(spacing[0]) * step, float(spacing[1]) * step) if spacing else None,
-        laterality=view.laterality, patient_orientation=tuple(ds.PatientOrientation) if "PatientOrientation" in ds else ("P", "L" if view.laterality == "R" else "R"),
+        laterality=view.laterality, patient_orientation=("P", "L" if view.laterality == "R" else "R"),
         series_description="oncostream mammography heatmaps",
         content_date=when.date, content_time=when.time, series_date=when.date, series_time=when.time,
     )
+    if ds.get("PatientOrientation"):  # mammography orientations ("A", "FR") are richer than highdicom's enum
+        image.PatientOrientation = list(ds.PatientOrientation)
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.DerivationDescription = f"classifier saliency heatmap ({', '.join(f'{k}={v}' for k, v in sorted(model_versions.items()))})"
     source = Dataset()

@@ -29,6 +29,7 @@ from highdicom.sr import (
     ImageRegion3D,
     Measurement,
     MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
     NumContentItem,
     ObservationContext,
     ObserverContext,
@@ -175,11 +176,19 @@ def lung_nodule_report(  # TID 1500
     frame_of_reference_uid = str(datasets[0].FrameOfReferenceUID)
     algorithm = _algorithm(model_versions, "ldct_nodule_segmenter")
     groups = [_nodule_group(i, f, frame_of_reference_uid, algorithm) for i, f in enumerate(findings)]
+    # highdicom insists on one measurement group; TID 1500 only needs one of rows 6/10/12, so a
+    # report without nodules is built around a placeholder whose Imaging Measurements container is
+    # then dropped, leaving the exam-level Qualitative Evaluations (Lung-RADS 1).
+    placeholder = [MeasurementsAndQualitativeEvaluations(tracking_identifier=TrackingIdentifier(identifier="none"))]
     report = MeasurementReport(
         observation_context=_device_observer(device_uid, model_versions),
         procedure_reported=codes.PROCEDURE_CT_CHEST,
-        imaging_measurements=groups or None,
+        imaging_measurements=groups or placeholder,
     )
+    if not groups:
+        report[0].ContentSequence = ContentSequence(
+            [item for item in report[0].ContentSequence
+             if item.ConceptNameCodeSequence[0].CodeValue != codes.IMAGING_MEASUREMENTS.value])
     # TID 1500 row 12: exam-level Qualitative Evaluations container
     exam = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS,
                                 relationship_type=_CONTAINS)

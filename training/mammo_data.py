@@ -85,8 +85,21 @@ def exam_examples(seed: int, size: str) -> dict[str, np.ndarray]:
     }
 
 
+def _fingerprint() -> str:
+    """Changes whenever the phantom generator, the preprocessing or these targets change."""
+    import hashlib
+
+    import ingest.preprocess.mammo
+    import oncostream.synth.mammo
+
+    digest = hashlib.sha256()
+    for module in (oncostream.synth.mammo, ingest.preprocess.mammo, __import__(__name__, fromlist=["_"])):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _chunk_dir(size: str, start: int, stop: int) -> Path:
-    return CACHE_DIR / f"{size}_{start}_{stop}"
+    return CACHE_DIR / _fingerprint() / f"{size}_{start}_{stop}"
 
 
 def _build_chunk(args: tuple[str, int, int]) -> Path:

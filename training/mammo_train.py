@@ -110,7 +110,7 @@ def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamp
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
         logits = predict_classifier(net, val.images)
         view_auc = auc(logits, val.view_malignant)
         exam_auc = auc(logits.reshape(-1, 4).max(axis=1), val.exam_malignant)

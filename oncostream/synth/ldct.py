@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.sparse as sparse
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage
 from scipy import fft as sp_fft
 from scipy import ndimage
@@ -236,13 +237,13 @@ def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.nda
         cav_ax, cav_ay = body.ax - 26, body.ay - 22
         ring = np.abs(_ellipse_sd(x, y, 0.0, -2.0, cav_ax + 5, cav_ay + 5)) - 4.5
         band = np.sin(2 * np.pi * ((z + 25 * np.sin(theta)) / body.rib_period + body.rib_phase))
-        rib = _soft(ring, e) * (band > 0.55) * (np.abs(x) > 25)
+        rib = _soft(ring, e) * (band > 0.7) * (np.abs(x) > 25)
         s += rib * (650.0 - s)
         cav_sd = _ellipse_sd(x, y, 0.0, -2.0, cav_ax, cav_ay)
         s += _soft(cav_sd, e) * (-80.0 - s)  # mediastinal fat fills the cavity
         # lungs, carved by heart and liver
         lmask = np.maximum(_soft(_lung_field(body, z, y, x, -1), e), _soft(_lung_field(body, z, y, x, 1), e))
-        lmask *= _soft(-cav_sd - 2.0, e)
+        lmask *= _soft(cav_sd + 2.0, e)
         heart = _soft(_ellipsoid_sd(x, y, z, body.heart), e)
         liver = _soft(_ellipsoid_sd(x, y, z, body.liver), e)
         lmask *= (1 - heart) * (1 - liver)
@@ -642,6 +643,7 @@ def ldct_datasets(phantom: LdctPhantom) -> list[Dataset]:
         ds.ExposureTime = 500
         ds.Exposure = int(round(ma * 0.5))
         ds.CTDIvol = round(8.0 * truth.dose_fraction, 3)
+        ds.CTDIPhantomTypeCodeSequence = Sequence([_body_phantom_code()])
         ds.ConvolutionKernel = "FBP-RAMLAK"
         ds.ReconstructionDiameter = _ds(w * cs)
         ds.DataCollectionDiameter = _ds(500.0)
@@ -653,6 +655,14 @@ def ldct_datasets(phantom: LdctPhantom) -> list[Dataset]:
         ds.PixelData = stored[k].tobytes()
         out.append(ds)
     return out
+
+
+def _body_phantom_code() -> Dataset:
+    item = Dataset()
+    item.CodeValue = "113691"
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = "IEC Body Dosimetry Phantom"
+    return item
 
 
 def _ds(v: float) -> str:

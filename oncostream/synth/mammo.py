@@ -95,12 +95,14 @@ def _power_law_texture(rng: np.random.Generator, shape: tuple[int, int], beta: f
 
 def _draw_breast(rng: np.random.Generator, density: str) -> _Breast:
     lo, hi = _GLANDULAR[density]
-    return _Breast(
+    breast = _Breast(
         depth_mm=rng.uniform(95, 135), half_width_mm=rng.uniform(72, 92),
-        mlo_depth_mm=rng.uniform(115, 150), mlo_half_height_mm=rng.uniform(80, 95),
+        mlo_depth_mm=0.0, mlo_half_height_mm=rng.uniform(80, 95),
         mlo_center_frac=rng.uniform(0.52, 0.6), pectoral_top_frac=rng.uniform(0.25, 0.4),
         pectoral_len_frac=rng.uniform(0.35, 0.55), glandular_fraction=rng.uniform(lo, hi),
     )
+    breast.mlo_depth_mm = breast.depth_mm * rng.uniform(1.12, 1.25)
+    return breast
 
 
 def _view_geometry(breast: _Breast, view: str, h: int, w: int, spacing: float):
@@ -125,25 +127,24 @@ def _view_geometry(breast: _Breast, view: str, h: int, w: int, spacing: float):
 
 
 def _lesion_position(lesion: _Lesion, breast: _Breast, view: str, h: int, spacing: float) -> tuple[float, float]:
-    """(row, col) in pixels of the lesion centre on one view, L orientation (chest wall at column 0)."""
+    """(row, col) in pixels of the lesion centre on one view, L orientation (chest wall at column 0).
+
+    The distance from the chest wall is the same physical distance on CC and MLO; the row mixes the
+    medio-lateral and supero-inferior offsets on the oblique view.
+    """
+    col_mm = lesion.depth * breast.depth_mm
     if view == "CC":
         depth, half, center = breast.depth_mm, breast.half_width_mm, h * spacing / 2
         v = lesion.ml
-        u = lesion.depth
     else:
         depth, half, center = breast.mlo_depth_mm, breast.mlo_half_height_mm, h * spacing * breast.mlo_center_frac
-        # the oblique projection mixes medio-lateral and supero-inferior position (45 degrees)
         v = 0.7 * lesion.si + 0.45 * lesion.ml
-        u = lesion.depth * breast.depth_mm / breast.mlo_depth_mm * 1.05
-        v = v + 0.25 * u * u
-    # keep inside the outline
-    max_r = 0.82
-    r = np.hypot(u, v - (0.25 * u * u if view == "MLO" else 0.0))
-    if r > max_r:
-        scale = max_r / r
-        u *= scale
-        v = (v - (0.25 * u * u if view == "MLO" else 0)) * scale + (0.25 * u * u if view == "MLO" else 0)
-    return center / spacing + v * half / spacing, u * depth / spacing
+    u = col_mm / depth
+    limit = float(np.sqrt(max(0.8 ** 2 - u ** 2, 0.0)))  # stay well inside the outline
+    v = float(np.clip(v, -limit, limit))
+    if view == "MLO":
+        v += 0.25 * u * u
+    return center / spacing + v * half / spacing, col_mm / spacing
 
 
 def _draw_lesions(rng: np.random.Generator, malignant_exam: bool) -> list[_Lesion]:
@@ -355,7 +356,6 @@ def mammo_datasets(phantom: MammoPhantom) -> list[Dataset]:
         ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.BodyPartExamined = "BREAST"
-        ds.Laterality = side
         ds.ImageLaterality = side
         ds.ViewPosition = view
         ds.PatientOrientation = _ORIENTATION[name]
@@ -383,6 +383,7 @@ def mammo_datasets(phantom: MammoPhantom) -> list[Dataset]:
         ds.WindowCenter = f"{max_value * 0.45:.1f}"
         ds.WindowWidth = f"{max_value * 0.7:.1f}"
         ds.VOILUTFunction = "SIGMOID"
+        ds.PresentationLUTShape = "IDENTITY"
         ds.PixelSpacing = [spacing, spacing]
         ds.ImagerPixelSpacing = [spacing, spacing]
         ds.KVP = 29

@@ -95,8 +95,17 @@ class GatewayProcess:
         return self.process.returncode
 
 
-def _storescu(port: int, files: list[Path], calling_ae: str = ALLOWED) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-aet", calling_ae, "-aec", AE_TITLE, "127.0.0.1", str(port),
+# storescu proposes uncompressed syntaxes unless told which compressed one to offer as well; with
+# these it sends a compressed file as it is instead of decompressing it
+STORESCU_PROPOSE = {
+    "explicit-le": [], "implicit-le": [], "rle": ["-xr"], "jpeg-ls-lossless": ["-xt"],
+    "j2k-lossless": ["-xv"], "jpeg-lossless-sv1": ["-xs"],
+}
+
+
+def _storescu(port: int, files: list[Path], calling_ae: str = ALLOWED,
+              options: list[str] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", *options, "-aet", calling_ae, "-aec", AE_TITLE, "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=120)
 
 
@@ -163,8 +172,9 @@ def kafka_gateway(kafka_topics, tmp_path):
 def test_storescu_instances_reach_kafka_unchanged(kafka_gateway, ct_corpus):
     gateway, topics = kafka_gateway
     files = ct_corpus
-    sent = _storescu(gateway.port, list(files.values()))
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    for name, path in files.items():
+        sent = _storescu(gateway.port, [path], options=STORESCU_PROPOSE[name])
+        assert sent.returncode == 0, name + ": " + sent.stdout + sent.stderr
     records = _consume(topics.bootstrap, topics.dicom, len(files))
     assert len(records) == len(files)
     by_sop = {pydicom.dcmread(io.BytesIO(r.value)).SOPInstanceUID: r for r in records}

@@ -1,0 +1,206 @@
+"""The CPU repository served by the real Triton (pytriton wheel's tritonserver, started once per
+session by tests/fixtures/triton.py) against the embedded backend on the same small synthetic studies."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from ingest.backends.base import LdctRaw, MammoRaw
+from ingest.backends.embedded import EmbeddedBackend
+from ingest.backends.triton import TritonBackend, metadata_differences
+from oncostream.errors import BackendUnavailable, ContractMismatch
+from oncostream.model_build import model_names
+from oncostream.model_contract import MODEL_NAMES, load_contract
+from oncostream.services.base import free_port
+from oncostream.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TOLERANCE = 1e-4  # probabilities and every other output, Triton vs embedded
+SEED = 1_000_123  # an evaluation-range seed: never trained on
+
+
+@pytest.fixture(scope="module")
+def settings(triton_grpc) -> Settings:
+    return Settings(backend="triton", triton_url=triton_grpc)
+
+
+@pytest.fixture(scope="module")
+def triton(settings) -> TritonBackend:
+    backend = TritonBackend(settings)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def embedded(settings) -> EmbeddedBackend:
+    return EmbeddedBackend(settings.model_repository)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, settings) -> list:
+    """One small mammography exam and one small LDCT series, written as DICOM and assembled the
+    way `oncostream run` does."""
+    from ingest.assembly import Assembler
+    from ingest.decode import parse_instance, route
+    from ingest.directory import DirectorySource
+    from oncostream.synth.command import write_studies
+
+    path = Path(tmp_path_factory.mktemp("triton-studies"))
+    write_studies(path, mammo=1, ldct=1, seed=SEED, size="small")
+    assembler = Assembler(settings)
+    assembled = []
+    for message in DirectorySource(path):
+        ds = parse_instance(message.data, max_bytes=settings.max_instance_bytes)
+        assembled += assembler.add(ds, modality=route(ds))
+    assembled += assembler.flush_all()
+    assert sorted(s.modality for s in assembled) == ["CT", "MG"]
+    return assembled
+
+
+def _assert_raw_equal(served, reference) -> None:
+    for field in reference.__dataclass_fields__:
+        want, got = getattr(reference, field), getattr(served, field)
+        assert got.shape == want.shape, field
+        assert got.dtype == np.float32, field
+        if want.size:
+            np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE, err_msg=field)
+
+
+def _assert_close(got, want, path="event") -> None:
+    """Recursive equality with floats within TOLERANCE."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), path
+        for key in want:
+            _assert_close(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=TOLERANCE), path
+    else:
+        assert got == want, path
+
+
+def test_every_model_is_served_and_matches_its_card(triton_server, triton_grpc):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton_grpc)
+    try:
+        repository = Settings().model_repository
+        for name in model_names():
+            assert client.is_model_ready(name), name
+            metadata = client.get_model_metadata(name, as_json=True)
+            assert metadata_differences(metadata, load_contract(name, repository)) == [], name
+    finally:
+        client.close()
+
+
+def test_ldct_ensemble_equals_embedded(triton, embedded):
+    from oncostream.synth.ldct import make_ldct_phantom
+
+    phantom = make_ldct_phantom(SEED, size="small")
+    spacing = np.asarray(phantom.spacing_mm, np.float32)
+    reference = embedded.infer_ldct(phantom.hu_low, spacing)
+    served = triton.infer_ldct(phantom.hu_low, spacing)
+    assert isinstance(served, LdctRaw)
+    _assert_raw_equal(served, reference)
+
+
+def test_mammo_ensemble_equals_embedded(triton, embedded):
+    from oncostream.synth.mammo import make_mammo_phantom
+
+    phantom = make_mammo_phantom(SEED, size="small")
+    names = sorted(phantom.views)
+    images = [phantom.views[n].astype(np.float32) for n in names]
+    lateralities = [n[0] for n in names]
+    max_values = [float(2**phantom.bits_stored - 1)] * len(names)
+    reference = embedded.infer_mammo(images, lateralities, max_values)
+    served = triton.infer_mammo(images, lateralities, max_values)
+    assert isinstance(served, MammoRaw)
+    _assert_raw_equal(served, reference)
+    # views of different sizes go in separate requests and come back in the caller's order
+    mixed = [images[0], images[1][: images[1].shape[0] // 2 * 2, :], images[2][:-8, :-8]]
+    reference = embedded.infer_mammo(mixed, lateralities[:3], max_values[:3])
+    _assert_raw_equal(triton.infer_mammo(mixed, lateralities[:3], max_values[:3]), reference)
+
+
+def test_same_findings_and_triage_as_embedded(settings, triton, embedded, studies):
+    from oncostream.pipeline import Pipeline
+
+    volatile = {"triaged_at"}
+    for study in studies:
+        want = Pipeline(settings, embedded).process(study).event.model_dump(mode="json", exclude=volatile)
+        got = Pipeline(settings, triton).process(study).event.model_dump(mode="json", exclude=volatile)
+        assert got["priority"] == want["priority"], study.modality
+        assert got["findings"], f"{study.modality}: the phantom should give findings"
+        _assert_close(got, want, study.modality)
+
+
+def test_model_versions_are_the_served_ones(triton, embedded):
+    assert triton.model_versions() == embedded.model_versions()
+    assert set(triton.model_versions()) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("mode", ["system", "none"])
+def test_shared_memory_and_plain_grpc_agree(triton_grpc, triton, mode):
+    import tritonclient.grpc as grpcclient
+
+    from oncostream.synth.ldct import make_ldct_phantom
+
+    phantom = make_ldct_phantom(SEED + 1, size="small")
+    spacing = np.asarray(phantom.spacing_mm, np.float32)
+    backend = TritonBackend(Settings(triton_url=triton_grpc, triton_shared_memory=mode))
+    client = grpcclient.InferenceServerClient(triton_grpc)
+    try:
+        assert backend.uses_shared_memory == (mode == "system")
+        raw = backend.infer_ldct(phantom.hu_low, spacing)
+        regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        ours = [r for r in regions if r.startswith("oncostream_")]
+        assert bool(ours) == (mode == "system")
+    finally:
+        backend.close()
+    assert not [r for r in client.get_system_shared_memory_status(as_json=True).get("regions", {})
+                if r in ours], "close() unregisters the region"
+    client.close()
+    _assert_raw_equal(raw, triton.infer_ldct(phantom.hu_low, spacing))
+
+
+def test_triton_metrics_count_inferences(triton_server, triton):
+    from oncostream.synth.mammo import make_mammo_phantom
+
+    phantom = make_mammo_phantom(SEED + 2, size="small")
+    images = [v.astype(np.float32) for v in phantom.views.values()]
+    triton.infer_mammo(images, [k[0] for k in phantom.views], [float(2**phantom.bits_stored - 1)] * len(images))
+    text = requests.get(triton_server.extra["metrics_url"], timeout=10).text
+    success = {m.group(1): float(m.group(2)) for m in
+               re.finditer(r'^nv_inference_request_success\{model="([^"]+)",version="1"\} (\S+)$', text, re.M)}
+    assert success.get("mammo_screening", 0) >= 1
+    assert success.get("mammo_classifier", 0) >= 1
+    assert "nv_inference_compute_infer_duration_us" in text
+
+
+def test_contract_mismatch_is_reported_at_start_up(tmp_path, triton_grpc):
+    source = Settings().model_repository
+    changed = tmp_path / "repository"
+    shutil.copytree(source, changed, ignore=shutil.ignore_patterns("*.onnx"))
+    card = yaml.safe_load((changed / "ldct_screening" / "contract.yaml").read_text())
+    card["outputs"][0]["name"] = "nodules"
+    (changed / "ldct_screening" / "contract.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(ContractMismatch, match="nodules") as error:
+        TritonBackend(Settings(triton_url=triton_grpc, model_repository=changed))
+    assert error.value.model == "ldct_screening"
+
+
+def test_unreachable_server_is_backend_unavailable():
+    with pytest.raises(BackendUnavailable) as error:
+        TritonBackend(Settings(triton_url=f"127.0.0.1:{free_port()}"), ready_timeout_s=1.0)
+    assert error.value.retry_after > 0

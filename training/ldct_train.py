@@ -1,0 +1,291 @@
+"""Train the three LDCT models on cached phantom items and export them to model_repository/.
+
+Run from the project root: ``.venv-train/bin/python -m training.ldct_train`` (``make models`` runs it
+through training.train_all). Deterministic for the fixed seeds below on one machine; torch's CPU
+kernels may differ in the last bits across machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from training import ldct_data
+from training.ldct_models import (CalibratedDetector, CalibratedSegmenter, DenoiseNet, DetectorNet,
+                                  SegmenterNet, export_onnx)
+
+REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+TORCH_SEED = 20261128
+PATCH = 48
+DET_PATCH = 40
+# steps per model; ONCOSTREAM_LDCT_STEPS_SCALE shortens every schedule (quick smoke runs)
+STEPS = {"denoise": 2500, "detector": 1400, "segmenter": 1400}
+VOLUME_KINDS = ("clean", "full", "low")
+VOLUME_KIND_P = (0.25, 0.35, 0.40)
+
+
+def _steps(name: str) -> int:
+    return max(1, int(STEPS[name] * float(os.environ.get("ONCOSTREAM_LDCT_STEPS_SCALE", "1"))))
+
+
+def _log(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+# --- denoise ----------------------------------------------------------------------------------
+
+def train_denoise(items: list[dict], steps: int, rng: np.random.Generator) -> DenoiseNet:
+    """Pairs (25 % dose slice, noiseless slice) as HU / 1000; mean squared error (PSNR's own loss)."""
+    lows = np.concatenate([it["den_low"] for it in items])
+    cleans = np.concatenate([it["den_clean"] for it in items])
+    net = DenoiseNet()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    crop, batch = 64, 16
+    for step in range(steps):
+        idx = rng.integers(len(lows), size=batch)
+        xs, ys = [], []
+        for i in idx:
+            h, w = lows[i].shape
+            y0 = int(rng.integers(0, h - crop + 1)) & ~1
+            x0 = int(rng.integers(0, w - crop + 1)) & ~1
+            a, b = lows[i][y0:y0 + crop, x0:x0 + crop], cleans[i][y0:y0 + crop, x0:x0 + crop]
+            if rng.random() < 0.5:
+                a, b = a[:, ::-1], b[:, ::-1]
+            xs.append(a)
+            ys.append(b)
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
+        y = torch.from_numpy(np.ascontiguousarray(np.stack(ys)[:, None]))
+        loss = F.mse_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == steps - 1:
+            _log(model="ldct_denoise", step=step, rmse_hu=round(math.sqrt(loss.item()) * 1000, 2))
+    return net.eval()
+
+
+# --- detector ---------------------------------------------------------------------------------
+
+def _heatmap_target(shape: tuple[int, int, int], origin: np.ndarray, centres: np.ndarray,
+                    diameters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian centre heatmap (1 at each centre's nearest voxel), diameter target and its weight."""
+    heat = np.zeros(shape, np.float32)
+    diam = np.zeros(shape, np.float32)
+    weight = np.zeros(shape, np.float32)
+    zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    for c, d in zip(centres, diameters):
+        local = c - origin
+        sigma = max(0.8, d / 8.0)  # grid voxels are 2 mm: the radius in voxels over two
+        r2 = (zz - local[0]) ** 2 + (yy - local[1]) ** 2 + (xx - local[2]) ** 2
+        heat = np.maximum(heat, np.exp(-r2 / (2 * sigma * sigma)))
+        near = r2 <= max(1.5, d / 8.0) ** 2
+        diam[near] = d
+        weight[near] = 1.0
+        peak = np.round(local).astype(int)
+        if all(0 <= peak[a] < shape[a] for a in range(3)):
+            heat[tuple(peak)] = 1.0
+    return heat, diam, weight
+
+
+def _detector_batch(items: list[dict], rng: np.random.Generator, batch: int):
+    xs, heats, diams, weights = [], [], [], []
+    n = DET_PATCH
+    for _ in range(batch):
+        it = items[int(rng.integers(len(items)))]
+        kind = VOLUME_KINDS[int(rng.choice(3, p=VOLUME_KIND_P))]
+        vol = it[f"det_{kind}"]
+        shape = np.array(vol.shape)
+        centres = it["det_centres"]
+        if len(centres) and rng.random() < 0.6:
+            c = centres[int(rng.integers(len(centres)))]
+            start = np.round(c - n / 2 + rng.uniform(-n / 3, n / 3, 3)).astype(int)
+        else:
+            start = np.array([rng.integers(0, max(1, s - n + 1)) for s in shape])
+        start = np.clip(start, 0, np.maximum(shape - n, 0))
+        sl = tuple(slice(int(s), int(s) + n) for s in start)
+        x = np.full((n, n, n), -1.0, np.float32)
+        sub = vol[sl].astype(np.float32)
+        x[:sub.shape[0], :sub.shape[1], :sub.shape[2]] = sub
+        heat, diam, weight = _heatmap_target((n, n, n), start.astype(np.float32), centres, it["diameters"])
+        if rng.random() < 0.5:  # left-right mirror
+            x, heat, diam, weight = x[..., ::-1], heat[..., ::-1], diam[..., ::-1], weight[..., ::-1]
+        xs.append(x)
+        heats.append(heat)
+        diams.append(diam)
+        weights.append(weight)
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(np.stack(a)[:, None]))  # noqa: E731
+    return as_t(xs), as_t(heats), as_t(diams), as_t(weights)
+
+
+def centre_focal_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss on a Gaussian centre heatmap."""
+    p = torch.sigmoid(logit).clamp(1e-5, 1 - 1e-5)
+    pos = target >= 0.999
+    pos_loss = -(torch.log(p) * (1 - p) ** 2)[pos].sum()
+    neg_loss = -(torch.log(1 - p) * p ** 2 * (1 - target) ** 4)[~pos].sum()
+    return (pos_loss + neg_loss) / pos.sum().clamp(min=1)
+
+
+def train_detector(items: list[dict], steps: int, rng: np.random.Generator) -> DetectorNet:
+    net = DetectorNet()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    for step in range(steps):
+        x, heat, diam, weight = _detector_batch(items, rng, batch=6)
+        logit, diameter = net(x)
+        focal = centre_focal_loss(logit, heat)
+        size = ((torch.log(diameter + 1.0) - torch.log(diam + 1.0)).abs() * weight).sum() / weight.sum().clamp(min=1)
+        loss = focal + size
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            _log(model="ldct_nodule_detector", step=step, focal=round(focal.item(), 4), size=round(size.item(), 4))
+    return net.eval()
+
+
+# --- segmenter --------------------------------------------------------------------------------
+
+def _segmenter_batch(items: list[dict], rng: np.random.Generator, batch: int, jitter_mm: float = 5.0):
+    xs, masks, malignant, composition, positive = [], [], [], [], []
+    big = ldct_data.BIG_PATCH
+    margin = (big - PATCH) // 2
+    for j in range(batch):
+        want_positive = j % 2 == 0
+        while True:
+            it = items[int(rng.integers(len(items)))]
+            pool = np.flatnonzero(it["seg_positive"] == want_positive)
+            if len(pool):
+                break
+        k = int(pool[int(rng.integers(len(pool)))])
+        kind = VOLUME_KINDS[int(rng.choice(3, p=VOLUME_KIND_P))]
+        reach = jitter_mm if want_positive else margin
+        o = np.clip(np.round(margin + rng.uniform(-reach, reach, 3)).astype(int), 0, big - PATCH)
+        sl = tuple(slice(int(s), int(s) + PATCH) for s in o)
+        x = it[f"seg_{kind}"][k][sl].astype(np.float32)
+        m = it["seg_mask"][k][sl].astype(np.float32) / 255.0
+        if rng.random() < 0.5:
+            x, m = x[..., ::-1], m[..., ::-1]
+        if rng.random() < 0.5:
+            x, m = x[::-1], m[::-1]
+        xs.append(x)
+        masks.append(m)
+        positive.append(want_positive)
+        malignant.append(float(it["malignant"][k]) if want_positive else 0.0)
+        composition.append(int(it["composition"][k]) if want_positive else 0)
+    return (torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None])),
+            torch.from_numpy(np.ascontiguousarray(np.stack(masks)[:, None])),
+            torch.tensor(malignant)[:, None], torch.tensor(composition), torch.tensor(positive))
+
+
+def soft_dice_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logit)
+    inter = (p * target).sum(dim=(1, 2, 3, 4))
+    return (1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3, 4)) + target.sum(dim=(1, 2, 3, 4)) + 1)).mean()
+
+
+def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> SegmenterNet:
+    net = SegmenterNet()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    for step in range(steps):
+        x, mask, malignant, composition, positive = _segmenter_batch(items, rng, batch=8)
+        mask_logit, mal_logit, comp_logits = net(x)
+        bce = F.binary_cross_entropy_with_logits(mask_logit, mask, pos_weight=torch.tensor(3.0))
+        dice = soft_dice_loss(mask_logit[positive], mask[positive])
+        mal = F.binary_cross_entropy_with_logits(mal_logit[positive], malignant[positive])
+        comp = F.cross_entropy(comp_logits[positive], composition[positive])
+        loss = 10 * bce + dice + 0.5 * mal + 0.5 * comp
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            _log(model="ldct_nodule_segmenter", step=step, bce=round(bce.item(), 4), dice=round(dice.item(), 4),
+                 malignancy=round(mal.item(), 4), composition=round(comp.item(), 4))
+    return net.eval()
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, multiclass: bool = False) -> float:
+    """Temperature that minimises the validation negative log-likelihood (a 1-D grid search)."""
+    best_t, best_nll = 1.0, float("inf")
+    z = torch.from_numpy(np.asarray(logits, np.float32))
+    y = torch.from_numpy(np.asarray(labels))
+    for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 81)):
+        if multiclass:
+            nll = F.cross_entropy(z / float(t), y.long()).item()
+        else:
+            nll = F.binary_cross_entropy_with_logits(z / float(t), y.float()).item()
+        if nll < best_nll:
+            best_t, best_nll = float(t), nll
+    return best_t
+
+
+def validation_logits(net: SegmenterNet, items: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Malignancy and composition logits of every validation nodule (25 % dose, centred, full-dose too)."""
+    big = ldct_data.BIG_PATCH
+    o = (big - PATCH) // 2
+    xs, mal, comp = [], [], []
+    for it in items:
+        for k in np.flatnonzero(it["seg_positive"]):
+            for kind in ("low", "full"):
+                xs.append(it[f"seg_{kind}"][k][o:o + PATCH, o:o + PATCH, o:o + PATCH].astype(np.float32))
+                mal.append(it["malignant"][k])
+                comp.append(it["composition"][k])
+    if not xs:
+        return np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros(0)
+    out_mal, out_comp = [], []
+    with torch.no_grad():
+        for start in range(0, len(xs), 8):
+            _, m, c = net(torch.from_numpy(np.stack(xs[start:start + 8])[:, None]))
+            out_mal.append(m[:, 0].numpy())
+            out_comp.append(c.numpy())
+    return np.concatenate(out_mal), np.asarray(mal), np.concatenate(out_comp), np.asarray(comp)
+
+
+def export_all(denoise: DenoiseNet, detector: DetectorNet, segmenter: SegmenterNet,
+               t_malignancy: float, t_composition: float, repository: Path = REPOSITORY) -> None:
+    export_onnx(denoise, torch.zeros(1, 1, 64, 64), repository / "ldct_denoise" / "1" / "model.onnx",
+                "image", ["denoised"], dynamic_spatial=True)
+    export_onnx(CalibratedDetector(detector), torch.zeros(1, 1, 32, 32, 32),
+                repository / "ldct_nodule_detector" / "1" / "model.onnx", "volume", ["heatmap", "diameter_mm"],
+                dynamic_spatial=True)
+    export_onnx(CalibratedSegmenter(segmenter, t_malignancy, t_composition), torch.zeros(1, 1, PATCH, PATCH, PATCH),
+                repository / "ldct_nodule_segmenter" / "1" / "model.onnx", "patch",
+                ["mask", "malignancy", "composition"], dynamic_spatial=False)
+
+
+def main() -> int:
+    start = time.time()
+    torch.manual_seed(TORCH_SEED)
+    torch.set_num_threads(int(os.environ.get("ONCOSTREAM_TRAIN_THREADS", "2")))
+    train = ldct_data.load(ldct_data.build_all("train"))
+    validation = ldct_data.load(ldct_data.build_all("validation"))
+    _log(stage="data", train_items=len(train), validation_items=len(validation), s=round(time.time() - start, 1))
+    rng = np.random.default_rng(TORCH_SEED)
+    denoise = train_denoise(train, _steps("denoise"), rng)
+    detector = train_detector(train, _steps("detector"), rng)
+    segmenter = train_segmenter(train, _steps("segmenter"), rng)
+    mal_logits, mal_labels, comp_logits, comp_labels = validation_logits(segmenter, validation)
+    t_mal = fit_temperature(mal_logits, mal_labels) if len(mal_labels) else 1.0
+    t_comp = fit_temperature(comp_logits, comp_labels, multiclass=True) if len(comp_labels) else 1.0
+    _log(stage="calibration", malignancy_temperature=t_mal, composition_temperature=t_comp,
+         validation_nodules=int(len(mal_labels) // 2))
+    export_all(denoise, detector, segmenter, t_mal, t_comp)
+    _log(stage="done", wall_s=round(time.time() - start, 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
