@@ -21,6 +21,7 @@ import logging
 import queue
 import signal
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -83,8 +84,11 @@ TRANSFER_SYNTAXES = (
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+_BACKEND_ATTEMPTS = 5
 _ERROR_COMMENT_MAX = 64  # ErrorComment is LO (PS3.5 6.2)
-_PRODUCE_TIMEOUT_S = 60.0
+# how long one C-STORE may wait for Kafka before answering "out of resources": below the 60 s DIMSE
+# timeout modalities commonly use, so the sender hears a status instead of timing out itself
+PRODUCE_TIMEOUT_S = 30.0
 
 
 class GatewayError(OncostreamError):
@@ -106,12 +110,17 @@ class KafkaDestination(Destination):
     """Produce to ``settings.topic_dicom`` exactly as ``oncostream produce`` does; wait for the ack,
     so that success to the modality means the broker has the instance."""
 
-    def __init__(self, settings: Settings, bootstrap: str):
+    def __init__(self, settings: Settings, bootstrap: str, produce_timeout_s: float = PRODUCE_TIMEOUT_S):
         from oncostream.streaming import make_producer
 
         self.settings = settings
         self.topic = settings.topic_dicom
-        self._producer = make_producer(bootstrap, client_id="oncostream-gateway", linger_ms=0)
+        self.produce_timeout_s = produce_timeout_s
+        try:
+            self._producer = make_producer(bootstrap, client_id="oncostream-gateway", linger_ms=0,
+                                           max_block_ms=int(produce_timeout_s * 1000))
+        except Exception as exc:  # kafka-python raises NoBrokersAvailable and friends
+            raise GatewayError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from exc
 
     def deliver(self, data: bytes, calling_ae: str) -> None:
         from ingest.decode import parse_instance
@@ -129,11 +138,11 @@ class KafkaDestination(Destination):
             headers["content-type"] = CONTENT_TYPE_CLAIM_CHECK
         future = self._producer.send(self.topic, key=str(ds.StudyInstanceUID).encode(), value=value,
                                      headers=[(k, v.encode()) for k, v in headers.items()])
-        future.get(timeout=_PRODUCE_TIMEOUT_S)
+        future.get(timeout=self.produce_timeout_s)
 
     def close(self) -> None:
-        self._producer.flush(timeout=_PRODUCE_TIMEOUT_S)
-        self._producer.close(timeout=_PRODUCE_TIMEOUT_S)
+        self._producer.flush(timeout=self.produce_timeout_s)
+        self._producer.close(timeout=self.produce_timeout_s)
 
 
 class PipelineDestination(Destination):
@@ -178,6 +187,12 @@ class PipelineDestination(Destination):
             studies = self._assembler.add(ds, modality=modality)
         for study in studies:
             self._studies.put(study)
+        self._record_in_flight()
+
+    def _record_in_flight(self) -> None:
+        from oncostream import metrics
+
+        metrics.record(lambda: metrics.IN_FLIGHT.set(len(self._assembler) + self._studies.qsize()))
 
     def close(self) -> None:
         """Stop taking time-outs, close every pending study (incomplete ones say so) and finish them."""
@@ -209,19 +224,40 @@ class PipelineDestination(Destination):
 
         while (study := self._studies.get()) is not None:
             try:
-                result = self._pipeline.process(study)
+                result = self._process_with_retry(study)
                 self._sink.add(result)
                 self._sink.flush()
             except StudyFailed as exc:
                 metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
                 self._rejections.add(exc.reason, exc.detail, "study", study.study_instance_uid)
                 continue
-            except Exception:  # noqa: BLE001 - one study's failure must not stop the gateway
+            except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the gateway
                 log.exception("study %s failed", study.study_instance_uid)
                 metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
+                self._rejections.add("publish_failed", f"{type(exc).__name__}: {exc}", "study",
+                                     study.study_instance_uid)
                 continue
+            finally:
+                self._record_in_flight()
             record_published(result)
             log.info("study %s triaged: %s", study.study_instance_uid, result.event.priority)
+
+    def _process_with_retry(self, study):
+        """The backend may be briefly unavailable (BackendUnavailable.retry_after); the instances are
+        already acknowledged to the sender, so wait for it a few times before giving the study up."""
+        from oncostream.errors import BackendUnavailable
+
+        attempt = 1
+        while True:
+            try:
+                return self._pipeline.process(study)
+            except BackendUnavailable as exc:
+                if attempt >= _BACKEND_ATTEMPTS:
+                    raise
+                log.warning("backend unavailable for study %s (%s); retrying in %.0f s",
+                            study.study_instance_uid, exc, exc.retry_after)
+                time.sleep(exc.retry_after)
+                attempt += 1
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -286,7 +322,11 @@ def main(args) -> int:
     """`oncostream gateway --port P [--ae-title T] (--bootstrap HOST:PORT | --out DIR) [--allow AE ...]`."""
     settings = Settings()
     if args.bootstrap:
-        destination: Destination = KafkaDestination(settings, args.bootstrap)
+        try:
+            destination: Destination = KafkaDestination(settings, args.bootstrap)
+        except GatewayError as exc:
+            log.error("%s", exc)
+            return 2
         where = f"Kafka {args.bootstrap} topic {settings.topic_dicom}"
     else:
         destination = PipelineDestination(settings, args.out)

@@ -132,9 +132,10 @@ class KafkaSource(Source):
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
                 parts = {(tp.topic, tp.partition) for tp in revoked}
-                log.info("partitions revoked: %s", sorted(parts))
-                if on_revoked is not None and parts:
-                    on_revoked(parts)
+                if parts:
+                    log.info("partitions revoked: %s", sorted(parts))
+                    if on_revoked is not None:
+                        on_revoked(parts)
 
             def on_partitions_assigned(self, assigned):
                 parts = {(tp.topic, tp.partition) for tp in assigned}

@@ -172,9 +172,7 @@ def step_config(contract: ModelContract, target: str):
     if target == "tensorrt" and realisation.dali_pipeline is not None:
         config.backend = "dali"
         config.default_model_filename = "model.dali"
-        for tensor in config.input:
-            if list(tensor.dims) == [1]:  # a scalar per sample: DALI's external source wants ndim 0
-                tensor.reshape.SetInParent()
+        # DALI's external sources take the per-view [1] tensors as they are (ndim=1): no reshape
         _instances(config, "KIND_GPU")
     else:
         config.backend = "python"
@@ -391,7 +389,9 @@ def build_engine(onnx_file: Path, plan_file: Path, profile: dict[str, dict[str, 
 
 def main(args: argparse.Namespace) -> int:
     """Handler of `oncostream models build`."""
-    names = build_repository(args.target, args.out)
+    from oncostream.settings import Settings
+
+    names = build_repository(args.target, args.out, Settings().model_repository)
     print(f"wrote {args.target} repository ({len(names)} models) to {args.out}")
     if args.target == "tensorrt":
         print(f"engines and DALI pipelines are built on the target GPU: "

@@ -54,6 +54,12 @@ def make_producer(bootstrap: str, client_id: str, **overrides):
     return KafkaProducer(**config)
 
 
+def _quiet_kafka_client_logs() -> None:
+    """kafka-python logs every connection at INFO; only its warnings matter to an operator."""
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 # --------------------------------------------------------------------------------------------- watermark
 
 class Watermark:
@@ -240,6 +246,7 @@ def main_produce(args) -> int:
     """`oncostream produce PATH | --synth N --bootstrap HOST:PORT [--topic T]`."""
     from rich.console import Console
 
+    _quiet_kafka_client_logs()
     console = Console()
     settings = Settings()
     workdir = None
@@ -493,7 +500,7 @@ def main_worker(args) -> int:
     from oncostream import metrics
     from oncostream.pipeline import Pipeline, make_backend
 
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    _quiet_kafka_client_logs()
     settings = Settings()
     settings = settings.model_copy(update={"kafka_bootstrap": args.bootstrap})
     if args.triton:

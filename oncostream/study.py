@@ -45,6 +45,7 @@ class NoduleCandidate:
     malignancy_probability: float
     uncertainty: float
     mask: np.ndarray | None = None  # bool, on the source series' pixel grid (slices, rows, cols)
+    solid_component_mm: float | None = None  # part-solid only: mean diameter of the solid core, when measured
 
 
 @dataclass

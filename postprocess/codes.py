@@ -34,6 +34,7 @@ PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer
 CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding
 RENDERING_INTENT = codes.DCM.RenderingIntent
 PRESENTATION_REQUIRED = codes.DCM.PresentationRequiredRenderingDeviceIsExpectedToPresent
+SOURCE = Code("260753009", "SCT", "Source")  # concept name of IMAGE references, as highdicom names them
 CENTER = codes.DCM.Center
 OUTLINE = codes.DCM.Outline
 ALGORITHM_NAME = codes.DCM.AlgorithmName
@@ -49,7 +50,7 @@ UNIT_PERCENT = codes.UCUM.Percent
 UNIT_NO_UNITS = codes.UCUM.NoUnits
 
 # --- LDCT: TID 1500 Measurement Report --------------------------------------------------------
-PROCEDURE_CT_CHEST = codes.LN.CTChestReport
+PROCEDURE_CT = codes.cid100.CTUnspecifiedBodyRegion  # CID 100 has no chest-specific CT procedure
 LUNG = codes.SCT.Lung
 NODULE = codes.SCT.Nodule
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure
@@ -86,9 +87,9 @@ NOT_ATTEMPTED = Code("111225", "DCM", "Not Attempted")
 SUCCESSFUL_DETECTIONS = codes.DCM.SuccessfulDetections
 DETECTION_PERFORMED = codes.DCM.DetectionPerformed
 MAMMO_FINDING_CODES: dict[str, Code] = {  # CID 6014 Single Image Finding
-    "mass": codes.SCT.MammographyBreastDensity,
+    "mass": codes.SCT.MammographyBreastDensity,  # CID 6015: a CAD "density" is a mass-like finding
     "calcification": codes.SCT.CalcificationCluster,
-    "region": codes.SCT.MammographyBreastDensity,
+    "region": Code("111099", "DCM", "Selected region"),
 }
 LATERALITY_CODES: dict[str, Code] = {"L": codes.SCT.LeftBreast, "R": codes.SCT.RightBreast}  # CID 6022
 VIEW_CODES: dict[str, Code] = {  # CID 4014 View for Mammography
@@ -102,6 +103,11 @@ DENSITY_CODES: dict[str, Code] = {  # CID 6000 BI-RADS breast composition
     "c": codes.SCT.HeterogeneouslyDense,
     "d": codes.SCT.ExtremelyDense,
 }
+IMPRESSION_DESCRIPTION = codes.DCM.ImpressionDescription  # TID 4002 row 5
+RECOMMENDED_FOLLOW_UP = codes.DCM.RecommendedFollowUp  # TID 4002 row 6, CID 6028
+FOLLOW_UP_RECALL = Code("386053000", "SCT", "Evaluation procedure")
+FOLLOW_UP_ROUTINE = Code("111140", "DCM", "Normal interval follow-up")
+LANGUAGE_EN_US = Code("en-US", "RFC5646", "English (United States)")  # TID 1204
 EXAM_SCORE = _local("EXAMSCORE", "oncostream exam score (decile 1-10)")
 RECALL_SUGGESTED = _local("RECALL", "Recall suggested")
 

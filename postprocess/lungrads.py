@@ -92,7 +92,7 @@ def solid_component_mm(nodule: NoduleMeasurement, core_fraction: float) -> float
 
     Our reference segmenter reports one mean diameter per nodule; without a measured solid core we
     approximate it as ``core_fraction`` x the total mean diameter (a program setting; the synthetic
-    phantoms build part-solid nodules with a solid core of about half the total diameter).
+    phantoms draw part-solid cores of 0.35-0.6 of the total diameter, mean about 0.5).
     """
     if nodule.solid_component_mm is not None:
         return round_mm(nodule.solid_component_mm)

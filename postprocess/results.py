@@ -51,7 +51,7 @@ def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
     for i, nodule in enumerate(inference.nodules):
         measurement = NoduleMeasurement(
             mean_diameter_mm=nodule.mean_diameter_mm, composition=nodule.composition,
-            volume_mm3=nodule.volume_mm3, solid_component_mm=getattr(nodule, "solid_component_mm", None),
+            volume_mm3=nodule.volume_mm3, solid_component_mm=nodule.solid_component_mm,
             malignancy_probability=nodule.malignancy_probability)
         category = lungrads.nodule_category(
             measurement, prior=priors[i] if priors is not None and i < len(priors) else None,
@@ -89,6 +89,8 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
     the matched prior nodule or None for a new one. ``now`` stamps ``triaged_at`` only; nothing in
     the DICOM outputs depends on the wall clock.
     """
+    if not isinstance(inference, (LdctInference, MammoInference)):
+        raise TypeError(f"inference: expected LdctInference or MammoInference, got {type(inference).__name__}")
     triaged_at = now or datetime.now(timezone.utc)
     policy = load_program(study.program or settings.program)
     versions = dict(inference.model_versions)
@@ -110,7 +112,7 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
                                   device_uid=device_uid, when=when)
         if seg is not None:
             segs.append(seg)
-    elif isinstance(inference, MammoInference):
+    else:
         findings = _mammo_findings(inference)
         category = mammo_category(inference.exam_malignancy_probability, inference.density_probabilities,
                                   policy, exam_score_edges(policy, settings.model_repository))
@@ -119,12 +121,10 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         uncertainty = _clip01(inference.uncertainty)
         confidence = round(1.0 - uncertainty, 4)
         sr = MammographyCadSR(study.datasets, findings, category, versions, sop_instance_uid=sr_uid,
-                              series_instance_uid=sr_series_uid, device_uid=device_uid, when=when)
+                              series_instance_uid=sr_series_uid, when=when)
         secondary = heatmap_images(study.datasets, inference.views, versions,
                                    series_instance_uid=output_uid(study, versions, "heatmap-series"),
                                    uid_for=lambda sop: output_uid(study, versions, f"heatmap/{sop}"), when=when)
-    else:
-        raise TypeError(f"inference: expected LdctInference or MammoInference, got {type(inference).__name__}")
 
     event = TriageEvent(
         study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,

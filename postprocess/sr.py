@@ -22,6 +22,7 @@ from highdicom.sr import (
     CodeContentItem,
     ContainerContentItem,
     ContentSequence,
+    DeviceObserverIdentifyingAttributes,
     FindingSite,
     GraphicTypeValues,
     GraphicTypeValues3D,
@@ -33,8 +34,6 @@ from highdicom.sr import (
     NumContentItem,
     ObservationContext,
     ObserverContext,
-    DeviceObserverIdentifyingAttributes,
-    PixelOriginInterpretationValues,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
@@ -44,10 +43,11 @@ from highdicom.sr import (
 )
 from highdicom.sr.sop import _SR
 from pydicom import Dataset
+from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
-from oncostream.uids import derive_uid
 from oncostream.contracts import LungRads, MammoCategory, MammoFinding, NoduleFinding
+from oncostream.uids import derive_uid
 from postprocess import codes
 
 MAMMOGRAPHY_CAD_SR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.50")
@@ -87,8 +87,7 @@ def stamp(ds: Dataset, when: ContentTimestamp) -> None:
     """Replace every wall-clock value and random UID highdicom writes, for byte-identical replays.
 
     highdicom stamps InstanceCreation/Content/Series dates, ContributionDateTime, the Secondary Capture
-    date/time, and (SEG) a random
-    DimensionOrganizationUID; all become functions of the input.
+    date/time and (SEG) a random DimensionOrganizationUID; all become functions of the input.
     """
     for prefix in ("Content", "InstanceCreation", "Series"):
         setattr(ds, f"{prefix}Date", when.date)
@@ -182,7 +181,7 @@ def lung_nodule_report(  # TID 1500
     placeholder = [MeasurementsAndQualitativeEvaluations(tracking_identifier=TrackingIdentifier(identifier="none"))]
     report = MeasurementReport(
         observation_context=_device_observer(device_uid, model_versions),
-        procedure_reported=codes.PROCEDURE_CT_CHEST,
+        procedure_reported=codes.PROCEDURE_CT,
         imaging_measurements=groups or placeholder,
     )
     if not groups:
@@ -229,7 +228,7 @@ def _algorithm_items(name: str, version: str) -> list[Dataset]:  # TID 4019
 
 
 def _library_entry(ds: Dataset) -> ImageContentItem:  # TID 4020
-    item = ImageContentItem(name=codes.IMAGE_LIBRARY, referenced_sop_class_uid=ds.SOPClassUID,
+    item = ImageContentItem(name=codes.SOURCE, referenced_sop_class_uid=ds.SOPClassUID,
                             referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=_CONTAINS)
     laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", ""))
     view = str(ds.get("ViewPosition", ""))
@@ -243,21 +242,23 @@ def _library_entry(ds: Dataset) -> ImageContentItem:  # TID 4020
     return _node(item, children)
 
 
-def _scoord_on(name, graphic_type: GraphicTypeValues, points_rc: np.ndarray, ds: Dataset) -> ScoordContentItem:
-    """SCOORD on one view; DICOM graphic data is (column, row) with the pixel centre at +0.5."""
-    xy = np.asarray(points_rc, dtype=np.float64)[:, ::-1]
-    item = ScoordContentItem(name=name, graphic_type=graphic_type, graphic_data=xy,
-                             pixel_origin_interpretation=PixelOriginInterpretationValues.VOLUME,
+def _scoord_on(name: Code, graphic_type: GraphicTypeValues, points_xy: np.ndarray, ds: Dataset) -> ScoordContentItem:
+    """SCOORD on one view (TID 4021); graphic data is (column, row) in image coordinates (PS3.3 C.10.5.1.2)."""
+    item = ScoordContentItem(name=name, graphic_type=graphic_type, graphic_data=np.asarray(points_xy, np.float64),
                              relationship_type=_PROPERTIES)
-    ref = ImageContentItem(name=codes.IMAGE_LIBRARY, referenced_sop_class_uid=ds.SOPClassUID,
+    ref = ImageContentItem(name=codes.SOURCE, referenced_sop_class_uid=ds.SOPClassUID,
                            referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=_SELECTED)
     return _node(item, [ref])
 
 
 def _single_image_finding(finding: MammoFinding, ds: Dataset, algorithm: tuple[str, str]) -> Dataset:  # TID 4006
+    # image coordinates put (0, 0) at the top-left corner of the first pixel: the centre of pixel
+    # (row, col) is (col + 0.5, row + 0.5), and an end-exclusive box [r0, r1) x [c0, c1) has its
+    # edges at exactly r0, r1, c0, c1
     row, col = finding.center_px
     r0, c0, r1, c1 = finding.bbox_px
-    outline = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0], [r0, c0]], dtype=np.float64)
+    centre = np.array([[col + 0.5, row + 0.5]])
+    outline = np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=np.float64)
     item = CodeContentItem(name=codes.SINGLE_IMAGE_FINDING, value=codes.MAMMO_FINDING_CODES[finding.type],
                            relationship_type=_CONTAINS)
     children = [
@@ -265,7 +266,7 @@ def _single_image_finding(finding: MammoFinding, ds: Dataset, algorithm: tuple[s
         *_algorithm_items(*algorithm),
         NumContentItem(name=codes.CERTAINTY_OF_FINDING, value=round(finding.score * 100.0, 4),
                        unit=codes.UNIT_PERCENT, relationship_type=_PROPERTIES),
-        _scoord_on(codes.CENTER, GraphicTypeValues.POINT, np.array([[row, col]], dtype=np.float64), ds),
+        _scoord_on(codes.CENTER, GraphicTypeValues.POINT, centre, ds),
         _scoord_on(codes.OUTLINE, GraphicTypeValues.POLYLINE, outline, ds),
     ]
     return _node(item, children)
@@ -277,17 +278,32 @@ def _individual_impression(children: Sequence[Dataset]) -> Dataset:  # TID 4003
     return _node(container, [_rendering_intent(), *children])
 
 
-def _exam_impression(category: MammoCategory) -> Dataset:
-    return _individual_impression([
+def _exam_impression(category: MammoCategory) -> list[Dataset]:  # TID 4002, under the findings summary
+    """Exam-level results: a readable impression, the recall as a recommended follow-up, score and probability."""
+    recall = "recall suggested" if category.recall else "no recall suggested"
+    text = (f"oncostream exam score {category.exam_score} of 10 (decile of the exam malignancy probability over "
+            f"the reference population); BI-RADS breast composition {category.density}; {recall}")
+    return [
+        TextContentItem(name=codes.IMPRESSION_DESCRIPTION, value=text, relationship_type=_PROPERTIES),
+        CodeContentItem(name=codes.RECOMMENDED_FOLLOW_UP,
+                        value=codes.FOLLOW_UP_RECALL if category.recall else codes.FOLLOW_UP_ROUTINE,
+                        relationship_type=_PROPERTIES),
         NumContentItem(name=codes.EXAM_SCORE, value=category.exam_score, unit=codes.UNIT_NO_UNITS,
-                       relationship_type=_CONTAINS),
+                       relationship_type=_PROPERTIES),
         NumContentItem(name=codes.PROBABILITY_OF_CANCER, value=round(category.malignancy_probability * 100.0, 4),
-                       unit=codes.UNIT_PERCENT, relationship_type=_CONTAINS),
+                       unit=codes.UNIT_PERCENT, relationship_type=_PROPERTIES),
+    ]
+
+
+def _breast_composition(category: MammoCategory, algorithm: tuple[str, str]) -> Dataset:  # TID 4006 + TID 4007
+    finding = CodeContentItem(name=codes.SINGLE_IMAGE_FINDING, value=codes.BREAST_COMPOSITION,
+                              relationship_type=_CONTAINS)
+    return _individual_impression([_node(finding, [
+        _rendering_intent(),
+        *_algorithm_items(*algorithm),
         CodeContentItem(name=codes.BREAST_COMPOSITION, value=codes.DENSITY_CODES[category.density],
-                        relationship_type=_CONTAINS),
-        CodeContentItem(name=codes.RECALL_SUGGESTED, value=codes.YES if category.recall else codes.NO,
-                        relationship_type=_CONTAINS),
-    ])
+                        relationship_type=_PROPERTIES),
+    ])])
 
 
 class MammographyCadSR(_SR):  # TID 4000
@@ -295,7 +311,7 @@ class MammographyCadSR(_SR):  # TID 4000
 
     def __init__(self, datasets: Sequence[Dataset], findings: Sequence[MammoFinding], category: MammoCategory,
                  model_versions: dict[str, str], *, sop_instance_uid: str, series_instance_uid: str,
-                 device_uid: str, when: ContentTimestamp):
+                 when: ContentTimestamp):
         if not datasets:
             raise ValueError("datasets: a Mammography CAD SR needs the views it reports on")
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
@@ -309,7 +325,7 @@ class MammographyCadSR(_SR):  # TID 4000
 
         root = ContainerContentItem(name=codes.MAMMOGRAPHY_CAD_REPORT, is_content_continuous=False,
                                     template_id="4000")
-        observer = [item for item in _device_observer(device_uid, model_versions)]
+        language = hd.sr.LanguageOfContentItemAndDescendants(language=codes.LANGUAGE_EN_US)  # TID 1204
         library = _node(ContainerContentItem(name=codes.IMAGE_LIBRARY, relationship_type=_CONTAINS),
                         [_library_entry(ds) for ds in datasets])
         summary_value = codes.ALL_SUCCEEDED_WITH_FINDINGS if findings else codes.ALL_SUCCEEDED_WITHOUT_FINDINGS
@@ -317,7 +333,8 @@ class MammographyCadSR(_SR):  # TID 4000
                        for f in findings]
         summary = _node(CodeContentItem(name=codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY, value=summary_value,
                                         relationship_type=_CONTAINS),
-                        [*impressions, _exam_impression(category)])
+                        [*_algorithm_items(*algorithm), *_exam_impression(category), *impressions,
+                         _breast_composition(category, algorithm)])
         detection_types = sorted({f.type for f in findings} | {"mass", "calcification"})
         detections = _node(CodeContentItem(name=codes.SUMMARY_OF_DETECTIONS, value=codes.SUCCEEDED,
                                            relationship_type=_CONTAINS), [
@@ -325,13 +342,13 @@ class MammographyCadSR(_SR):  # TID 4000
                 _node(CodeContentItem(name=codes.DETECTION_PERFORMED, value=codes.MAMMO_FINDING_CODES[t],
                                       relationship_type=_CONTAINS),
                       [*_algorithm_items(*algorithm),
-                       *[ImageContentItem(name=codes.IMAGE_LIBRARY, referenced_sop_class_uid=ds.SOPClassUID,
+                       *[ImageContentItem(name=codes.SOURCE, referenced_sop_class_uid=ds.SOPClassUID,
                                           referenced_sop_instance_uid=ds.SOPInstanceUID,
                                           relationship_type=_PROPERTIES) for ds in datasets]])
                 for t in detection_types if t != "region"])])
         analyses = CodeContentItem(name=codes.SUMMARY_OF_ANALYSES, value=codes.NOT_ATTEMPTED,
                                    relationship_type=_CONTAINS)
-        _node(root, [*observer, library, summary, detections, analyses])
+        _node(root, [*language, library, summary, detections, analyses])
         super().__init__(
             evidence=list(datasets), content=root, series_instance_uid=series_instance_uid,
             series_number=SERIES_NUMBER_SR, sop_instance_uid=sop_instance_uid,

@@ -9,8 +9,15 @@ libs="${ONCOSTREAM_KAFKA_LIBS:-$root/.cache/kafka/libs}"
 version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")"
 stamp="$libs/.complete-$version"
 [ -e "$stamp" ] && exit 0
-command -v java >/dev/null || { echo "fetch_kafka.sh: java (17+) is required to run the broker" >&2; exit 1; }
-command -v mvn >/dev/null || { echo "fetch_kafka.sh: mvn is required to fetch the broker jars" >&2; exit 1; }
+need=()
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing Debian packages for the Kafka broker: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 echo "fetching Apache Kafka $version broker jars into $libs"
 tmp="$libs.tmp.$$"
 rm -rf "$tmp"

@@ -44,3 +44,25 @@ def dsrdump_ok(path: str | Path) -> bool:
     except subprocess.CalledProcessError:
         return False
     return "<CONTAINER:" in text and not any(line.startswith("E:") for line in text.splitlines())
+
+
+_PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+# Java 17's XPath limits stop PixelMed's XSLT validator part way (DESIGN.md, pitfalls)
+_XPATH_UNLIMITED = ["-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit=0", "-Djdk.xml.xpathTotalOpLimit=0"]
+
+
+def sr_validator_available() -> bool:
+    """PixelMed's DicomSRValidator (Debian ``pixelmed-apps``) is optional: it checks SR templates row by row."""
+    return _PIXELMED_JAR.is_file() and shutil.which("java") is not None
+
+
+def sr_validator_errors(path: str | Path) -> list[str]:
+    """Template and relationship errors PixelMed's DicomSRValidator reports for an SR; warnings are left out."""
+    result = subprocess.run(
+        [_tool("java"), *_XPATH_UNLIMITED, "-cp", str(_PIXELMED_JAR), "com.pixelmed.validate.DicomSRValidator",
+         str(path)], capture_output=True, text=True, timeout=300)
+    lines = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("Error") or "illegal relationship" in line]
+    if "Root Template Validation Complete" not in result.stdout and not errors:
+        errors.append(f"DicomSRValidator did not complete (exit {result.returncode})")
+    return errors

@@ -266,23 +266,63 @@ def export_all(denoise: DenoiseNet, detector: DetectorNet, segmenter: SegmenterN
                 ["mask", "malignancy", "composition"], dynamic_spatial=False)
 
 
-def main() -> int:
-    start = time.time()
+CHECKPOINTS = ldct_data.CACHE_DIR / "checkpoints"
+_TRAINERS = {"denoise": (train_denoise, DenoiseNet), "detector": (train_detector, DetectorNet),
+             "segmenter": (train_segmenter, SegmenterNet)}
+
+
+def _load_items(split: str, cached_only: bool) -> list[dict]:
+    if cached_only:
+        paths = sorted(ldct_data.CACHE_DIR.glob(f"v{ldct_data.VERSION}-*.npz"))
+        seeds = ldct_data.TRAIN_SEEDS if split == "train" else ldct_data.VALIDATION_SEEDS
+        wanted = {ldct_data.cache_path(s, size).name for size, r in seeds.items() for s in r}
+        return ldct_data.load([p for p in paths if p.name in wanted])
+    return ldct_data.load(ldct_data.build_all(split))
+
+
+def train_one(name: str, cached_only: bool = False) -> None:
+    """Train one model and keep its weights under .cache/ldct/checkpoints (export reads them)."""
     torch.manual_seed(TORCH_SEED)
-    torch.set_num_threads(int(os.environ.get("ONCOSTREAM_TRAIN_THREADS", "2")))
-    train = ldct_data.load(ldct_data.build_all("train"))
-    validation = ldct_data.load(ldct_data.build_all("validation"))
-    _log(stage="data", train_items=len(train), validation_items=len(validation), s=round(time.time() - start, 1))
-    rng = np.random.default_rng(TORCH_SEED)
-    denoise = train_denoise(train, _steps("denoise"), rng)
-    detector = train_detector(train, _steps("detector"), rng)
-    segmenter = train_segmenter(train, _steps("segmenter"), rng)
-    mal_logits, mal_labels, comp_logits, comp_labels = validation_logits(segmenter, validation)
+    items = _load_items("train", cached_only)
+    _log(stage="data", model=name, train_items=len(items))
+    trainer, _ = _TRAINERS[name]
+    net = trainer(items, _steps(name), np.random.default_rng([TORCH_SEED, len(name)]))
+    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), CHECKPOINTS / f"{name}.pt")
+
+
+def calibrate_and_export(cached_only: bool = False) -> None:
+    """Fit the segmenter's temperatures on the validation phantoms and write the three ONNX files."""
+    nets = {}
+    for name, (_, cls) in _TRAINERS.items():
+        net = cls()
+        net.load_state_dict(torch.load(CHECKPOINTS / f"{name}.pt"))
+        nets[name] = net.eval()
+    validation = _load_items("validation", cached_only)
+    mal_logits, mal_labels, comp_logits, comp_labels = validation_logits(nets["segmenter"], validation)
     t_mal = fit_temperature(mal_logits, mal_labels) if len(mal_labels) else 1.0
     t_comp = fit_temperature(comp_logits, comp_labels, multiclass=True) if len(comp_labels) else 1.0
     _log(stage="calibration", malignancy_temperature=t_mal, composition_temperature=t_comp,
          validation_nodules=int(len(mal_labels) // 2))
-    export_all(denoise, detector, segmenter, t_mal, t_comp)
+    export_all(nets["denoise"], nets["detector"], nets["segmenter"], t_mal, t_comp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """No arguments: build the data, train all three, calibrate, export (what ``make models`` runs).
+    ``--only denoise|detector|segmenter`` trains one; ``--export`` only calibrates and exports;
+    ``--cached-only`` uses the phantoms already cached instead of building the missing ones."""
+    args = sys.argv[1:] if argv is None else argv
+    cached_only = "--cached-only" in args
+    torch.set_num_threads(int(os.environ.get("ONCOSTREAM_TRAIN_THREADS", "2")))
+    start = time.time()
+    if "--only" in args:
+        train_one(args[args.index("--only") + 1], cached_only)
+    elif "--export" in args:
+        calibrate_and_export(cached_only)
+    else:
+        for name in _TRAINERS:
+            train_one(name, cached_only)
+        calibrate_and_export(cached_only)
     _log(stage="done", wall_s=round(time.time() - start, 1))
     return 0
 

@@ -4,8 +4,9 @@
   contract.yaml (names, dtypes, ranks, fixed dims) before the first study: ContractMismatch says
   what differs.
 - Large tensors: with the server on this host (`triton_shared_memory` auto + loopback address, or
-  system) the input tensors go through one POSIX shared-memory region registered with the server
-  and reused while it is big enough; otherwise plain gRPC with message limits raised to 2 GiB.
+  system) the input tensors, and the LDCT outputs (bounded by the candidate cap), go through two
+  POSIX shared-memory regions registered with the server and reused while big enough; otherwise
+  plain gRPC with message limits raised to 2 GiB.
 - Timeouts and retries: each call has `triton_timeout_s`; transport failures (server unreachable,
   deadline, model not ready) are retried with exponential backoff, then raise
   BackendUnavailable(retry_after) so the worker pauses consumption instead of failing studies.
@@ -25,7 +26,8 @@ import time
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from ingest.backends.base import InferenceBackend, LdctRaw, MammoRaw
+from ingest.backends.base import PATCH_SIZE, InferenceBackend, LdctRaw, MammoRaw
+from ingest.steps.ldct import MAX_CANDIDATES
 from oncostream.errors import BackendUnavailable, ContractMismatch, OncostreamError
 from oncostream.model_contract import MODEL_NAMES, ModelContract, load_contract
 from oncostream.settings import Settings
@@ -44,6 +46,10 @@ RETRY_AFTER_S = 10.0
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED")
 _LDCT_OUTPUTS = ("candidates", "masks", "malignancy", "composition", "uncertainty")
 _MAMMO_OUTPUTS = ("malignancy", "heatmaps", "density", "uncertainty")
+# ingest/steps/ldct.py keeps at most MAX_CANDIDATES candidates per series: that bounds every output
+_LDCT_OUTPUT_BOUNDS = {"candidates": MAX_CANDIDATES * 5 * 4, "masks": MAX_CANDIDATES * PATCH_SIZE**3 * 4,
+                       "malignancy": MAX_CANDIDATES * 4, "composition": MAX_CANDIDATES * 4 * 4,
+                       "uncertainty": MAX_CANDIDATES * 4}
 _region_ids = itertools.count()
 
 
@@ -69,12 +75,12 @@ def _transient(exc: Exception) -> bool:
             or "is not ready" in message or "Socket closed" in message)
 
 
-class _InputRegion:
-    """One system shared-memory region for request inputs, registered with the server, grown on demand."""
+class _Region:
+    """One system shared-memory region registered with the server, grown on demand and reused."""
 
-    def __init__(self, client, name_prefix: str):
+    def __init__(self, client, prefix: str):
         self._client = client
-        self._prefix = name_prefix
+        self.prefix = prefix
         self._handle = None
         self._name = ""
         self.byte_size = 0
@@ -86,7 +92,7 @@ class _InputRegion:
         from tritonclient.utils import shared_memory
 
         size = max(byte_size, 1 << 24)  # 16 MiB at least, so small series reuse one region
-        self._name = f"{self._prefix}_{next(_region_ids)}"
+        self._name = f"{self.prefix}_{next(_region_ids)}"
         self._handle = shared_memory.create_shared_memory_region(self._name, f"/{self._name}", size)
         try:
             self._client.register_system_shared_memory(self._name, f"/{self._name}", size)
@@ -96,7 +102,7 @@ class _InputRegion:
             raise
         self.byte_size = size
 
-    def bind(self, inputs: list, arrays: list[np.ndarray]) -> None:
+    def bind_inputs(self, inputs: list, arrays: list[np.ndarray]) -> None:
         """Write `arrays` back to back into the region and point `inputs` at them."""
         from tritonclient.utils import shared_memory
 
@@ -106,6 +112,23 @@ class _InputRegion:
             shared_memory.set_shared_memory_region(self._handle, [array], offset=offset)
             tensor.set_shared_memory(self._name, array.nbytes, offset=offset)
             offset += array.nbytes
+
+    def bind_outputs(self, outputs: list, bounds: list[int]) -> list[int]:
+        """Give each requested output `bounds[i]` bytes of the region; returns their offsets."""
+        self.ensure(sum(bounds))
+        offsets, offset = [], 0
+        for output, size in zip(outputs, bounds):
+            output.set_shared_memory(self._name, size, offset=offset)
+            offsets.append(offset)
+            offset += size
+        return offsets
+
+    def read(self, datatype: str, shape: list[int], offset: int) -> np.ndarray:
+        """A copy of one output tensor (the region is reused by the next call)."""
+        from tritonclient.utils import shared_memory, triton_to_np_dtype
+
+        return np.array(shared_memory.get_contents_as_numpy(self._handle, triton_to_np_dtype(datatype),
+                                                            shape, offset=offset), copy=True)
 
     def release(self) -> None:
         if self._handle is None:
@@ -142,14 +165,15 @@ class TritonBackend(InferenceBackend):
         mode = settings.triton_shared_memory
         self.uses_shared_memory = mode == "system" or (mode == "auto" and is_local(self.url))
         self._lock = threading.Lock()
-        self._region = _InputRegion(self._client, f"oncostream_{os.getpid()}_{id(self):x}") \
+        prefix = f"oncostream_{os.getpid()}_{id(self):x}"
+        self._regions = (_Region(self._client, f"{prefix}_in"), _Region(self._client, f"{prefix}_out")) \
             if self.uses_shared_memory else None
         self._contracts = {n: load_contract(n, settings.model_repository) for n in (*MODEL_NAMES, *ENSEMBLES)}
         self._versions: dict[str, str] = {}
         self._wait_until_ready(self._timeout_s if ready_timeout_s is None else ready_timeout_s)
         self._check_contracts()
         self._views_per_request = max(1, self._contracts["mammo_classifier"].max_batch_size // 2)
-        log.info("triton backend on %s (shared memory: %s)", self.url, "system" if self._region else "none")
+        log.info("triton backend on %s (shared memory: %s)", self.url, "system" if self._regions else "none")
 
     # -- start-up ---------------------------------------------------------------------------------
 
@@ -179,19 +203,22 @@ class TritonBackend(InferenceBackend):
 
     # -- inference --------------------------------------------------------------------------------
 
-    def _infer(self, model: str, arrays: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """One ensemble request, retried with backoff on transport failures."""
+    def _infer(self, model: str, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
+               output_bounds: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        """One ensemble request, retried with backoff on transport failures. `output_bounds`: the
+        most bytes each output can take, when known, so outputs can come back through shared memory."""
         delay = BACKOFF_S
         for attempt in range(RETRIES + 1):
             try:
                 with self._lock:
-                    return self._infer_once(model, arrays, outputs)
+                    return self._infer_once(model, arrays, outputs, output_bounds)
             except InferenceServerException as exc:
                 if not _transient(exc):
                     raise TritonInferenceError(f"{model}: {exc.message() or exc}") from exc
-                if self._region is not None:
+                if self._regions is not None:
                     with self._lock:
-                        self._region.release()  # a restarted server has forgotten the registration
+                        for region in self._regions:
+                            region.release()  # a restarted server has forgotten the registration
                 if attempt == RETRIES:
                     raise BackendUnavailable(f"triton at {self.url}: {model} failed {RETRIES + 1} times: {exc}",
                                              retry_after=RETRY_AFTER_S) from exc
@@ -200,23 +227,34 @@ class TritonBackend(InferenceBackend):
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def _infer_once(self, model: str, arrays: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _infer_once(self, model: str, arrays: dict[str, np.ndarray], outputs: tuple[str, ...],
+                    output_bounds: dict[str, int] | None) -> dict[str, np.ndarray]:
         grpc = self._grpc
         inputs = [grpc.InferInput(name, list(a.shape), _datatype(a)) for name, a in arrays.items()]
         values = list(arrays.values())
-        if self._region is not None and sum(a.nbytes for a in values) >= SHARED_MEMORY_MIN_BYTES:
-            self._region.bind(inputs, values)
+        if self._regions is not None and sum(a.nbytes for a in values) >= SHARED_MEMORY_MIN_BYTES:
+            self._regions[0].bind_inputs(inputs, values)
         else:
             for tensor, array in zip(inputs, values):
                 tensor.set_data_from_numpy(array)
-        result = self._client.infer(model, inputs, outputs=[grpc.InferRequestedOutput(o) for o in outputs],
-                                    client_timeout=self._timeout_s)
-        return {o: result.as_numpy(o) for o in outputs}
+        requested = [grpc.InferRequestedOutput(o) for o in outputs]
+        offsets = None
+        if (self._regions is not None and output_bounds is not None
+                and sum(output_bounds.values()) >= SHARED_MEMORY_MIN_BYTES):
+            offsets = self._regions[1].bind_outputs(requested, [output_bounds[o] for o in outputs])
+        result = self._client.infer(model, inputs, outputs=requested, client_timeout=self._timeout_s)
+        if offsets is None:
+            return {o: result.as_numpy(o) for o in outputs}
+        read = {}
+        for name, offset in zip(outputs, offsets):
+            tensor = result.get_output(name)
+            read[name] = self._regions[1].read(tensor.datatype, list(tensor.shape), offset)
+        return read
 
     def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
         out = self._infer(LDCT_ENSEMBLE, {"volume_hu": np.ascontiguousarray(volume_hu, np.float32),
                                           "spacing_mm": np.ascontiguousarray(spacing_mm, np.float32)},
-                          _LDCT_OUTPUTS)
+                          _LDCT_OUTPUTS, _LDCT_OUTPUT_BOUNDS)
         return LdctRaw(**out)
 
     def infer_mammo(self, images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> MammoRaw:
@@ -256,10 +294,15 @@ class TritonBackend(InferenceBackend):
     def model_versions(self) -> dict[str, str]:
         return {n: self._versions[n] for n in MODEL_NAMES}
 
+    @property
+    def shared_memory_prefix(self) -> str | None:
+        """Name prefix of the system shared-memory regions this backend registers (None: plain gRPC)."""
+        return self._regions[0].prefix.rsplit("_", 1)[0] if self._regions is not None else None
+
     def close(self) -> None:
         with self._lock:
-            if self._region is not None:
-                self._region.release()
+            for region in self._regions or ():
+                region.release()
         self._client.close()
 
 

@@ -63,16 +63,17 @@ def preprocess_view_reference(image: np.ndarray, max_value: float, laterality: s
 
 
 def mammo_preprocess_pipeline(batch_size: int, num_threads: int = 1, device_id: int | None = None):
-    """DALI pipeline: external sources ``image`` (float32 HW), ``scale`` (float32 scalar,
-    1 / max value) and ``flip`` (int32 scalar) -> float32 [512, 416, 1]."""
+    """DALI pipeline: external sources ``image`` (float32 HW), ``scale`` (float32 [1], 1 / max value)
+    and ``flip`` (int32 [1], 1 for views to mirror) -> float32 [512, 416, 1]. Per-view inputs are
+    1-element tensors so the same definition serves Triton's ``[-1, 1]`` ensemble inputs."""
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     def _pipeline():
         image = fn.external_source(name="image", dtype=types.FLOAT, layout="HW", ndim=2)
-        scale = fn.external_source(name="scale", dtype=types.FLOAT, ndim=0)
-        flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+        scale = fn.external_source(name="scale", dtype=types.FLOAT, ndim=1)
+        flip = fn.external_source(name="flip", dtype=types.INT32, ndim=1)
         if device_id is not None:
             image = image.gpu()
         image = fn.expand_dims(image, axes=[2], new_axis_names="C") * scale
@@ -101,8 +102,9 @@ class MammoPreprocessor:
             for start in range(0, len(images), self._max_batch):
                 stop = start + self._max_batch
                 self._pipeline.feed_input("image", [np.ascontiguousarray(i, np.float32) for i in images[start:stop]])
-                self._pipeline.feed_input("scale", [np.float32(1.0 / m) for m in max_values[start:stop]])
-                self._pipeline.feed_input("flip", [np.int32(needs_flip(lat)) for lat in lateralities[start:stop]])
+                self._pipeline.feed_input("scale", [np.array([1.0 / m], np.float32) for m in max_values[start:stop]])
+                self._pipeline.feed_input("flip", [np.array([needs_flip(lat)], np.int32)
+                                                   for lat in lateralities[start:stop]])
                 (batch,) = self._pipeline.run()
                 out.extend(np.array(batch[i])[..., 0] for i in range(len(batch)))
         return np.stack(out)[:, None]

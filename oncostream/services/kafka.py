@@ -13,10 +13,11 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
-from oncostream.services.base import RunningService, ServiceStartError, free_port, wait_until
+from oncostream.services.base import RunningService, ServiceStartError, free_port, port_open, wait_until
 from oncostream.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,12 @@ def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READ
                              workdir=workdir, log_path=log_path,
                              extra={"controller_port": controller_port, "cluster_id": cluster_id})
     try:
-        wait_until(lambda: _metadata_ready(bootstrap), ready_timeout_s, f"kafka broker on {bootstrap}",
+        deadline = time.monotonic() + ready_timeout_s
+        # the listener first (cheap, quiet), then a metadata answer naming this broker
+        wait_until(lambda: port_open(port), ready_timeout_s, f"kafka listener on {bootstrap}",
                    process=process, log_path=log_path)
+        wait_until(lambda: _metadata_ready(bootstrap), max(deadline - time.monotonic(), 5.0),
+                   f"kafka broker on {bootstrap}", process=process, log_path=log_path)
         create_topics(bootstrap, topic_partitions(settings or Settings()))
     except BaseException:
         service.stop()

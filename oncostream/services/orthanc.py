@@ -21,15 +21,27 @@ ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 DICOMWEB_ROOT = "/dicom-web/"
 DEFAULT_AE_TITLE = "ORTHANC"
+# calling AE titles that may store into this Orthanc, and only from 127.0.0.1: oncostream's sinks and
+# DCMTK's default titles. Orthanc 1.10 cannot bind to loopback alone, so this (with
+# DicomCheckModalityHost) is what keeps its DICOM port closed to other hosts.
+DEFAULT_CALLERS = ("ONCOSTREAM", "STORESCU", "ECHOSCU")
 START_TIMEOUT_S = 60.0
 
 
 def write_config(workdir: Path, dicom_port: int, http_port: int, ae_title: str = DEFAULT_AE_TITLE,
-                 modalities: dict[str, tuple[str, str, int]] | None = None) -> Path:
+                 modalities: dict[str, tuple[str, str, int]] | None = None,
+                 callers: tuple[str, ...] = DEFAULT_CALLERS) -> Path:
     """Write Orthanc's configuration; ``modalities`` maps a name to (AE title, host, port) of peers
-    Orthanc may send to (C-STORE SCU from Orthanc, used to test the gateway with a real PACS)."""
+    Orthanc may send to (C-STORE SCU from Orthanc, used to test the gateway with a real PACS);
+    ``callers`` are the AE titles allowed to store from loopback."""
     storage = workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
+    known = {f"caller-{title.lower()}": {"AET": title, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True,
+                                         "AllowStore": True, "AllowFind": False, "AllowMove": False,
+                                         "AllowGet": False}
+             for title in callers}
+    known.update({name: {"AET": aet, "Host": host, "Port": port} for name, (aet, host, port) in
+                  (modalities or {}).items()})
     config = {
         "Name": "oncostream-orthanc",
         "StorageDirectory": str(storage),
@@ -37,20 +49,24 @@ def write_config(workdir: Path, dicom_port: int, http_port: int, ae_title: str =
         "HttpPort": http_port,
         "DicomPort": dicom_port,
         "DicomAet": ae_title,
-        # loopback only: RemoteAccessAllowed=false refuses non-local HTTP clients, and the
-        # listening socket binds every interface otherwise, so auth stays off only on loopback
+        # loopback only. Orthanc 1.10 listens on every interface and has no bind address, so:
+        # HTTP refuses non-local clients (RemoteAccessAllowed=false), which is why no credential is
+        # needed, and DICOM accepts only the known callers, from 127.0.0.1 (DicomCheckModalityHost)
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "HttpServerEnabled": True,
         "DicomServerEnabled": True,
         "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowEcho": False,
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowMove": False,
+        "DicomCheckModalityHost": True,
         "UnknownSopClassAccepted": True,
         # one instance per SOPInstanceUID: a replayed result must not replace the stored one
         "OverwriteInstances": False,
         "StorageCompression": False,
-        "DicomModalities": {name: list(peer) for name, peer in (modalities or {}).items()},
+        "DicomModalities": known,
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT, "EnableWado": False, "Ssl": False,
                      "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
@@ -69,7 +85,8 @@ def is_available() -> bool:
 
 
 def start(workdir: Path, ae_title: str = DEFAULT_AE_TITLE,
-          modalities: dict[str, tuple[str, str, int]] | None = None) -> RunningService:
+          modalities: dict[str, tuple[str, str, int]] | None = None,
+          callers: tuple[str, ...] = DEFAULT_CALLERS) -> RunningService:
     """Start Orthanc with a fresh storage dir under ``workdir``; ready once REST and DICOMweb answer."""
     if not is_available():
         raise ServiceStartError(f"Orthanc needs {ORTHANC_BINARY} and {DICOMWEB_PLUGIN} "
@@ -80,7 +97,7 @@ def start(workdir: Path, ae_title: str = DEFAULT_AE_TITLE,
     dicom_port, http_port = free_port(), free_port()
     while http_port == dicom_port:
         http_port = free_port()
-    config = write_config(workdir, dicom_port, http_port, ae_title, modalities)
+    config = write_config(workdir, dicom_port, http_port, ae_title, modalities, callers)
     log_path = workdir / "orthanc.log"
     log = open(log_path, "wb")  # noqa: SIM115 - stays open for the child's lifetime
     process = subprocess.Popen([str(ORTHANC_BINARY), f"--logfile={log_path.with_suffix('.trace.log')}",
@@ -104,6 +121,6 @@ def start(workdir: Path, ae_title: str = DEFAULT_AE_TITLE,
         name="orthanc",
         env={"ORTHANC_DICOM": f"127.0.0.1:{dicom_port}", "ORTHANC_HTTP": http},
         process=process, workdir=workdir, log_path=log_path.with_suffix(".trace.log"),
-        extra={"ae_title": ae_title, "dicom_port": dicom_port, "http_port": http_port,
+        extra={"ae_title": ae_title, "callers": tuple(callers), "dicom_port": dicom_port, "http_port": http_port,
                "dicomweb_root": f"{http}{DICOMWEB_ROOT.rstrip('/')}"},
     )

@@ -15,8 +15,9 @@ The wheel's binary needs three things the wheel does not arrange (DESIGN.md, pit
   onnxruntime, DALI and numpy 1.x (the stub is built against NumPy 1.x) from this venv.
 
 Ports are free ports chosen at start; every listener binds 127.0.0.1. Models are loaded explicitly
-(`--model-control-mode explicit --load-model=*`) with auto-completion disabled (`--disable-auto-complete-config`, formerly `--strict-model-config`) so that a config the
-server would have to guess fails loudly instead.
+(`--model-control-mode explicit --load-model=*`) with config auto-completion disabled
+(`--disable-auto-complete-config`, the successor of `--strict-model-config`), so a config the server
+would have to guess fails loudly instead.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 import requests
 
 from oncostream.services.base import RunningService, ServiceStartError, free_port, wait_until
-from oncostream.settings import REPO_ROOT
+from oncostream.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def start(workdir: Path, repository: Path | None = None, ready_timeout_s: float 
 
         repository = workdir / "repository"
         shutil.rmtree(repository, ignore_errors=True)
-        build_repository("cpu", repository)
+        build_repository("cpu", repository, Settings().model_repository)
     repository = Path(repository).resolve()
     backends = prepare_backends(workdir, home)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()

@@ -34,12 +34,12 @@ _STORED_OFFSET = 1024  # stored value = HU + 1024 (RescaleIntercept -1024)
 
 # size -> (matrix, pixel spacing mm, slice spacing mm, slices, noise grid, projection angles)
 _SIZES = {
-    "full": (512, 0.70, 1.25, 160, 256, 192),
+    "full": (512, 0.70, 1.25, 160, 256, 160),
     "small": (128, 2.65, 2.5, 48, 128, 96),
 }
 # unattenuated photons per mm^2 of detector over one rotation at full dose; sets the full-dose noise
 # (about 12 HU in the mediastinum at 0.7 mm x 1.25 mm); a 25 % series has about twice that
-_PHOTONS_PER_MM2 = 2.0e5 * 192 / (1.4 * 1.25) * 7.4
+_PHOTONS_PER_MM2 = 5.3e7
 
 COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
 MARGINS = ("smooth", "lobulated", "spiculated")
@@ -221,13 +221,17 @@ def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.nda
     _, y, x = grid.coords((slice(0, 1), slice(0, h), slice(0, w)))
     y, x = y[0], x[0]
     e = grid.edge
-    # coarse texture for soft tissue and lung parenchyma, upsampled to save time
-    tex_shape = (max(d // 2, 2), max(h // 4, 2), max(w // 4, 2))
-    tex = ndimage.zoom(_smooth_noise(rng, tex_shape, 1.5), [a / b for a, b in zip(grid.shape, tex_shape)],
-                       order=1)
+    # tissue texture: four 2D fields mixed by weights that drift smoothly along z (a unit vector per
+    # slice), which is a unit-variance 3D field at a fraction of the cost of a 3D filter
+    sigma_px = 4.0 / grid.spacing[1]
+    fields = np.stack([_smooth_noise(rng, (h, w), sigma_px) for _ in range(4)])
+    drift = ndimage.gaussian_filter1d(rng.standard_normal((d, 4)), 10.0 / grid.spacing[0], axis=0)
+    drift /= np.linalg.norm(drift, axis=1, keepdims=True) + 1e-9
+    drift = drift.astype(np.float32)
     theta = np.arctan2(y - 0.0, x)
     for k in range(d):
         z = grid.origin[2] + k * grid.spacing[0]
+        tex_k = np.tensordot(drift[k], fields, axes=1)
         s = np.full((h, w), -1000.0, dtype=np.float32)
         body_sd = _ellipse_sd(x, y, 0.0, 0.0, body.ax, body.ay)
         s += _soft(body_sd, e) * (-100.0 - s)  # subcutaneous fat
@@ -247,9 +251,9 @@ def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.nda
         heart = _soft(_ellipsoid_sd(x, y, z, body.heart), e)
         liver = _soft(_ellipsoid_sd(x, y, z, body.liver), e)
         lmask *= (1 - heart) * (1 - liver)
-        s += lmask * (-860.0 + 18.0 * tex[k] - s)
-        s += heart * (40.0 + 6.0 * tex[k] - s)
-        s += liver * (58.0 + 5.0 * tex[k] - s)
+        s += lmask * (-860.0 + 18.0 * tex_k - s)
+        s += heart * (40.0 + 6.0 * tex_k - s)
+        s += liver * (58.0 + 5.0 * tex_k - s)
         # spine: vertebral body (cortex, cancellous), canal, with intervertebral discs every ~28 mm
         disc = np.cos(2 * np.pi * z / 28.0) > 0.82
         vb_sd = _ellipse_sd(x, y, 0.0, body.spine_y, 19.0, 16.0)
@@ -259,39 +263,62 @@ def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.nda
         arch_sd = _ellipse_sd(x, y, 0.0, body.spine_y + 27.0, 15.0, 12.0)
         s += _soft(arch_sd, e) * (600.0 - s)
         s += _soft(canal_sd, e) * (25.0 - s)
-        s += _soft(body_sd, e) * 6.0 * tex[k]  # soft-tissue mottle
+        s += _soft(body_sd, e) * 6.0 * tex_k  # soft-tissue mottle
         vol[k] = s
         lung[k] = lmask
     return vol, lung
 
 
 def _vessel_tree(body: _Body, rng: np.random.Generator, z_lo: float, z_hi: float) -> list[_Tube]:
-    """Pulmonary vessels: branching tubes from each hilum; in cross-section they mimic nodules."""
+    """Pulmonary vessels: branching tubes from each hilum that taper towards the pleura. Cut across,
+    a vessel is a bright round blob of nodule size: the look-alikes a detector has to reject."""
     tubes: list[_Tube] = []
     zs = body.heart[2] + 0.8 * body.heart[5]
     for side in (-1, 1):
-        hilum = np.array([side * 0.45 * body.lung_cx, body.lung_cy + 8.0, zs], dtype=np.float64)
-        for lobe_dir in ([side * 0.5, -0.2, 0.8], [side * 1.0, 0.1, 0.0], [side * 0.6, 0.3, -0.8],
-                         [side * 0.7, -0.6, -0.3]):
-            v = np.array(lobe_dir) + rng.normal(0, 0.15, 3)
-            stack = [(hilum.copy(), v / np.linalg.norm(v), rng.uniform(4.5, 6.5), 0)]
+        hilum = np.array([side * 0.5 * body.lung_cx, body.lung_cy + 5.0, zs], dtype=np.float64)
+        roots = [[side * 0.4, -0.2, 0.9], [side * 0.6, 0.3, 0.7], [side * 1.0, -0.3, 0.2], [side * 1.0, 0.4, 0.0],
+                 [side * 0.7, -0.6, -0.4], [side * 0.6, 0.5, -0.6], [side * 0.4, 0.0, -0.9]]
+        for root in roots:
+            v = np.array(root) + rng.normal(0, 0.1, 3)
+            stack = [(hilum.copy(), v / np.linalg.norm(v), rng.uniform(3.5, 5.5), 0)]
             while stack:
                 a, v, r, depth = stack.pop()
-                length = rng.uniform(5.0, 8.0) * r ** 0.75 + 4.0
+                length = rng.uniform(4.0, 6.5) * r ** 0.7 + 3.0
                 b = a + v * length
-                lung_sd = _lung_field(body, float(b[2]), np.array(b[1]), np.array(b[0]), side)
-                if float(lung_sd) > -1.0 or b[2] < z_lo - 20 or b[2] > z_hi + 20:
-                    b = a + v * length * 0.5
-                    tubes.append(_Tube(a, b, r, 45.0))
+                lung_sd = float(_lung_field(body, float(b[2]), np.array(b[1]), np.array(b[0]), side))
+                if lung_sd > -2.0 or b[2] < z_lo - 30 or b[2] > z_hi + 30:
+                    tubes.append(_Tube(a, a + v * length * 0.5, r, 45.0))
                     continue
                 tubes.append(_Tube(a, b, r, 45.0))
-                if r < 0.7 or depth > 9:
+                if r < 0.65 or depth > 14:
                     continue
+                # children keep the parent's course (vessels run towards the periphery)
                 for _ in range(2):
-                    child = v + rng.normal(0, 0.45, 3)
+                    child = v + rng.normal(0, 0.4, 3)
                     child /= np.linalg.norm(child)
-                    stack.append((b, child, r * rng.uniform(0.62, 0.8), depth + 1))
+                    stack.append((b, child, r * rng.uniform(0.72, 0.88), depth + 1))
     return tubes
+
+
+def _great_vessels_and_airway(body: _Body, z_lo: float, z_hi: float) -> list[_Tube]:
+    """Trachea and main bronchi (air with a soft-tissue wall), aorta (ascending, arch, descending)."""
+    carina = body.heart[2] + 0.8 * body.heart[5] + 12.0
+    ty = body.spine_y - 42.0
+    top = z_hi + 40
+    hilum = {side: np.array([side * 0.5 * body.lung_cx, body.lung_cy + 5.0, carina - 18.0]) for side in (-1, 1)}
+    walls, lumens = [], []
+    walls.append(_Tube(np.array([0.0, ty, carina]), np.array([0.0, ty, top]), 10.5, 30.0))
+    lumens.append(_Tube(np.array([0.0, ty, carina]), np.array([0.0, ty, top]), 8.5, -1000.0))
+    for side in (-1, 1):
+        walls.append(_Tube(np.array([0.0, ty, carina]), hilum[side], 7.5, 30.0))
+        lumens.append(_Tube(np.array([0.0, ty, carina]), hilum[side], 5.8, -1000.0))
+    arch_z = carina + 22.0
+    asc = np.array([6.0, body.heart[1] + 12.0, arch_z])
+    desc = np.array([22.0, body.spine_y - 24.0, arch_z])
+    aorta = [_Tube(np.array([6.0, body.heart[1] + 12.0, body.heart[2]]), asc, 14.0, 42.0),
+             _Tube(asc, desc, 12.0, 42.0),
+             _Tube(desc, np.array([18.0, body.spine_y - 22.0, z_lo - 40]), 11.0, 42.0)]
+    return aorta + walls + lumens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +425,12 @@ def _place_nodules(specs: list[dict], body: _Body, grid: _Grid, lung: np.ndarray
         if spec["margin"] == "spiculated":
             spicules = [(_unit(rng), float(r * rng.uniform(1.5, 2.6) + 2.0), float(rng.uniform(0.35, 0.7)))
                         for _ in range(int(rng.integers(7, 15)))]
-        shapes.append(_NoduleShape(center, r, _rotation(rng), scales, lobes, spicules))
+        shape = _NoduleShape(center, r, _rotation(rng), scales, lobes, spicules)
+        # scale so the volume-equivalent diameter is the requested one: lobes and elongation
+        # change the shape, not the size reported in the truth (diameter and volume agree)
+        equivalent = (6 * shape.volume_mm3() / np.pi) ** (1 / 3)
+        shape.radius *= spec["diameter_mm"] / equivalent
+        shapes.append(shape)
     return shapes
 
 
@@ -422,8 +454,9 @@ def _render_nodule(vol: np.ndarray, labels: np.ndarray, label: int, shape: _Nodu
         core = _soft(sd + shape.radius * (1 - rng.uniform(0.35, 0.6)), grid.edge)
         target = rng.uniform(-650, -480) + core * (solid_hu - (-560.0))
     elif comp == "calcified":
+        # benign pattern: diffuse calcification with a denser (central or laminated) core
         core = _soft(sd + shape.radius * rng.uniform(0.3, 0.6), grid.edge)
-        target = solid_hu + core * rng.uniform(350, 800)
+        target = rng.uniform(250, 450) + core * rng.uniform(400, 900)
     else:
         target = np.float32(solid_hu)
     sub = vol[sl]
@@ -443,23 +476,25 @@ def _render_nodule(vol: np.ndarray, labels: np.ndarray, label: int, shape: _Nodu
 
 
 @lru_cache(maxsize=4)
-def _projector(m: int, n_angles: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix, int]:
-    """Pixel-driven parallel-beam projector A (linear interpolation onto unit detector bins) and A^T."""
+def _projector(m: int, n_angles: int) -> tuple[sparse.csr_matrix, int]:
+    """Backprojector A^T of a pixel-driven parallel-beam projector (linear interpolation onto unit
+    detector bins), as CSR with one row per pixel; its transpose projects."""
     n_det = int(np.ceil(m * np.sqrt(2))) + 3
     c = (m - 1) / 2
     y, x = np.mgrid[0:m, 0:m].astype(np.float32) - c
-    pix = np.flatnonzero(((x ** 2 + y ** 2) <= (m / 2 + 1) ** 2).ravel())
-    xs, ys = x.ravel()[pix], y.ravel()[pix]
+    inside = ((x ** 2 + y ** 2) <= (m / 2 + 1) ** 2).ravel()
+    xs, ys = x.ravel()[inside], y.ravel()[inside]
     th = np.arange(n_angles, dtype=np.float32) * np.float32(np.pi / n_angles)
-    s = np.cos(th)[:, None] * xs[None] + np.sin(th)[:, None] * ys[None] + (n_det - 1) / 2
+    s = xs[:, None] * np.cos(th)[None] + ys[:, None] * np.sin(th)[None] + np.float32((n_det - 1) / 2)
     i0 = np.floor(s).astype(np.int32)
-    wt = (s - i0).astype(np.float32)
-    rows = (np.arange(n_angles, dtype=np.int32)[:, None] * n_det + i0).ravel()
-    cols = np.broadcast_to(pix.astype(np.int32), (n_angles, pix.size)).ravel()
-    a = sparse.csr_matrix((np.concatenate([(1 - wt).ravel(), wt.ravel()]),
-                           (np.concatenate([rows, rows + 1]), np.concatenate([cols, cols]))),
-                          shape=(n_angles * n_det, m * m), dtype=np.float32)
-    return a, a.T.tocsr(), n_det
+    wt = s - i0
+    bins = np.arange(n_angles, dtype=np.int32)[None] * n_det + i0  # (pixels, angles), increasing per row
+    indices = np.stack([bins, bins + 1], axis=2).reshape(-1)
+    data = np.stack([1 - wt, wt], axis=2).reshape(-1).astype(np.float32)
+    counts = np.where(inside, 2 * n_angles, 0)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    a_t = sparse.csr_matrix((data, indices, indptr), shape=(m * m, n_angles * n_det))
+    return a_t, n_det
 
 
 def _ramp_filter(n_det: int) -> np.ndarray:
@@ -474,11 +509,21 @@ def _ramp_filter(n_det: int) -> np.ndarray:
 
 
 def _upsample2(vol: np.ndarray) -> np.ndarray:
-    """In-plane x2 upsampling (pixel repeat, then a [1, 2, 1] / 4 smoothing): cheap and unshifted."""
-    up = np.repeat(np.repeat(vol, 2, axis=1), 2, axis=2)
-    for axis in (1, 2):
-        up = ndimage.convolve1d(up, np.array([0.25, 0.5, 0.25], dtype=np.float32), axis=axis, mode="nearest")
-    return up
+    """In-plane x2 linear interpolation (new pixel centres at 1/4 and 3/4 of each coarse pixel)."""
+    out = vol
+    for axis in (2, 1):
+        src = np.moveaxis(out, axis, 0)
+        n = src.shape[0]
+        up = np.empty((2 * n,) + src.shape[1:], dtype=np.float32)
+        even, odd = up[0::2], up[1::2]
+        np.multiply(src, np.float32(0.75), out=even)
+        even[1:] += np.float32(0.25) * src[:-1]
+        even[0] += np.float32(0.25) * src[0]
+        np.multiply(src, np.float32(0.75), out=odd)
+        odd[:-1] += np.float32(0.25) * src[1:]
+        odd[-1] += np.float32(0.25) * src[-1]
+        out = np.moveaxis(up, 0, axis)
+    return np.ascontiguousarray(out)
 
 
 def _downsample(vol: np.ndarray, factor: int) -> np.ndarray:
@@ -502,9 +547,9 @@ def _dose_noise(clean_hu: np.ndarray, pixel_mm: float, slice_mm: float, m: int, 
         mu = _downsample(mu, factor)
     grid_mm = pixel_mm * factor
     i0_full = _PHOTONS_PER_MM2 * grid_mm * slice_mm / n_angles
-    a, a_t, n_det = _projector(m, n_angles)
+    a_t, n_det = _projector(m, n_angles)
     x = np.ascontiguousarray(mu.reshape(d, m * m).T)
-    line = (a @ x) * np.float32(grid_mm)  # (angles * n_det, D), unitless line integrals
+    line = (a_t.T @ x) * np.float32(grid_mm)  # (angles * n_det, D), unitless line integrals
     expected = i0_full * np.exp(-line.astype(np.float64))
     counts_low = rng.poisson(expected * dose_fraction)
     counts_full = counts_low + rng.poisson(expected * (1.0 - dose_fraction))
@@ -557,6 +602,8 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
     body.heart = body.heart[:2] + (body.heart[2] + shift,) + body.heart[3:]
     body.liver = body.liver[:2] + (body.liver[2] + shift,) + body.liver[3:]
     clean, lung = _anatomy(body, grid, rng)
+    for tube in _great_vessels_and_airway(body, origin[2], origin[2] + z_extent):
+        _render_tube(clean, tube, grid)
     for tube in _vessel_tree(body, rng, origin[2], origin[2] + z_extent):
         _render_tube(clean, tube, grid, blend_mask=lung)
 
@@ -587,7 +634,7 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
         seed=seed, study_instance_uid=str(study), series_instance_uid=str(series), sop_instance_uids=sops,
         dose_fraction=dose_fraction,
         nodules=[NoduleTruth(center_mm=tuple(round(float(v), 3) for v in s.center),
-                             diameter_mm=round(2 * s.radius * float(s.scales.mean()), 2),
+                             diameter_mm=round(float(spec["diameter_mm"]), 2),
                              volume_mm3=round(s.volume_mm3(), 1),
                              composition=spec["composition"], margin=spec["margin"],
                              malignant=bool(spec["malignant"]))

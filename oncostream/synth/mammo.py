@@ -33,7 +33,7 @@ DENSITIES = ("a", "b", "c", "d")
 # size -> (rows, columns, pixel spacing mm)
 _SIZES = {"full": (2048, 1664, 0.1), "small": (512, 416, 0.4)}
 # fibroglandular fraction range of the breast per BI-RADS density category (5th edition wording)
-_GLANDULAR = {"a": (0.05, 0.2), "b": (0.25, 0.45), "c": (0.5, 0.7), "d": (0.75, 0.9)}
+_GLANDULAR = {"a": (0.03, 0.12), "b": (0.16, 0.35), "c": (0.45, 0.65), "d": (0.75, 0.9)}
 _ORIENTATION = {"LCC": ["A", "R"], "LMLO": ["A", "FR"], "RCC": ["P", "L"], "RMLO": ["P", "FL"]}
 # SNOMED CT view codes (CID 4014) and laterality
 _VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
@@ -93,15 +93,30 @@ def _power_law_texture(rng: np.random.Generator, shape: tuple[int, int], beta: f
     return field / (field.std() + 1e-6)
 
 
-def _draw_breast(rng: np.random.Generator, density: str) -> _Breast:
+def _radial_texture(rng: np.random.Generator, h: int, w: int, nipple_row: float, nipple_col: float,
+                    spacing: float) -> np.ndarray:
+    """Texture stretched along lines that converge on the nipple (ducts and fibrous strands)."""
+    n_theta, n_r = 256, 256
+    polar = _power_law_texture(rng, (n_theta, n_r), 2.6, 1.0)
+    rows = np.arange(h, dtype=np.float32)[:, None] - nipple_row
+    cols = nipple_col - np.arange(w, dtype=np.float32)[None, :]
+    theta = np.arctan2(rows, cols + 1e-3)  # -pi..pi, 0 towards the chest wall
+    r = np.sqrt(rows ** 2 + cols ** 2) * spacing  # mm
+    coords = np.stack(np.broadcast_arrays((theta / np.pi + 1) * (n_theta - 1) / 2, r / 12.0))
+    return ndimage.map_coordinates(polar, coords, order=1, mode="mirror").astype(np.float32)
+
+
+def _draw_breast(rng: np.random.Generator, density: str, image_height_mm: float) -> _Breast:
     lo, hi = _GLANDULAR[density]
     breast = _Breast(
         depth_mm=rng.uniform(95, 135), half_width_mm=rng.uniform(72, 92),
-        mlo_depth_mm=0.0, mlo_half_height_mm=rng.uniform(80, 95),
-        mlo_center_frac=rng.uniform(0.52, 0.6), pectoral_top_frac=rng.uniform(0.25, 0.4),
+        mlo_depth_mm=0.0, mlo_half_height_mm=0.0,
+        mlo_center_frac=rng.uniform(0.42, 0.5), pectoral_top_frac=rng.uniform(0.25, 0.4),
         pectoral_len_frac=rng.uniform(0.35, 0.55), glandular_fraction=rng.uniform(lo, hi),
     )
     breast.mlo_depth_mm = breast.depth_mm * rng.uniform(1.12, 1.25)
+    # the MLO includes the axillary tail: the outline reaches the top edge along the chest wall
+    breast.mlo_half_height_mm = rng.uniform(0.58, 0.64) * image_height_mm
     return breast
 
 
@@ -160,7 +175,7 @@ def _draw_lesions(rng: np.random.Generator, malignant_exam: bool) -> list[_Lesio
             shape, size = "cluster", float(rng.uniform(5, 14) if malignant else rng.uniform(8, 20))
         return _Lesion(type=kind, shape=shape, laterality=str(rng.choice(["L", "R"])), malignant=malignant,
                        size_mm=round(size, 2), depth=float(rng.uniform(0.2, 0.75)), ml=float(rng.uniform(-0.55, 0.55)),
-                       si=float(rng.uniform(-0.55, 0.55)), contrast=float(rng.uniform(0.35, 1.0)),
+                       si=float(rng.uniform(-0.55, 0.55)), contrast=float(rng.uniform(0.4, 1.2)),
                        aspect=float(rng.uniform(0.6, 0.95) if shape == "oval" else rng.uniform(0.85, 1.0)),
                        angle=float(rng.uniform(0, np.pi)), seed=int(rng.integers(2 ** 31)))
 
@@ -229,30 +244,35 @@ def _render_view(name: str, breast: _Breast, lesions: list[_Lesion], h: int, w: 
     view = name[1:]
     side = name[0]
     u, v, rho, depth, half, center = _view_geometry(breast, view, h, w, spacing)
-    skin_px = 2.0 / spacing
-    edge_soft = np.clip((1 - rho) * depth / spacing / max(skin_px, 1.0), 0, 1)
     breast_mask = rho < 1
-    # thickness falls off in the uncompressed periphery
-    thickness = np.clip(np.sqrt(np.clip(1 - rho ** 4, 0, 1)), 0, 1) * edge_soft
-    texture = _power_law_texture(rng, (h, w), 3.0, 2.0 / spacing)
-    fine = _power_law_texture(rng, (h, w), 1.8, 0.5 / spacing)
-    # glandular tissue concentrates behind the nipple and fades towards the skin and chest wall
-    prior = np.exp(-((u - 0.45) / 0.35) ** 2 - (v / 0.6) ** 2)
-    g_frac = breast.glandular_fraction
-    thresh = np.quantile(texture[breast_mask], 1 - g_frac) if breast_mask.any() else 0
-    gland = np.clip((texture + 1.2 * (prior - 0.5) - thresh) / 0.6 + 0.5, 0, 1) * (rho < 0.97)
-    gland = ndimage.gaussian_filter(gland, 0.4 / spacing) if spacing < 0.3 else gland
-    # Cooper's ligaments: thin bright ridges of the fine texture
-    ligaments = np.clip(1 - np.abs(fine) / 0.08, 0, 1) * 0.12 * (rho > 0.3)
-    signal = thickness * (0.30 + 0.38 * gland + ligaments * (1 - gland))
+    # compressed thickness: flat in the middle, falling off over the outer rim (the skin fold)
+    rim = np.clip((rho - 0.82) / 0.18, 0, 1)
+    thickness = np.sqrt(np.clip(1 - rim ** 2, 0, 1)) * breast_mask
+    skin = np.exp(-(((1 - rho) * depth / spacing) / max(1.2 / spacing, 1.0)) ** 2) * breast_mask
+    cloud = _power_law_texture(rng, (h, w), 3.0, 2.0 / spacing)
+    ducts = _radial_texture(rng, h, w, center / spacing, depth / spacing, spacing)
+    fine = _power_law_texture(rng, (h, w), 2.0, 0.5 / spacing)
+    # glandular tissue concentrates behind the nipple (upper-outer on MLO) and fades towards the skin
+    prior = np.exp(-((u - 0.42) / 0.4) ** 2 - ((v + (0.15 if view == "MLO" else 0.0)) / 0.65) ** 2)
+    field = 0.8 * cloud + 0.4 * ducts * np.clip(u / 0.3, 0, 1) + 1.6 * prior - 2.5 * rim
+    inside = field[breast_mask] if breast_mask.any() else field.ravel()
+    thresh = np.quantile(inside, 1 - breast.glandular_fraction)
+    spread = 0.45 * float(inside.std())
+    gland = 1.0 / (1.0 + np.exp(-(field - thresh) / spread))
+    gland = (gland * thickness).astype(np.float32)
+    # Cooper's ligaments: thin curvilinear ridges of the fine texture, seen in the fat
+    ligaments = np.clip(1 - np.abs(fine) / 0.06, 0, 1) * (1 - gland) * thickness * (rho > 0.25)
+    attenuation = (0.25 * thickness + 0.6 * gland * (1 + 0.12 * fine) + 0.06 * ligaments + 0.12 * skin)
     if view == "MLO":
-        # pectoral muscle wedge in the upper chest-wall corner
+        # pectoral muscle: a wedge with a slightly convex edge in the upper chest-wall corner
         rows = (np.arange(h, dtype=np.float32) / h)[:, None]
         cols = (np.arange(w, dtype=np.float32) / w)[None, :]
-        pect = cols < breast.pectoral_top_frac * (1 - rows / breast.pectoral_len_frac)
-        pect_soft = ndimage.gaussian_filter(pect.astype(np.float32), 1.0 / spacing)
-        signal = np.maximum(signal, pect_soft * (0.72 + 0.02 * fine))
-        breast_mask = breast_mask | pect
+        frac = np.clip(rows / breast.pectoral_len_frac, 0, 1)
+        edge = breast.pectoral_top_frac * (1 - frac) * (1 + 0.25 * np.sin(np.pi * frac))
+        pect_sd = (cols - edge) * w  # pixels, negative inside
+        pect = np.clip(0.5 - pect_sd * spacing / 1.0, 0, 1) * (rows < breast.pectoral_len_frac)
+        attenuation = np.maximum(attenuation, pect * (0.75 + 0.04 * cloud - 0.25 * cols / max(breast.pectoral_top_frac, 1e-3)))
+        breast_mask = breast_mask | (pect > 0.5)
     rr = np.arange(h, dtype=np.float32)[:, None]
     cc = np.arange(w, dtype=np.float32)[None, :]
     mask = np.zeros((h, w), dtype=bool)
@@ -268,19 +288,21 @@ def _render_view(name: str, breast: _Breast, lesions: list[_Lesion], h: int, w: 
         sub_r, sub_c = rr[r_lo:r_hi], cc[:, c_lo:c_hi]
         if lesion.type == "mass":
             field = _mass_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
-            signal[r_lo:r_hi, c_lo:c_hi] += field * 0.30 * lesion.contrast
+            attenuation[r_lo:r_hi, c_lo:c_hi] += field * 0.45 * lesion.contrast
             lmask = field > 0.5
         else:
             field, points = _calc_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
-            signal[r_lo:r_hi, c_lo:c_hi] += field * (0.25 + 0.35 * lesion.contrast)
+            attenuation[r_lo:r_hi, c_lo:c_hi] += field * (1.0 + 1.5 * lesion.contrast)
             lmask = ndimage.binary_dilation(field > 0.3, iterations=max(1, int(0.6 / spacing)))
         mask[r_lo:r_hi, c_lo:c_hi] |= lmask
         placements.append((lesion, (r0, c0), lmask, (r_lo, c_lo)))
-    # quantum and electronic noise, stronger relative to signal in thin (dark) regions
-    noise = rng.standard_normal((h, w), dtype=np.float32) * (0.012 + 0.01 * np.sqrt(np.clip(signal, 0, 1)))
+    # For-Presentation processing: a saturating tone curve (dense regions compress, which is what
+    # lets dense tissue hide a mass), then quantum noise, relatively stronger in dense regions
+    signal = 1.0 - np.exp(-1.6 * attenuation)
+    noise = rng.standard_normal((h, w), dtype=np.float32) * np.float32(0.012 if spacing < 0.3 else 0.008)
     if spacing < 0.3:
-        noise = ndimage.gaussian_filter(noise, 0.7)
-    image = np.clip(signal + noise * breast_mask + 0.02, 0, 1)
+        noise = ndimage.gaussian_filter(noise, 0.8) * 2.0
+    image = np.clip(signal + noise * (0.5 + signal) * breast_mask + 0.03, 0, 1)
     stored = np.rint(image * max_value).astype(np.uint16)
     if side == "R":
         stored, mask, breast_mask = stored[:, ::-1], mask[:, ::-1], breast_mask[:, ::-1]
@@ -307,7 +329,7 @@ def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = N
     density = density or drawn_density
     bits_stored = int(rng.choice([12, 14]))
     max_value = 2 ** bits_stored - 1
-    breast = _draw_breast(rng, density)
+    breast = _draw_breast(rng, density, h * spacing)
     lesions = _draw_lesions(rng, malignant_exam)
     sop_uids = {v: str(synth_uid(_KIND, seed, "sop", size, v)) for v in VIEWS}
     views, masks, breasts, lesion_views = {}, {}, {}, {id(les): [] for les in lesions}

@@ -12,7 +12,8 @@ import triton_python_backend_utils as pb_utils
 from oncostream.model_contract import load_contract
 
 _NUMPY_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT16": np.int16,
-                 "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_UINT8": np.uint8, "TYPE_BOOL": np.bool_}
+                 "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_UINT8": np.uint8, "TYPE_BOOL": np.bool_,
+                 "TYPE_STRING": np.object_}
 
 
 class StepModel:

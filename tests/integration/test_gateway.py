@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from pydicom.data import get_testdata_file
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.integration
 
 AE_TITLE = "ONCOSTREAM"
 ALLOWED = "STORESCU"
+ORTHANC_AE = "ORTHANC"  # oncostream.services.orthanc.DEFAULT_AE_TITLE, Orthanc's calling AE title
 START_TIMEOUT_S = 120.0  # the embedded mode loads every ONNX model before it listens
 # the pydicom corpus's real CT image, re-encoded once per transfer syntax the gateway must take
 # unchanged (pydicom's encoders; DCMTK's dcmcjpeg for JPEG lossless, which pydicom cannot write)
@@ -162,7 +164,8 @@ def ct_corpus(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def kafka_gateway(kafka_topics, tmp_path):
     env = {**kafka_topics.env(), "ONCOSTREAM_CLAIM_CHECK_DIR": str(tmp_path / "claims")}
-    gateway = GatewayProcess(["--bootstrap", kafka_topics.bootstrap, "--allow", ALLOWED], env=env,
+    gateway = GatewayProcess(["--bootstrap", kafka_topics.bootstrap, "--allow", ALLOWED, "--allow", ORTHANC_AE],
+                             env=env,
                              log_path=tmp_path / "gateway.log")
     yield gateway, kafka_topics
     assert gateway.stop() == 0, "gateway did not shut down cleanly on SIGTERM"
@@ -264,3 +267,45 @@ def test_storescu_study_is_triaged_by_the_embedded_pipeline(tmp_path):
     assert sr_path.exists()
     sr = pydicom.dcmread(sr_path)
     assert sr.StudyInstanceUID == datasets[0].StudyInstanceUID
+
+
+def test_orthanc_forwards_to_the_gateway(kafka_gateway, orthanc_empty):
+    """A real PACS as the sender: Orthanc C-STOREs an instance it holds to the gateway."""
+    gateway, topics = kafka_gateway
+    http = orthanc_empty.env["ORTHANC_HTTP"]
+    path = Path(get_testdata_file("CT_small.dcm"))
+    uploaded = requests.post(f"{http}/instances", data=path.read_bytes(), timeout=30)
+    uploaded.raise_for_status()
+    requests.put(f"{http}/modalities/oncostream", json={"AET": AE_TITLE, "Host": "127.0.0.1", "Port": gateway.port},
+                 timeout=10).raise_for_status()
+    try:
+        stored = requests.post(f"{http}/modalities/oncostream/store", json={"Resources": [uploaded.json()["ID"]],
+                                                                         "Synchronous": True}, timeout=60)
+        assert stored.ok, stored.text
+    finally:
+        requests.delete(f"{http}/modalities/oncostream", timeout=10)
+    records = _consume(topics.bootstrap, topics.dicom, 1)
+    assert len(records) == 1
+    original = pydicom.dcmread(path)
+    received = pydicom.dcmread(io.BytesIO(records[0].value))
+    assert records[0].key.decode() == original.StudyInstanceUID
+    assert received.SOPInstanceUID == original.SOPInstanceUID
+    assert received.PixelData == original.PixelData
+
+
+def test_kafka_failure_gets_out_of_resources(kafka_topics):
+    """The broker is up but the topic is missing (auto-creation is off): the producer cannot hand the
+    instance on, and the sender hears 0xA700 with a comment rather than a false success."""
+    from ingest.gateway import Gateway, KafkaDestination
+
+    settings = kafka_topics.settings().model_copy(update={"topic_dicom": kafka_topics.dicom + ".missing"})
+    destination = KafkaDestination(settings, kafka_topics.bootstrap, produce_timeout_s=3)
+    gateway = Gateway(destination, ae_title=AE_TITLE, allow=[ALLOWED])
+    port = gateway.start(0, host="127.0.0.1")
+    try:
+        status = _c_store(port, pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    finally:
+        gateway.stop()
+        destination.close()
+    assert status.Status == 0xA700
+    assert "cannot hand on instance" in status.ErrorComment

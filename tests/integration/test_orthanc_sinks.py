@@ -2,8 +2,8 @@
 (postprocess/stow_sink.py). Objects are read back through Orthanc's REST API and compared with what
 was sent; sending twice leaves one instance per SOPInstanceUID; unreachable peers end in SinkError.
 
-The SR and SEG are built with highdicom over a real CT image of the pydicom test corpus
-(CT_small.dcm), with UIDs derived like oncostream's own outputs.
+The SR and SEG are the pipeline's own (postprocess.results.build_result over a small synthetic LDCT
+series and its true nodules), so what reaches the PACS here is what production sends.
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ import io
 import time
 from datetime import datetime, timezone
 
-import highdicom as hd
-import numpy as np
 import pydicom
 import pytest
 import requests
-from pydicom.data import get_testdata_file
-from pydicom.sr.codedict import codes
+from pynetdicom import AE, StoragePresentationContexts, evt
 
-from oncostream.contracts import LungRadsCategory, TriageEvent
 from oncostream.services.base import free_port
-from oncostream.study import Study, StudyResult
-from oncostream.uids import derive_uid
+from oncostream.settings import Settings
+from oncostream.study import LdctInference, NoduleCandidate, Study, StudyResult
+from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+from postprocess.results import build_result
 from postprocess.errors import SinkError
 from postprocess.pacs_sink import Backoff, PacsSink
 from postprocess.stow_sink import StowRsSink, multipart_related, part10_bytes
@@ -36,59 +34,22 @@ KEY_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIn
                   "SeriesNumber", "InstanceNumber")
 
 
-def _source_ct() -> pydicom.Dataset:
-    return pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-
-
-def _sr(ct: pydicom.Dataset, role: str) -> pydicom.Dataset:
-    """A TID 1500 measurement report over the CT, as a Comprehensive 3D SR."""
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derive_uid(ct.SOPInstanceUID, role, "device"), name="oncostream-test"))
-    nodule = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=derive_uid(ct.SOPInstanceUID, role, "tracking"),
-                                                     identifier="nodule 1"),
-        measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=6.2, unit=codes.UCUM.Millimeter)])
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=[nodule])
-    return hd.sr.Comprehensive3DSR(
-        evidence=[ct], content=report[0], series_instance_uid=derive_uid(ct.SeriesInstanceUID, role, "sr-series"),
-        series_number=901, sop_instance_uid=derive_uid(ct.SOPInstanceUID, role, "sr"), instance_number=1,
-        manufacturer="oncostream")
-
-
-def _seg(ct: pydicom.Dataset, role: str) -> pydicom.Dataset:
-    mask = np.zeros((1, ct.Rows, ct.Columns), dtype=np.uint8)
-    mask[0, 40:60, 50:75] = 1
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="nodule",
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Nodule,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="oncostream-test", version="1", family=codes.cid7162.ArtificialIntelligence))
-    return hd.seg.Segmentation(
-        source_images=[ct], pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description], series_instance_uid=derive_uid(ct.SeriesInstanceUID, role, "seg-series"),
-        series_number=902, sop_instance_uid=derive_uid(ct.SOPInstanceUID, role, "seg"), instance_number=1,
-        manufacturer="oncostream", manufacturer_model_name="test", software_versions="0",
-        device_serial_number="0")
-
-
-def _result(role: str) -> StudyResult:
-    """A study result with one SR and one SEG; ``role`` keeps results of different tests apart."""
-    ct = _source_ct()
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    sr, seg = _sr(ct, role), _seg(ct, role)
-    event = TriageEvent(study_instance_uid=ct.StudyInstanceUID, program="default", modality="CT",
-                        priority="ROUTINE", category=LungRadsCategory(lung_rads="1"), findings=[],
-                        confidence=0.9, needs_human_review=False, model_versions={"test": "1"},
-                        sr_sop_instance_uid=sr.SOPInstanceUID, seg_sop_instance_uids=[seg.SOPInstanceUID],
-                        arrived_at=now, triaged_at=now)
-    study = Study(study_instance_uid=ct.StudyInstanceUID, modality="CT", datasets=[ct], arrived_at=now)
-    return StudyResult(study=study, event=event, sr=sr, segs=[seg])
+@pytest.fixture(scope="module")
+def result() -> StudyResult:
+    """What the pipeline publishes for a small synthetic LDCT series: a TID 1500 SR (Comprehensive 3D)
+    and a SEG, built by postprocess.results.build_result from the phantom's own nodules."""
+    phantom = make_ldct_phantom(seed=3, size="small")
+    arrived = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    study = Study(study_instance_uid=phantom.truth.study_instance_uid, modality="CT",
+                  datasets=ldct_datasets(phantom), arrived_at=arrived)
+    nodules = [NoduleCandidate(center_mm=n.center_mm, detection_score=0.9, mean_diameter_mm=n.diameter_mm,
+                               long_axis_mm=n.diameter_mm * 1.2, volume_mm3=n.volume_mm3, composition=n.composition,
+                               malignancy_probability=0.3, uncertainty=0.05, mask=phantom.labels == k + 1)
+               for k, n in enumerate(phantom.truth.nodules)]
+    built = build_result(study, LdctInference(nodules=nodules, model_versions={"ldct_test": "1"}), Settings(),
+                         now=arrived)
+    assert built.sr is not None and len(built.segs) == 1, "the phantom should give one SR and one SEG"
+    return built
 
 
 def _pacs_sink(orthanc) -> PacsSink:
@@ -111,15 +72,25 @@ def _stored(http: str, sop_instance_uid: str) -> list[str]:
     return response.json()
 
 
-def _read_back(http: str, orthanc_id: str) -> pydicom.Dataset:
+def _file(http: str, orthanc_id: str) -> bytes:
     response = requests.get(f"{http}/instances/{orthanc_id}/file", timeout=10)
     response.raise_for_status()
-    return pydicom.dcmread(io.BytesIO(response.content))
+    return response.content
+
+
+def _read_back(http: str, orthanc_id: str) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(_file(http, orthanc_id)))
+
+
+def _data_set_bytes(part10: bytes) -> bytes:
+    """A Part 10 file without preamble and file meta (PS3.10 7.1: the group length follows 'DICM')."""
+    assert part10[128:132] == b"DICM"
+    group_length = int.from_bytes(part10[140:144], "little")  # (0002,0000) UL, explicit VR LE
+    return part10[144 + group_length:]
 
 
 @pytest.mark.parametrize("make_sink", SINKS.values(), ids=SINKS.keys())
-def test_sr_and_seg_reach_orthanc_unchanged(orthanc_empty, make_sink):
-    result = _result("roundtrip")
+def test_sr_and_seg_reach_orthanc_unchanged(orthanc_empty, make_sink, result):
     sink = make_sink(orthanc_empty)
     sink.add(result)
     sink.flush(timeout_s=30)
@@ -131,16 +102,13 @@ def test_sr_and_seg_reach_orthanc_unchanged(orthanc_empty, make_sink):
         back = _read_back(http, ids[0])
         for keyword in KEY_ATTRIBUTES:
             assert back[keyword].value == sent[keyword].value, keyword
-    seg_back = _read_back(http, _stored(http, result.segs[0].SOPInstanceUID)[0])
-    assert seg_back.PixelData == result.segs[0].PixelData
-    sr_back = _read_back(http, _stored(http, result.sr.SOPInstanceUID)[0])
-    assert sr_back.ContentSequence == result.sr.ContentSequence
+        # the data set (everything after the file meta) is stored byte for byte as encoded here
+        assert _data_set_bytes(_file(http, ids[0])) == _data_set_bytes(part10_bytes(sent))
     assert len(requests.get(f"{http}/instances", timeout=10).json()) == 2
 
 
 @pytest.mark.parametrize("make_sink", SINKS.values(), ids=SINKS.keys())
-def test_sending_twice_leaves_one_instance(orthanc_empty, make_sink):
-    result = _result("twice")
+def test_sending_twice_leaves_one_instance(orthanc_empty, make_sink, result):
     for _ in range(2):  # a replay after a crash: a fresh sink, the same derived UIDs
         sink = make_sink(orthanc_empty)
         sink.add(result)
@@ -153,9 +121,8 @@ def test_sending_twice_leaves_one_instance(orthanc_empty, make_sink):
     assert len(requests.get(f"{http}/instances", timeout=10).json()) == 2
 
 
-def test_both_sinks_agree_on_one_instance(orthanc_empty):
+def test_both_sinks_agree_on_one_instance(orthanc_empty, result):
     """C-STORE then STOW-RS of the same result: the PACS still holds one copy of each object."""
-    result = _result("both")
     for make_sink in SINKS.values():
         sink = make_sink(orthanc_empty)
         sink.add(result)
@@ -172,9 +139,9 @@ UNREACHABLE = {
 
 
 @pytest.mark.parametrize("make_sink", UNREACHABLE.values(), ids=UNREACHABLE.keys())
-def test_unreachable_peer_ends_in_sink_error_after_backoff(make_sink):
+def test_unreachable_peer_ends_in_sink_error_after_backoff(make_sink, result):
     sink = make_sink(free_port())  # nothing listens there
-    sink.add(_result("unreachable"))
+    sink.add(result)
     started = time.monotonic()
     with pytest.raises(SinkError) as raised:
         sink.flush(timeout_s=20)
@@ -184,9 +151,19 @@ def test_unreachable_peer_ends_in_sink_error_after_backoff(make_sink):
     assert 0.15 <= elapsed < 15
 
 
-def test_stow_rs_to_wrong_path_fails_without_retrying(orthanc):
+def test_unknown_calling_ae_is_refused_by_orthanc(orthanc_empty, result):
+    """Orthanc's DICOM port listens on every interface; only known callers from loopback may store."""
+    sink = PacsSink.from_address(orthanc_empty.env["ORTHANC_DICOM"], called_ae=orthanc_empty.extra["ae_title"],
+                                 calling_ae="INTRUDER", backoff=FAST_BACKOFF, network_timeout_s=5)
+    sink.add(result)
+    with pytest.raises(SinkError):
+        sink.flush(timeout_s=20)
+    assert requests.get(f"{orthanc_empty.env['ORTHANC_HTTP']}/instances", timeout=10).json() == []
+
+
+def test_stow_rs_to_wrong_path_fails_without_retrying(orthanc, result):
     sink = StowRsSink(f"{orthanc.env['ORTHANC_HTTP']}/no-such-root", backoff=Backoff(attempts=5, initial_s=5))
-    sink.add(_result("wrong-path"))
+    sink.add(result)
     started = time.monotonic()
     with pytest.raises(SinkError, match="HTTP 404"):
         sink.flush(timeout_s=30)
@@ -199,8 +176,8 @@ def test_flush_with_nothing_queued_sends_nothing():
     StowRsSink("http://127.0.0.1:1/dicom-web", backoff=FAST_BACKOFF).flush(timeout_s=1)
 
 
-def test_part10_bytes_keep_identity_and_multipart_frames_each_file():
-    seg = _seg(_source_ct(), "part10")
+def test_part10_bytes_keep_identity_and_multipart_frames_each_file(result):
+    seg = result.segs[0]
     data = part10_bytes(seg)
     assert data[128:132] == b"DICM"
     back = pydicom.dcmread(io.BytesIO(data))
@@ -221,3 +198,53 @@ def test_backoff_rejects_impossible_schedules(kwargs):
 
 def test_backoff_doubles_up_to_its_cap():
     assert list(Backoff(attempts=6, initial_s=0.5, max_s=3).delays()) == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+class ScriptedStorageScp:
+    """A pynetdicom Storage SCP answering C-STOREs with the given statuses in turn (then success):
+    the DIMSE statuses a busy or strict PACS sends, which Orthanc cannot be made to send on demand."""
+
+    def __init__(self, statuses: list[int]):
+        self.statuses = list(statuses)
+        self.received: list[str] = []
+        ae = AE(ae_title="SCRIPTED")
+        ae.supported_contexts = StoragePresentationContexts
+        self._server = ae.start_server(("127.0.0.1", 0), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = self._server.server_address[1]
+
+    def _on_store(self, event) -> int:
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return self.statuses.pop(0) if self.statuses else 0x0000
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+@pytest.fixture
+def scripted_scp(request):
+    scp = ScriptedStorageScp(request.param)
+    yield scp
+    scp.stop()
+
+
+@pytest.mark.parametrize("scripted_scp", [[0xA700, 0xA701]], ids=["out-of-resources-twice"], indirect=True)
+def test_out_of_resources_is_retried_until_stored(scripted_scp, result):
+    sink = PacsSink("127.0.0.1", scripted_scp.port, called_ae="SCRIPTED", backoff=FAST_BACKOFF)
+    sink.add(result)
+    sink.flush(timeout_s=20)
+    # SR refused twice, then SR and SEG stored: every object sent until accepted, none after
+    assert scripted_scp.received == [result.sr.SOPInstanceUID] * 3 + [result.segs[0].SOPInstanceUID]
+
+
+@pytest.mark.parametrize("scripted_scp", [[0xC000], [0xA900]], ids=["cannot-understand", "does-not-match-sop-class"],
+                         indirect=True)
+def test_permanent_failure_status_is_not_retried(scripted_scp, result):
+    sink = PacsSink("127.0.0.1", scripted_scp.port, called_ae="SCRIPTED",
+                    backoff=Backoff(attempts=5, initial_s=5))
+    sink.add(result)
+    started = time.monotonic()
+    with pytest.raises(SinkError, match="C-STORE status 0x"):
+        sink.flush(timeout_s=30)
+    assert time.monotonic() - started < 5
+    assert scripted_scp.received == [result.sr.SOPInstanceUID]

@@ -165,3 +165,16 @@ def test_rules_and_dashboard_use_only_exported_metrics():
     assert used <= registered, f"unknown metrics: {sorted(used - registered)}"
     # every SLA metric is on the dashboard, so what pages someone can also be looked at
     assert set().union(*(_metric_names(e) for e in exprs)) == set(EXPORTED)
+
+
+def test_every_dashboard_query_runs_on_real_series(prometheus, prometheus_targets, exporter):
+    """Each panel's PromQL parses and evaluates on Prometheus (Grafana's $job variable set to all)."""
+    prometheus_targets([exporter])
+    url = prometheus.env["PROMETHEUS_URL"]
+    _poll_query(url, "oncostream_instances_total")
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$job", ".+")
+            response = requests.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5)
+            assert response.ok and response.json()["status"] == "success", (panel["title"], response.text)

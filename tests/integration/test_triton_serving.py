@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import yaml
 
 from ingest.backends.base import LdctRaw, MammoRaw
 from ingest.backends.embedded import EmbeddedBackend
-from ingest.backends.triton import TritonBackend, metadata_differences
+from ingest.backends.triton import TritonBackend, TritonInferenceError, metadata_differences
 from oncostream.errors import BackendUnavailable, ContractMismatch
 from oncostream.model_build import model_names
 from oncostream.model_contract import MODEL_NAMES, load_contract
@@ -162,14 +163,17 @@ def test_shared_memory_and_plain_grpc_agree(triton_grpc, triton, mode):
     client = grpcclient.InferenceServerClient(triton_grpc)
     try:
         assert backend.uses_shared_memory == (mode == "system")
+        prefix = backend.shared_memory_prefix
+        assert (prefix is not None) == (mode == "system")
         raw = backend.infer_ldct(phantom.hu_low, spacing)
-        regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
-        ours = [r for r in regions if r.startswith("oncostream_")]
-        assert bool(ours) == (mode == "system")
+        if prefix is not None:
+            regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+            assert [r for r in regions if r.startswith(prefix)], "the series went through a registered region"
     finally:
         backend.close()
-    assert not [r for r in client.get_system_shared_memory_status(as_json=True).get("regions", {})
-                if r in ours], "close() unregisters the region"
+    if prefix is not None:
+        regions = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        assert not [r for r in regions if r.startswith(prefix)], "close() unregisters the region"
     client.close()
     _assert_raw_equal(raw, triton.infer_ldct(phantom.hu_low, spacing))
 
@@ -204,3 +208,28 @@ def test_unreachable_server_is_backend_unavailable():
     with pytest.raises(BackendUnavailable) as error:
         TritonBackend(Settings(triton_url=f"127.0.0.1:{free_port()}"), ready_timeout_s=1.0)
     assert error.value.retry_after > 0
+
+
+def test_server_going_away_is_backend_unavailable(tmp_path, triton_repository):
+    """A second server on the same repository, stopped under a connected backend: the call is
+    retried with backoff, then BackendUnavailable tells the worker to pause, not to fail the study."""
+    from oncostream.services import triton as triton_service
+
+    service = triton_service.start(tmp_path / "work", triton_repository)
+    try:
+        backend = TritonBackend(Settings(triton_url=service.env["TRITON_GRPC"], triton_timeout_s=20))
+    finally:
+        service.stop()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as error:
+        backend.infer_ldct(np.full((8, 32, 32), -1000, np.float32), np.array([2.5, 1.0, 1.0], np.float32))
+    assert error.value.retry_after > 0
+    assert time.monotonic() - started >= 3.0, "three retries with backoff 0.5, 1 and 2 s come first"
+    backend.close()
+
+
+def test_invalid_request_fails_alone(triton):
+    with pytest.raises(TritonInferenceError, match="volume_hu"):
+        triton.infer_ldct(np.zeros((4, 4), np.float32), np.array([2.5, 1.0, 1.0], np.float32))
+    assert triton.infer_ldct(np.full((8, 32, 32), -1000, np.float32),
+                             np.array([2.5, 1.0, 1.0], np.float32)).candidates.shape[1] == 5

@@ -20,7 +20,7 @@ from oncostream.settings import Settings
 from postprocess import codes
 from postprocess.results import build_result
 from postprocess.sr import MAMMOGRAPHY_CAD_SR_STORAGE
-from tests.dicom_tools import dciodvfy_errors, dsrdump_ok, dsrdump_text
+from tests.dicom_tools import dciodvfy_errors, dsrdump_ok, dsrdump_text, sr_validator_available, sr_validator_errors
 from tests.unit import screening_cases as cases
 
 SETTINGS = Settings()
@@ -207,7 +207,7 @@ def test_mammo_sr_references_exactly_the_four_views(mammo) -> None:
     sr = pydicom.dcmread(path)
     expected = sorted(str(ds.SOPInstanceUID) for ds in study.datasets)
     assert sorted(_evidence_uids(sr)) == expected
-    ((library, _),) = _named(sr, codes.IMAGE_LIBRARY)[:1]
+    ((library, _),) = _named(sr, codes.IMAGE_LIBRARY)
     assert sorted(str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in library.ContentSequence) == expected
 
 
@@ -216,7 +216,8 @@ def test_mammo_findings_read_back_with_the_event_values(mammo) -> None:
     sr = pydicom.dcmread(path)
     content = hd.sr.ContentSequence.from_sequence(sr.ContentSequence)  # highdicom parses the whole tree
     assert len(content) > 0
-    findings = _named(sr, codes.SINGLE_IMAGE_FINDING)
+    findings = [(i, p) for i, p in _named(sr, codes.SINGLE_IMAGE_FINDING)
+                if _code(i) != _as_tuple(codes.BREAST_COMPOSITION)]
     assert len(findings) == len(result.event.findings) == 2
     for (item, _), finding in zip(findings, result.event.findings):
         assert _code(item) == _as_tuple(codes.MAMMO_FINDING_CODES[finding.type])
@@ -224,7 +225,8 @@ def test_mammo_findings_read_back_with_the_event_values(mammo) -> None:
         certainty = hd.sr.NumContentItem.from_dataset(children[codes.CERTAINTY_OF_FINDING.value])
         assert certainty.value == pytest.approx(finding.score * 100.0, abs=1e-9)
         centre = hd.sr.ScoordContentItem.from_dataset(children[codes.CENTER.value])
-        assert centre.value.reshape(-1).tolist() == [finding.center_px[1], finding.center_px[0]]  # (column, row)
+        # (column, row) of the pixel centre: image coordinates start at the first pixel's corner
+        assert centre.value.reshape(-1).tolist() == [finding.center_px[1] + 0.5, finding.center_px[0] + 0.5]
         image = children[codes.CENTER.value].ContentSequence[0]
         assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == finding.sop_instance_uid
         outline = hd.sr.ScoordContentItem.from_dataset(children[codes.OUTLINE.value]).value
@@ -236,12 +238,19 @@ def test_mammo_exam_level_values_are_in_the_sr(mammo) -> None:
     _, result, path, _ = mammo
     sr = pydicom.dcmread(path)
     category = result.event.category
-    ((score, _),) = _named(sr, codes.EXAM_SCORE)
+    ((score, parents),) = _named(sr, codes.EXAM_SCORE)
     assert hd.sr.NumContentItem.from_dataset(score).value == category.exam_score
-    ((density, _),) = _named(sr, codes.BREAST_COMPOSITION)
+    assert parents[-1].ConceptNameCodeSequence[0].CodeValue == codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY.value
+    ((probability, _),) = [(i, p) for i, p in _named(sr, codes.PROBABILITY_OF_CANCER) if len(p) == 1]
+    assert hd.sr.NumContentItem.from_dataset(probability).value == pytest.approx(
+        category.malignancy_probability * 100.0, abs=1e-9)
+    ((follow_up, _),) = _named(sr, codes.RECOMMENDED_FOLLOW_UP)  # TID 4002: the recall suggestion
+    assert _code(follow_up) == _as_tuple(codes.FOLLOW_UP_RECALL if category.recall else codes.FOLLOW_UP_ROUTINE)
+    # TID 4006 "Breast composition" finding carrying TID 4007's BI-RADS category
+    ((density, parents),) = [(i, p) for i, p in _named(sr, codes.BREAST_COMPOSITION) if "ConceptCodeSequence" in i
+                             and i.ConceptCodeSequence[0].CodeValue != codes.BREAST_COMPOSITION.value]
     assert _code(density) == _as_tuple(codes.DENSITY_CODES[category.density])
-    ((recall, _),) = _named(sr, codes.RECALL_SUGGESTED)
-    assert _code(recall) == _as_tuple(codes.YES if category.recall else codes.NO)
+    assert _code(parents[-1]) == _as_tuple(codes.BREAST_COMPOSITION)
 
 
 def test_mammo_replay_is_byte_identical() -> None:
@@ -289,3 +298,19 @@ def test_heatmap_shows_the_hot_region(mammo) -> None:
     assert abs(hot[0] / int(image.Rows) - finding.center_px[0] / int(source.Rows)) < 1 / 16 + 0.02
     assert abs(hot[1] / int(image.Columns) - finding.center_px[1] / int(source.Columns)) < 1 / 12 + 0.02
 
+
+
+# --- template-level validation (PixelMed DicomSRValidator, when installed) ------------------------
+
+# PixelMed (2022) wants TID 4007 under the TID 4006 CODE by CONTAINS, which PS3.3 Table A.35.5-2 forbids
+# under a CODE item (its own IOD check then reports an illegal relationship); we follow the IOD table.
+_KNOWN_PIXELMED_TEMPLATE_CONFLICT = "Template 4007 BreastComposition"
+
+
+@pytest.mark.skipif(not sr_validator_available(), reason="PixelMed DicomSRValidator (Debian pixelmed-apps) absent")
+def test_sr_templates_validate_row_by_row(ldct, mammo, tmp_path: Path) -> None:
+    empty = build_result(cases.ldct_study(), cases.ldct_inference(nodules=False), SETTINGS, now=cases.NOW)
+    assert sr_validator_errors(ldct[2]) == []
+    assert sr_validator_errors(_save(empty.sr, tmp_path / "empty.dcm")) == []
+    errors = sr_validator_errors(mammo[2])
+    assert [e for e in errors if _KNOWN_PIXELMED_TEMPLATE_CONFLICT not in e] == []

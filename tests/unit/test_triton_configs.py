@@ -108,7 +108,7 @@ def test_tensorrt_realisation(built):
                 assert shapes["max"][0] == contract.max_batch_size
     preprocess = configs["mammo_preprocess"]
     assert preprocess.backend == "dali" and [g.kind for g in preprocess.instance_group] == [gpu]
-    assert {t.name for t in preprocess.input if t.HasField("reshape")} == {"scale", "flip"}
+    assert [list(t.dims) for t in preprocess.input] == [[-1, -1], [1], [1]]
     assert manifest["dali"]["mammo_preprocess"]["pipeline"] == STEPS["mammo_preprocess"].dali_pipeline
     for name in STEPS:
         if name != "mammo_preprocess":
@@ -160,3 +160,12 @@ def test_dynamic_dim_without_a_tensorrt_range_is_refused():
 def test_unknown_target_is_refused(tmp_path):
     with pytest.raises(ModelBuildError, match="unknown target"):
         build_repository("onnxruntime", tmp_path, SOURCE)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_models_build_command_writes_a_repository(tmp_path, target):
+    from oncostream.cli import main
+
+    assert main(["models", "build", "--target", target, "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(model_names())
+    assert (tmp_path / MANIFEST_NAME).exists() == (target == "tensorrt")

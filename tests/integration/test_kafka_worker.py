@@ -1,0 +1,274 @@
+"""Workers against the real broker: exactly one result per study, crash replay, rebalance, DLQ, claim check.
+
+Studies are small synthetic ones (`--size small`), mammography and LDCT interleaved. Workers whose
+process must be killed run as real `oncostream worker` subprocesses; the others run in-process so the
+models load once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from oncostream.streaming import Worker, produce_files
+
+pytestmark = pytest.mark.integration
+
+ONCOSTREAM = str(Path(sys.executable).with_name("oncostream"))
+N_MAMMO, N_LDCT, SEED = 14, 6, 40
+WAIT_S = 240.0
+# fields that record when something happened, not what was found: replays may differ only there
+TIMING_FIELDS = ("triaged_at",)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    root: Path
+    studies: dict[str, list[Path]]  # StudyInstanceUID -> instance files, in production order
+    instances: dict[str, set[str]]  # StudyInstanceUID -> SOPInstanceUIDs
+    modality: dict[str, str]
+
+    def files(self, uids=None) -> list[Path]:
+        return [p for uid in (uids or self.studies) for p in self.studies[uid]]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Corpus:
+    """20 studies; production order alternates mammography exams and LDCT series while both last."""
+    from oncostream.synth.command import write_studies
+
+    root = tmp_path_factory.mktemp("kafka-corpus")
+    folders = write_studies(root, mammo=N_MAMMO, ldct=N_LDCT, seed=SEED, size="small")
+    mg = [f for f in folders if f.name.startswith("mg-")]
+    ct = [f for f in folders if f.name.startswith("ct-")]
+    order = [f for pair in zip(mg, ct) for f in pair] + mg[len(ct):] + ct[len(mg):]
+    studies: dict[str, list[Path]] = {}
+    instances: dict[str, set[str]] = {}
+    modality: dict[str, str] = {}
+    for folder in order:
+        for path in sorted(folder.glob("*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            uid = str(ds.StudyInstanceUID)
+            studies.setdefault(uid, []).append(path)
+            instances.setdefault(uid, set()).add(str(ds.SOPInstanceUID))
+            modality[uid] = str(ds.Modality)
+    assert len(studies) == N_MAMMO + N_LDCT
+    return Corpus(root, studies, instances, modality)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from oncostream.pipeline import Pipeline, make_backend
+    from oncostream.settings import Settings
+
+    settings = Settings()
+    backend = make_backend(settings)
+    yield Pipeline(settings, backend)
+    backend.close()
+
+
+def run_in_process(topics, pipeline, max_studies: int, **settings) -> Worker:
+    """Run a worker in this process until it published `max_studies` (stopped after WAIT_S regardless)."""
+    worker = Worker(topics.settings(**settings), topics.bootstrap, topics.dicom, pipeline, [],
+                    max_studies=max_studies)
+    timer = threading.Timer(WAIT_S, worker.stop)
+    timer.start()
+    try:
+        worker.run()
+    finally:
+        timer.cancel()
+    return worker
+
+
+class WorkerProcess:
+    """`oncostream worker` as a subprocess, logging to a file."""
+
+    def __init__(self, topics, log_path: Path, *extra: str, **env: str):
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen([ONCOSTREAM, "worker", "--bootstrap", topics.bootstrap, "--topic", topics.dicom,
+                                      *extra], env=topics.env(**env), stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def signal(self, sig: int, timeout_s: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self._log.close()
+
+    def assert_alive(self) -> None:
+        assert self.proc.poll() is None, f"worker exited with {self.proc.returncode}:\n{self.log_tail()}"
+
+
+def triage_events(topics) -> list[tuple[bytes, dict]]:
+    return [(r.key, json.loads(r.value)) for r in topics.read(topics.triage)]
+
+
+def wait_for_studies(topics, expected: set[str], workers: list[WorkerProcess], timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        seen = {event["study_instance_uid"] for _, event in triage_events(topics)}
+        if expected <= seen:
+            return
+        for worker in workers:
+            worker.assert_alive()
+        time.sleep(1.0)
+    pytest.fail(f"{len(expected - seen)} of {len(expected)} studies not triaged within {timeout_s:.0f} s:\n"
+                + "\n".join(w.log_tail() for w in workers))
+
+
+def sr_references(topics) -> dict[str, list[tuple[str, set[str]]]]:
+    """StudyInstanceUID -> [(SR SOPInstanceUID, referenced SOPInstanceUIDs)] from the results topic."""
+    found: dict[str, list[tuple[str, set[str]]]] = {}
+    for record in topics.read(topics.results):
+        headers = {k: v.decode() for k, v in record.headers}
+        if headers["kind"] != "sr":
+            continue
+        sr = pydicom.dcmread(BytesIO(record.value))
+        assert headers["sop-instance-uid"] == str(sr.SOPInstanceUID)
+        assert record.key.decode() == str(sr.StudyInstanceUID)
+        referenced = {str(item.ReferencedSOPInstanceUID)
+                      for study in sr.CurrentRequestedProcedureEvidenceSequence
+                      for series in study.ReferencedSeriesSequence
+                      for item in series.ReferencedSOPSequence}
+        found.setdefault(str(sr.StudyInstanceUID), []).append((str(sr.SOPInstanceUID), referenced))
+    return found
+
+
+def without_timing(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k not in TIMING_FIELDS}
+
+
+def test_twenty_studies_give_exactly_twenty_events_and_one_dead_letter(kafka_topics, corpus, pipeline,
+                                                                       broken_instances, tmp_path):
+    malformed = tmp_path / "malformed.dcm"
+    malformed.write_bytes(broken_instances["truncated"].data)
+    report = produce_files([malformed, *corpus.files()], kafka_topics.settings(), kafka_topics.bootstrap)
+    assert report.instances == 1 + len(corpus.files())
+
+    worker = run_in_process(kafka_topics, pipeline, max_studies=20)
+    assert worker.published == 20
+
+    events = triage_events(kafka_topics)
+    assert len(events) == 20
+    assert {key.decode() for key, _ in events} == set(corpus.studies)
+    assert {e["study_instance_uid"] for _, e in events} == set(corpus.studies)
+    assert {e["modality"] for _, e in events} == {"MG", "CT"}
+    assert all(e["schema_version"] == "1.0" and not e["incomplete"] for _, e in events)
+
+    srs = sr_references(kafka_topics)
+    assert set(srs) == set(corpus.studies)
+    for uid, copies in srs.items():
+        assert len(copies) == 1, uid
+        sr_uid, referenced = copies[0]
+        assert referenced == corpus.instances[uid], uid
+        assert sr_uid == next(e["sr_sop_instance_uid"] for _, e in events if e["study_instance_uid"] == uid)
+
+    [dead] = kafka_topics.read(kafka_topics.dlq)
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["reason"] == "truncated" and headers["detail"]
+    assert headers["source-topic"] == kafka_topics.dicom
+    assert dead.value == malformed.read_bytes()
+    # everything was published, so every partition is committed to its end
+    assert kafka_topics.committed() == kafka_topics.end_offsets()
+
+
+def test_claim_check_gives_the_same_result_as_inline(kafka_topics_factory, corpus, pipeline, tmp_path):
+    uid = next(u for u in corpus.studies if corpus.modality[u] == "MG")
+    outcomes = []
+    for inline_limit in (1 << 30, 1024):  # everything inline; every instance by claim check
+        topics = kafka_topics_factory(1)
+        settings = topics.settings(inline_limit_bytes=inline_limit, claim_check_dir=tmp_path / "claims")
+        report = produce_files(corpus.files([uid]), settings, topics.bootstrap)
+        assert report.claim_checks == (len(corpus.studies[uid]) if inline_limit == 1024 else 0)
+        run_in_process(topics, pipeline, max_studies=1)
+        [(_, event)] = triage_events(topics)
+        srs = sr_references(topics)
+        outcomes.append((without_timing({**event, "arrived_at": None}), srs))
+    (inline_event, inline_srs), (claimed_event, claimed_srs) = outcomes
+    assert claimed_event == inline_event
+    assert claimed_srs == inline_srs == {uid: [(inline_event["sr_sop_instance_uid"], corpus.instances[uid])]}
+
+
+def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafka_topics, corpus, tmp_path):
+    # one LDCT series arrives in two halves; the worker is killed while it holds the first half
+    held_back = next(u for u in corpus.studies if corpus.modality[u] == "CT")
+    files = corpus.studies[held_back]
+    first_half, second_half = files[: len(files) // 2], files[len(files) // 2:]
+    others = [u for u in corpus.studies if u != held_back]
+    settings = kafka_topics.settings()
+    produce_files(first_half, settings, kafka_topics.bootstrap)
+    produce_files(corpus.files(others), settings, kafka_topics.bootstrap)
+    env = {"ONCOSTREAM_ASSEMBLY_TIMEOUT_S": "600"}  # the held study must stay open across the kill
+
+    first = WorkerProcess(kafka_topics, tmp_path / "worker-1.log", **env)
+    wait_for_studies(kafka_topics, set(others), [first])
+    first.signal(signal.SIGKILL)
+    assert held_back not in {e["study_instance_uid"] for _, e in triage_events(kafka_topics)}
+    # the watermark did not pass the held study's first instance
+    [(partition, first_offset)] = {(r.partition, r.offset) for r in kafka_topics.read(kafka_topics.dicom)
+                                   if r.key == held_back.encode() and r.offset == min(
+                                       q.offset for q in kafka_topics.read(kafka_topics.dicom) if q.key == r.key)}
+    committed = kafka_topics.committed()[partition]
+    assert committed is None or committed <= first_offset
+
+    produce_files(second_half, settings, kafka_topics.bootstrap)
+    second = WorkerProcess(kafka_topics, tmp_path / "worker-2.log", **env)
+    wait_for_studies(kafka_topics, set(corpus.studies), [second])
+    assert second.signal(signal.SIGTERM) == 0, second.log_tail()
+
+    by_study: dict[str, list[dict]] = {}
+    for _, event in triage_events(kafka_topics):
+        by_study.setdefault(event["study_instance_uid"], []).append(without_timing(event))
+    assert set(by_study) == set(corpus.studies)
+    # studies produced after the held one on its partition were published, then replayed: duplicates
+    assert any(len(copies) > 1 for copies in by_study.values()), "the restart should have replayed published studies"
+    for uid, copies in by_study.items():
+        assert all(copy == copies[0] for copy in copies), f"replayed study {uid} changed its result"
+        assert not copies[0]["incomplete"], uid
+    for uid, copies in sr_references(kafka_topics).items():
+        assert {sr_uid for sr_uid, _ in copies} == {by_study[uid][0]["sr_sop_instance_uid"]}
+        assert all(referenced == corpus.instances[uid] for _, referenced in copies)
+    assert kafka_topics.committed() == kafka_topics.end_offsets()
+
+
+def test_two_workers_share_six_partitions_and_survive_one_stopping(kafka_topics_factory, corpus, tmp_path):
+    topics = kafka_topics_factory(6)
+    produce_files(corpus.files(), topics.settings(), topics.bootstrap)
+    outs = [tmp_path / "a", tmp_path / "b"]
+    a = WorkerProcess(topics, tmp_path / "worker-a.log", "--out", str(outs[0]))
+    b = WorkerProcess(topics, tmp_path / "worker-b.log", "--out", str(outs[1]))
+
+    def published_by(out: Path) -> set[str]:
+        path = out / "triage.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return {json.loads(line)["study_instance_uid"] for line in lines}
+
+    deadline = time.monotonic() + WAIT_S
+    while not (published_by(outs[0]) and published_by(outs[1])):
+        assert time.monotonic() < deadline, "both workers should publish:\n" + a.log_tail() + "\n" + b.log_tail()
+        a.assert_alive()
+        b.assert_alive()
+        time.sleep(0.5)
+    assert b.signal(signal.SIGTERM) == 0, b.log_tail()
+    wait_for_studies(topics, set(corpus.studies), [a])
+    assert a.signal(signal.SIGTERM) == 0, a.log_tail()
+
+    assert published_by(outs[0]) | published_by(outs[1]) == set(corpus.studies)
+    assert "partitions revoked" in a.log_path.read_text(), "the survivor should have been rebalanced"
+    assert topics.committed() == topics.end_offsets()

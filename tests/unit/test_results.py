@@ -1,0 +1,84 @@
+"""build_result: the TriageEvent contract (DESIGN.md, Contracts) for LDCT and mammography studies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from oncostream.contracts import TriageEvent
+from oncostream.settings import Settings
+from postprocess.lungrads import PriorNodule
+from postprocess.results import build_result
+from tests.unit import screening_cases as cases
+
+
+def test_ldct_event_fields() -> None:
+    study = cases.ldct_study()
+    event = build_result(study, cases.ldct_inference(), Settings(), now=cases.NOW).event
+    assert (event.modality, event.program, event.study_instance_uid) == ("CT", "default", study.study_instance_uid)
+    assert event.accession_number == study.datasets[0].AccessionNumber
+    assert (event.arrived_at, event.triaged_at) == (cases.ARRIVED, cases.NOW)
+    assert event.model_versions == cases.LDCT_VERSIONS
+    assert event.patient_id is None  # identifiers only when the program allows them
+    truth = cases.ldct_phantom().truth.nodules
+    for finding, nodule in zip(event.findings, truth):
+        assert finding.center_mm == pytest.approx(nodule.center_mm, abs=0.005)
+        assert finding.mean_diameter_mm == pytest.approx(nodule.diameter_mm, abs=0.05)
+        assert finding.composition == nodule.composition
+    # the JSON line is the contract other tools read
+    line = json.loads(event.model_dump_json())
+    assert {"schema_version", "category", "findings", "confidence", "needs_human_review", "sr_sop_instance_uid",
+            "seg_sop_instance_uids", "arrived_at", "triaged_at"} <= set(line)
+    assert TriageEvent.model_validate_json(event.model_dump_json()) == event
+
+
+def test_patient_id_only_when_allowed() -> None:
+    study = cases.ldct_study()
+    event = build_result(study, cases.ldct_inference(), Settings(allow_patient_identifiers=True), now=cases.NOW).event
+    assert event.patient_id == study.datasets[0].PatientID
+
+
+def test_incomplete_study_is_copied_and_reviewed() -> None:
+    study = cases.ldct_study(incomplete=True)
+    event = build_result(study, cases.ldct_inference(nodules=False), Settings(), now=cases.NOW).event
+    assert event.incomplete and event.missing == ["slices 40-47"]
+    assert event.category.lung_rads == "0" and event.needs_human_review and event.priority == "HIGH"
+    # an actionable nodule is still reported as such on an incomplete exam
+    event = build_result(study, cases.ldct_inference(probabilities=(0.1,)), Settings(), now=cases.NOW).event
+    assert event.category.lung_rads == "4A" and event.needs_human_review
+
+
+def test_confidence_follows_uncertainty() -> None:
+    study = cases.mammo_study()
+    sure = build_result(study, cases.mammo_inference(study, uncertainty=0.1), Settings(), now=cases.NOW).event
+    unsure = build_result(study, cases.mammo_inference(study, uncertainty=0.5), Settings(), now=cases.NOW).event
+    assert (sure.confidence, sure.needs_human_review) == (0.9, False)
+    assert (unsure.confidence, unsure.needs_human_review) == (0.5, True)
+
+
+def test_mammo_event_fields() -> None:
+    study = cases.mammo_study()
+    event = build_result(study, cases.mammo_inference(study, exam_probability=0.7), Settings(), now=cases.NOW).event
+    assert event.modality == "MG" and event.seg_sop_instance_uids == []
+    assert event.category.density == "c" and event.category.malignancy_probability == 0.7
+    assert event.category.exam_score == 10 and event.category.recall and event.priority == "URGENT"
+    lesion = cases.mammo_phantom().truth.lesions[0]
+    assert [(f.sop_instance_uid, f.center_px, f.bbox_px) for f in event.findings] == \
+        [(v.sop_instance_uid, v.center_px, v.bbox_px) for v in lesion.views]
+    assert {f.laterality for f in event.findings} == {lesion.laterality}
+
+
+def test_priors_switch_to_follow_up_rules() -> None:
+    study = cases.ldct_study()
+    stable = [PriorNodule(d.diameter_mm) for d in cases.ldct_phantom().truth.nodules]
+    inference = cases.ldct_inference(probabilities=(0.1,))
+    baseline = build_result(study, inference, Settings(), now=cases.NOW).event
+    follow_up = build_result(study, inference, Settings(), now=cases.NOW, priors=stable).event
+    assert baseline.findings[0].lung_rads == "4A"  # 11 mm solid at baseline
+    assert follow_up.findings[0].lung_rads == "3"  # v2022: stable 4A at follow-up -> 3
+
+
+def test_unknown_inference_type_is_refused() -> None:
+    with pytest.raises(TypeError, match="inference"):
+        build_result(cases.ldct_study(), object(), Settings())  # type: ignore[arg-type]
