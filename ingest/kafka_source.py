@@ -181,13 +181,14 @@ class KafkaSource(Source):
             self._consumer.resume(*self._consumer.assignment())
             self._paused = False
 
-    def commit(self, offsets: dict[TopicPartitionKey, int]) -> None:
-        """Synchronously commit `offsets` (the next offset to read, per partition)."""
+    def commit(self, offsets: dict[TopicPartitionKey, int], timeout_s: float = 30.0) -> None:
+        """Synchronously commit `offsets` (the next offset to read, per partition); raises on failure."""
         if not offsets:
             return
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+        self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
+                              timeout_ms=int(timeout_s * 1000))
 
     def committed(self, partition: TopicPartitionKey) -> int | None:
         from kafka.structs import TopicPartition

@@ -105,7 +105,7 @@ def nodules_from_raw(raw: LdctRaw, geometry: SeriesGeometry, volume_shape: tuple
         if not mask.any():
             continue
         centre_index = raw.candidates[k, :3].astype(np.float64)
-        measures = mask_measurements(mask)
+        measures = mask_measurements(mask, raw.masks[k])
         centre_source = patch_to_source_index(measures["centroid"], centre_index, geometry.spacing_mm)
         centre_mm = geometry.to_patient_mm(centre_source)
         radius = measures["mean_diameter_mm"] / 2.0
@@ -138,10 +138,18 @@ def central_component(mask: np.ndarray) -> np.ndarray:
     return labels == nearest
 
 
-def mask_measurements(mask: np.ndarray) -> dict:
-    """Volume, equivalent-sphere (mean) diameter, 3D long axis and centroid of a 1 mm patch mask."""
+def mask_measurements(mask: np.ndarray, probabilities: np.ndarray | None = None) -> dict:
+    """Volume, equivalent-sphere (mean) diameter, 3D long axis and centroid of a 1 mm patch mask.
+
+    With ``probabilities``, the volume is their sum over the thresholded component grown by one
+    voxel: the mask probability carries the partial volume of boundary voxels, which a voxel count
+    at 1 mm gets wrong by up to ~20 % for a 6 mm nodule."""
     voxel_mm3 = PATCH_SPACING_MM ** 3
-    volume = float(mask.sum()) * voxel_mm3
+    if probabilities is None:
+        volume = float(mask.sum()) * voxel_mm3
+    else:
+        region = ndimage.binary_dilation(mask)
+        volume = float(np.clip(probabilities, 0.0, 1.0)[region].sum()) * voxel_mm3
     points = np.argwhere(mask).astype(np.float64)
     centroid = points.mean(axis=0)
     surface = np.argwhere(mask & ~ndimage.binary_erosion(mask)).astype(np.float64)

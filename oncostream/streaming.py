@@ -452,7 +452,11 @@ class Worker:
         if not offsets:
             return
         self._flush()  # a dead-lettered instance counts as done only once the DLQ acknowledged it
-        self.source.commit(offsets)
+        try:
+            self.source.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - an uncommitted offset means a replay, never a loss
+            log.warning("commit failed, retrying with the next commit: %s: %s", type(exc).__name__, exc)
+            return
         self.watermark.committed(offsets)
         # messages below a committed offset belong to no unpublished study (ignored views, localizers)
         self._held = {k: v for k, v in self._held.items() if k[2] >= offsets.get((k[0], k[1]), -1)}

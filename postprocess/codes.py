@@ -2,7 +2,7 @@
 
 Standard codes come from pydicom's copy of the DICOM PS3.16 code dictionaries (DCM, SCT, LN, UCUM),
 so code values and meanings are the standard's own. Where no standard concept exists for what we
-report (Lung-RADS category values, the oncostream exam score, part-solid composition, recall) we
+report (Lung-RADS category values, the oncostream exam score, part-solid composition) we
 use the private coding scheme ``99ONCOSTREAM``: PS3.3 8.2 reserves the "99" prefix for exactly
 that, and every object using it declares it in its Coding Scheme Identification Sequence
 (:data:`LOCAL_SCHEME_ITEM`). https://dicom.nema.org/medical/dicom/current/output/chtml/part16/chapter_D.html
@@ -39,9 +39,6 @@ CENTER = codes.DCM.Center
 OUTLINE = codes.DCM.Outline
 ALGORITHM_NAME = codes.DCM.AlgorithmName
 ALGORITHM_VERSION = codes.DCM.AlgorithmVersion
-ALGORITHM_MANUFACTURER = codes.DCM.AlgorithmManufacturer
-YES = codes.SCT.Yes
-NO = Code("373067005", "SCT", "No")
 
 # --- units (UCUM) --------------------------------------------------------------------------
 UNIT_MM = Code("mm", "UCUM", "millimeter")
@@ -109,7 +106,3 @@ FOLLOW_UP_RECALL = Code("386053000", "SCT", "Evaluation procedure")
 FOLLOW_UP_ROUTINE = Code("111140", "DCM", "Normal interval follow-up")
 LANGUAGE_EN_US = Code("en-US", "RFC5646", "English (United States)")  # TID 1204
 EXAM_SCORE = _local("EXAMSCORE", "oncostream exam score (decile 1-10)")
-RECALL_SUGGESTED = _local("RECALL", "Recall suggested")
-
-# --- mammography heatmap (Secondary Capture) --------------------------------------------------
-SALIENCY = codes.DCM.Saliency

@@ -73,7 +73,8 @@ def heatmap_image(ds: Dataset, view: MammoViewInference, model_versions: dict[st
     if ds.get("PatientOrientation"):  # mammography orientations ("A", "FR") are richer than highdicom's enum
         image.PatientOrientation = list(ds.PatientOrientation)
     image.ImageType = ["DERIVED", "SECONDARY"]
-    image.DerivationDescription = f"classifier saliency heatmap ({', '.join(f'{k}={v}' for k, v in sorted(model_versions.items()))})"
+    versions = ", ".join(f"{k}={v}" for k, v in sorted(model_versions.items()))
+    image.DerivationDescription = f"classifier saliency heatmap ({versions})"
     source = Dataset()
     source.ReferencedSOPClassUID = ds.SOPClassUID
     source.ReferencedSOPInstanceUID = ds.SOPInstanceUID

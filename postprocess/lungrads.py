@@ -11,6 +11,8 @@ only 4X trigger available is a malignancy probability at or above the program's 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +36,6 @@ class NoduleMeasurement:
     volume_mm3: float | None = None
     solid_component_mm: float | None = None
     malignancy_probability: float = 0.0
-    center_mm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,27 @@ class PriorNodule:
     mean_diameter_mm: float
     solid_component_mm: float | None = None
     interval_days: float = 365.0
+
+
+def match_priors(current_centers_mm: Sequence[tuple[float, float, float]],
+                 prior_nodules: Sequence[tuple[tuple[float, float, float], float]], interval_days: float, *,
+                 max_distance_mm: float = 10.0) -> list[PriorNodule | None]:
+    """Pair each current nodule with the nearest unused prior nodule (centre, mean diameter) within reach.
+
+    Greedy by distance, each prior used once; None marks a new nodule. Centres must be in one
+    patient coordinate frame: a prior exam in another frame of reference needs registering first.
+    """
+    pairs = sorted(
+        (math.dist(c, p[0]), i, j) for i, c in enumerate(current_centers_mm) for j, p in enumerate(prior_nodules))
+    matched: list[PriorNodule | None] = [None] * len(current_centers_mm)
+    used: set[int] = set()
+    for distance, i, j in pairs:
+        if distance > max_distance_mm:
+            break
+        if matched[i] is None and j not in used:
+            matched[i] = PriorNodule(mean_diameter_mm=prior_nodules[j][1], interval_days=interval_days)
+            used.add(j)
+    return matched
 
 
 def round_mm(value: float) -> float:
@@ -124,6 +146,15 @@ def is_growing(current_mm: float, prior: PriorNodule) -> bool:
     return delta > GROWTH_THRESHOLD_MM
 
 
+def _stable(category: LungRads) -> LungRads:
+    """v2022 at follow-up: a stable (or slowly growing) category 3 becomes 2, a stable 4A becomes 3."""
+    if category == "3":
+        return "2"
+    if category == "4A":
+        return "3"
+    return category
+
+
 def follow_up_category(nodule: NoduleMeasurement, prior: PriorNodule | None, *,
                        core_fraction: float = 0.5) -> LungRads:
     """Category at a follow-up exam: ``prior`` is the matched prior nodule, None when the nodule is new."""
@@ -142,8 +173,7 @@ def follow_up_category(nodule: NoduleMeasurement, prior: PriorNodule | None, *,
             return "4B"
         if is_growing(d, prior):
             return "4A" if d < 8.0 else "4B"
-        # stable or slowly growing: v2022 downgrades a stable 3 to 2 and a stable 4A to 3
-        return {"3": "2", "4A": "3"}.get(_solid_baseline(d), _solid_baseline(d))  # type: ignore[return-value]
+        return _stable(_solid_baseline(d))
     if comp == "part_solid":
         solid = solid_component_mm(nodule, core_fraction)
         if prior is None and d < 6.0:
@@ -152,7 +182,7 @@ def follow_up_category(nodule: NoduleMeasurement, prior: PriorNodule | None, *,
             prior.solid_component_mm is not None and solid - round_mm(prior.solid_component_mm) > GROWTH_THRESHOLD_MM)
         if growing:  # v2022: new or growing with solid component >= 4 mm -> 4B, < 4 mm -> 4A
             return "4B" if solid >= 4.0 else "4A"
-        return {"3": "2", "4A": "3"}.get(_part_solid_baseline(d, solid), _part_solid_baseline(d, solid))  # type: ignore[return-value]
+        return _stable(_part_solid_baseline(d, solid))
     if comp == "ground_glass":
         if d >= 30.0 and (prior is None or is_growing(d, prior)):
             return "3"
@@ -189,7 +219,3 @@ def exam_category(nodule_categories: list[LungRads], *, incomplete: bool = False
         return "0"
     return worst
 
-
-def severity(category: LungRads) -> int:
-    """Order of categories (0 < 1 < 2 < 3 < 4A < 4B < 4X) for sorting and thresholds."""
-    return _ORDER[category]

@@ -18,7 +18,6 @@ from oncostream.contracts import LungRads, Priority
 from oncostream.errors import OncostreamError
 
 PROGRAMS_DIR = Path(__file__).resolve().parent / "programs"
-_PRIORITY_ORDER: tuple[Priority, ...] = ("URGENT", "HIGH", "ROUTINE", "LOW")
 
 
 class ProgramPolicyError(OncostreamError):
@@ -132,7 +131,3 @@ def needs_human_review(confidence: float, uncertainty: float, incomplete: bool, 
     return (confidence < review.min_confidence or uncertainty > review.max_uncertainty
             or (incomplete and review.incomplete_needs_review))
 
-
-def more_urgent(a: Priority, b: Priority) -> Priority:
-    """The more urgent of two priorities."""
-    return a if _PRIORITY_ORDER.index(a) <= _PRIORITY_ORDER.index(b) else b

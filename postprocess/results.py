@@ -49,10 +49,12 @@ def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
           priors: list[PriorNodule | None] | None) -> tuple[list[NoduleFinding], LungRadsCategory, float, float]:
     findings: list[NoduleFinding] = []
     for i, nodule in enumerate(inference.nodules):
+        # the category is computed from exactly the rounded values the event and the SR carry
+        diameter, volume = _mm(nodule.mean_diameter_mm), round(max(float(nodule.volume_mm3), 0.0), 1)
+        probability = _p(nodule.malignancy_probability)
         measurement = NoduleMeasurement(
-            mean_diameter_mm=nodule.mean_diameter_mm, composition=nodule.composition,
-            volume_mm3=nodule.volume_mm3, solid_component_mm=nodule.solid_component_mm,
-            malignancy_probability=nodule.malignancy_probability)
+            mean_diameter_mm=diameter, composition=nodule.composition, volume_mm3=volume,
+            solid_component_mm=nodule.solid_component_mm, malignancy_probability=probability)
         category = lungrads.nodule_category(
             measurement, prior=priors[i] if priors is not None and i < len(priors) else None,
             has_prior_study=priors is not None, size_basis=policy.ldct.size_basis,
@@ -60,9 +62,9 @@ def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
             four_x_probability=policy.ldct.four_x_probability)
         findings.append(NoduleFinding(
             center_mm=tuple(round(float(c), 2) for c in nodule.center_mm),  # type: ignore[arg-type]
-            mean_diameter_mm=_mm(nodule.mean_diameter_mm), long_axis_mm=_mm(nodule.long_axis_mm),
-            volume_mm3=round(max(float(nodule.volume_mm3), 0.0), 1), composition=nodule.composition,  # type: ignore[arg-type]
-            malignancy_probability=_p(nodule.malignancy_probability), lung_rads=category,
+            mean_diameter_mm=diameter, long_axis_mm=_mm(nodule.long_axis_mm), volume_mm3=volume,
+            composition=nodule.composition,  # type: ignore[arg-type]
+            malignancy_probability=probability, lung_rads=category,
             tracking_uid=output_uid(study, inference.model_versions, f"nodule/{i}")))
     exam = lungrads.exam_category([f.lung_rads for f in findings], incomplete=study.incomplete)
     uncertainty = max((_clip01(n.uncertainty) for n in inference.nodules), default=0.0)

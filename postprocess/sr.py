@@ -76,7 +76,7 @@ class ContentTimestamp:
             date = str(ds.get("ContentDate", "") or ds.get("StudyDate", "") or "")
             time = str(ds.get("ContentTime", "") or ds.get("StudyTime", "") or "")
             if date:
-                stamps.append((date, time.split(".")[0] or "000000"))
+                stamps.append((date, time.split(".")[0].ljust(6, "0")))  # TM may omit minutes/seconds
         if stamps:
             date, time = max(stamps)
             return cls(date, time)

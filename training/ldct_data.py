@@ -19,6 +19,7 @@ that fewer, slow full-size phantoms hold enough nodules; validation phantoms kee
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -145,8 +146,17 @@ def build_item(seed: int, size: str, enriched: bool) -> dict[str, np.ndarray]:
     return item
 
 
+def _generator_fingerprint() -> str:
+    """Short hash of the phantom generator's and the preprocessing's source: a changed generator
+    invalidates the cache instead of silently training on stale phantoms."""
+    digest = hashlib.sha256()
+    for module in (synth, pre):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def cache_path(seed: int, size: str) -> Path:
-    return CACHE_DIR / f"v{VERSION}-{size}-{seed}.npz"
+    return CACHE_DIR / f"v{VERSION}-{_generator_fingerprint()}-{size}-{seed}.npz"
 
 
 def ensure_cached(seed: int, size: str, enriched: bool) -> Path:
@@ -161,15 +171,20 @@ def ensure_cached(seed: int, size: str, enriched: bool) -> Path:
     return path
 
 
-def load(paths: list[Path]) -> list[dict[str, np.ndarray]]:
-    return [dict(np.load(p)) for p in paths]
+def load(paths: list[Path], prefixes: tuple[str, ...] = ("",)) -> list[dict[str, np.ndarray]]:
+    """Cached items, only the arrays whose names start with one of ``prefixes`` (memory)."""
+    out = []
+    for path in paths:
+        with np.load(path) as data:
+            out.append({k: data[k] for k in data.files if k.startswith(prefixes)})
+    return out
 
 
-def build_all(split: str = "train") -> list[Path]:
+def build_all(split: str = "train", sizes: tuple[str, ...] = ("small", "full")) -> list[Path]:
     """Cache every seed of a split (train: enriched nodules; validation: the natural draw)."""
     seeds = TRAIN_SEEDS if split == "train" else VALIDATION_SEEDS
     paths = []
-    for size in ("small", "full"):
+    for size in sizes:
         for seed in seeds[size]:
             start = time.time()
             paths.append(ensure_cached(seed, size, enriched=split == "train"))
@@ -179,5 +194,7 @@ def build_all(split: str = "train") -> list[Path]:
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["train", "validation"]:
-        build_all(name)
+    # arguments: split[:size] ..., e.g. "train:full validation:small"; default: everything
+    for arg in sys.argv[1:] or ["train", "validation"]:
+        split, _, size = arg.partition(":")
+        build_all(split, (size,) if size else ("small", "full"))

@@ -36,6 +36,37 @@ def _steps(name: str) -> int:
     return max(1, int(STEPS[name] * float(os.environ.get("ONCOSTREAM_LDCT_STEPS_SCALE", "1"))))
 
 
+class _Schedule:
+    """One-cycle learning rate over a fixed number of steps (deterministic: what ``make models``
+    uses) or, when ONCOSTREAM_LDCT_TIME_BUDGET_S is set, over wall time (quick interim models on a
+    crowded machine; not reproducible)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_lr: float, steps: int):
+        self.optimizer = optimizer
+        self.max_lr = max_lr
+        self.steps = steps
+        budget = os.environ.get("ONCOSTREAM_LDCT_TIME_BUDGET_S")
+        self.budget_s = float(budget) if budget else None
+        self.start = time.time()
+        self.step_count = 0
+
+    def progress(self) -> float:
+        if self.budget_s is not None:
+            return min(1.0, (time.time() - self.start) / self.budget_s)
+        return min(1.0, self.step_count / self.steps)
+
+    def running(self) -> bool:
+        return self.progress() < 1.0
+
+    def step(self) -> None:
+        """Set the learning rate for the next step: 10 % linear warm-up, then cosine to zero."""
+        self.step_count += 1
+        p = self.progress()
+        factor = p / 0.1 if p < 0.1 else 0.5 * (1 + math.cos(math.pi * (p - 0.1) / 0.9))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.max_lr * max(factor, 0.02)
+
+
 def _log(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
@@ -48,9 +79,11 @@ def train_denoise(items: list[dict], steps: int, rng: np.random.Generator) -> De
     cleans = np.concatenate([it["den_clean"] for it in items])
     net = DenoiseNet()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    sched = _Schedule(opt, 2e-3, steps)
     crop, batch = 64, 16
-    for step in range(steps):
+    step = 0
+    while sched.running():
+        sched.step()
         idx = rng.integers(len(lows), size=batch)
         xs, ys = [], []
         for i in idx:
@@ -68,9 +101,9 @@ def train_denoise(items: list[dict], steps: int, rng: np.random.Generator) -> De
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
-        if step % 250 == 0 or step == steps - 1:
+        if step % 250 == 0:
             _log(model="ldct_denoise", step=step, rmse_hu=round(math.sqrt(loss.item()) * 1000, 2))
+        step += 1
     return net.eval()
 
 
@@ -139,8 +172,10 @@ def centre_focal_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 def train_detector(items: list[dict], steps: int, rng: np.random.Generator) -> DetectorNet:
     net = DetectorNet()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    for step in range(steps):
+    sched = _Schedule(opt, 2e-3, steps)
+    step = 0
+    while sched.running():
+        sched.step()
         x, heat, diam, weight = _detector_batch(items, rng, batch=6)
         logit, diameter = net(x)
         focal = centre_focal_loss(logit, heat)
@@ -149,9 +184,9 @@ def train_detector(items: list[dict], steps: int, rng: np.random.Generator) -> D
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
+        if step % 50 == 0:
             _log(model="ldct_nodule_detector", step=step, focal=round(focal.item(), 4), size=round(size.item(), 4))
+        step += 1
     return net.eval()
 
 
@@ -198,8 +233,10 @@ def soft_dice_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> SegmenterNet:
     net = SegmenterNet()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    for step in range(steps):
+    sched = _Schedule(opt, 2e-3, steps)
+    step = 0
+    while sched.running():
+        sched.step()
         x, mask, malignant, composition, positive = _segmenter_batch(items, rng, batch=8)
         mask_logit, mal_logit, comp_logits = net(x)
         bce = F.binary_cross_entropy_with_logits(mask_logit, mask, pos_weight=torch.tensor(3.0))
@@ -210,10 +247,10 @@ def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
+        if step % 50 == 0:
             _log(model="ldct_nodule_segmenter", step=step, bce=round(bce.item(), 4), dice=round(dice.item(), 4),
                  malignancy=round(mal.item(), 4), composition=round(comp.item(), 4))
+        step += 1
     return net.eval()
 
 
@@ -271,19 +308,25 @@ _TRAINERS = {"denoise": (train_denoise, DenoiseNet), "detector": (train_detector
              "segmenter": (train_segmenter, SegmenterNet)}
 
 
-def _load_items(split: str, cached_only: bool) -> list[dict]:
+_NEEDS = {"denoise": ("den_",), "detector": ("det_", "diameters"),
+          "segmenter": ("seg_", "malignant", "composition", "diameters", "volumes")}
+
+
+def _load_items(split: str, cached_only: bool, prefixes: tuple[str, ...] = ("",)) -> list[dict]:
+    items_from = os.environ.get("ONCOSTREAM_LDCT_ITEMS_FROM")
+    if items_from:  # an explicit folder of cached items (e.g. kept from an earlier generator version)
+        return ldct_data.load(sorted(Path(items_from).glob("*.npz")), prefixes)
     if cached_only:
-        paths = sorted(ldct_data.CACHE_DIR.glob(f"v{ldct_data.VERSION}-*.npz"))
         seeds = ldct_data.TRAIN_SEEDS if split == "train" else ldct_data.VALIDATION_SEEDS
-        wanted = {ldct_data.cache_path(s, size).name for size, r in seeds.items() for s in r}
-        return ldct_data.load([p for p in paths if p.name in wanted])
-    return ldct_data.load(ldct_data.build_all(split))
+        paths = [ldct_data.cache_path(s, size) for size, r in seeds.items() for s in r]
+        return ldct_data.load([p for p in paths if p.exists()], prefixes)
+    return ldct_data.load(ldct_data.build_all(split), prefixes)
 
 
 def train_one(name: str, cached_only: bool = False) -> None:
     """Train one model and keep its weights under .cache/ldct/checkpoints (export reads them)."""
     torch.manual_seed(TORCH_SEED)
-    items = _load_items("train", cached_only)
+    items = _load_items("train", cached_only, _NEEDS[name])
     _log(stage="data", model=name, train_items=len(items))
     trainer, _ = _TRAINERS[name]
     net = trainer(items, _steps(name), np.random.default_rng([TORCH_SEED, len(name)]))
@@ -298,7 +341,7 @@ def calibrate_and_export(cached_only: bool = False) -> None:
         net = cls()
         net.load_state_dict(torch.load(CHECKPOINTS / f"{name}.pt"))
         nets[name] = net.eval()
-    validation = _load_items("validation", cached_only)
+    validation = _load_items("validation", cached_only, _NEEDS["segmenter"])
     mal_logits, mal_labels, comp_logits, comp_labels = validation_logits(nets["segmenter"], validation)
     t_mal = fit_temperature(mal_logits, mal_labels) if len(mal_labels) else 1.0
     t_comp = fit_temperature(comp_logits, comp_labels, multiclass=True) if len(comp_labels) else 1.0

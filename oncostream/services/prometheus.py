@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import requests
@@ -72,7 +72,7 @@ def is_available() -> bool:
     return shutil.which(PROMETHEUS_BINARY) is not None
 
 
-def start(workdir: Path, targets: list[str] = ()) -> RunningService:  # type: ignore[assignment]
+def start(workdir: Path, targets: Sequence[str] = ()) -> RunningService:
     """Start Prometheus with its TSDB in ``workdir``, scraping ``targets`` (HOST:PORT) every second."""
     if not is_available():
         raise ServiceStartError("Prometheus needs the `prometheus` binary "

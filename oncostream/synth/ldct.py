@@ -6,10 +6,10 @@ k * slice spacing) in (x, y, z), rows run anterior -> posterior, columns right -
 slices inferior -> superior (ImageOrientationPatient 1\\0\\0\\0\\1\\0).
 
 Dose is simulated where it acts, in the projection domain: the clean phantom is forward projected
-(parallel beam), photon counts are drawn from a Poisson law at full dose and thinned binomially to
-``dose_fraction`` (a real dose reduction keeps a subset of the same photons), and the filtered back
-projection of each log-count difference is added to the clean image. Noise therefore follows the
-anatomy: streaks along the shoulders and spine, lower noise in the lungs.
+(parallel beam), photon counts are drawn from Poisson laws (the ``dose_fraction`` counts are a Poisson
+split of the full-dose counts: a real dose reduction keeps a subset of the same photons), and the
+filtered back projection of each log-count difference is added to the clean image. Noise therefore
+follows the anatomy: stronger behind the spine and across the widest diameter, weaker in the lungs.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class LdctPhantom:
     origin_mm: tuple[float, float, float]  # LPS (x, y, z) of voxel [0, 0, 0]
     labels: np.ndarray  # int16 [D, H, W]: 0 background, k = truth.nodules[k-1]
     truth: LdctTruth
-    hu_clean: np.ndarray = field(repr=False, default=None)  # float32 [D, H, W] noiseless phantom
+    hu_clean: np.ndarray | None = field(repr=False, default=None)  # float32 [D, H, W] noiseless phantom
     size: str = "full"
 
 
@@ -157,7 +157,6 @@ class _Grid:
 class _Body:
     """Per-patient anatomy parameters (mm, relative to the scan centre)."""
 
-    zc: float
     ax: float
     ay: float
     lung_cx: float
@@ -177,7 +176,7 @@ def _draw_body(rng: np.random.Generator, z_extent: float) -> _Body:
     ax = rng.uniform(148, 162)
     ay = rng.uniform(100, 118)
     return _Body(
-        zc=0.0, ax=ax, ay=ay,
+        ax=ax, ay=ay,
         lung_cx=rng.uniform(0.43, 0.48) * ax, lung_cy=rng.uniform(-6, 4),
         lung_ax=rng.uniform(0.33, 0.37) * ax, lung_ay=rng.uniform(0.70, 0.78) * ay,
         lung_zc=rng.uniform(10, 30), lung_hz=rng.uniform(145, 165),
@@ -239,10 +238,11 @@ def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.nda
         s += _soft(muscle_sd, e) * (45.0 - s)  # chest wall muscle
         # ribs: a ring inside the muscle layer, present in bands that slope down anteriorly
         cav_ax, cav_ay = body.ax - 26, body.ay - 22
-        ring = np.abs(_ellipse_sd(x, y, 0.0, -2.0, cav_ax + 5, cav_ay + 5)) - 4.5
+        ring = np.abs(_ellipse_sd(x, y, 0.0, -2.0, cav_ax + 5, cav_ay + 5))
         band = np.sin(2 * np.pi * ((z + 25 * np.sin(theta)) / body.rib_period + body.rib_phase))
-        rib = _soft(ring, e) * (band > 0.7) * (np.abs(x) > 25)
-        s += rib * (650.0 - s)
+        rib = np.clip((band - 0.72) / 0.12, 0, 1) * (np.abs(x) > 25)
+        s += _soft(ring - 3.2, e) * rib * (900.0 - s)  # cortex
+        s += _soft(ring - 1.8, e) * rib * (250.0 - s)  # marrow
         cav_sd = _ellipse_sd(x, y, 0.0, -2.0, cav_ax, cav_ay)
         s += _soft(cav_sd, e) * (-80.0 - s)  # mediastinal fat fills the cavity
         # lungs, carved by heart and liver
@@ -325,8 +325,9 @@ def _great_vessels_and_airway(body: _Body, z_lo: float, z_hi: float) -> list[_Tu
 # nodules
 
 
-def _draw_nodule_specs(rng: np.random.Generator) -> list[dict]:
-    """0-4 nodules across Lung-RADS size bands; malignancy decides margin and composition odds."""
+def draw_nodule_specs(rng: np.random.Generator) -> list[dict]:
+    """0-4 nodule specs (the ``nodules`` argument of make_ldct_phantom) across Lung-RADS size bands;
+    malignancy decides the odds of margin and composition. Training uses it to enrich phantoms."""
     n = int(rng.choice([0, 1, 1, 2, 2, 3, 4]))
     specs = []
     for _ in range(n):
@@ -355,7 +356,7 @@ class _NoduleShape:
     axes: np.ndarray  # 3x3 rotation, rows = principal directions
     scales: np.ndarray  # relative semi-axes, geometric mean 1
     lobes: list[tuple[np.ndarray, float]]
-    spicules: list[tuple[np.ndarray, float, float]]  # direction, length mm, radius mm
+    spicules: list[tuple[np.ndarray, np.ndarray, float, float]]  # anchor (unit), direction, length mm, radius mm
 
     def signed_distance(self, x, y, z) -> np.ndarray:
         px, py, pz = x - self.center[0], y - self.center[1], z - self.center[2]
@@ -365,7 +366,7 @@ class _NoduleShape:
         rad = np.full(np.shape(rho), self.radius, dtype=np.float32)
         for direction, amp in self.lobes:
             cos = (q[0] * direction[0] + q[1] * direction[1] + q[2] * direction[2]) / rho
-            rad = rad + self.radius * amp * np.exp((cos - 1.0) / 0.12)
+            rad = rad + self.radius * amp * np.exp((cos - 1.0) / 0.15)
         return (rho - rad).astype(np.float32)
 
     def volume_mm3(self) -> float:
@@ -389,7 +390,7 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _place_nodules(specs: list[dict], body: _Body, grid: _Grid, lung: np.ndarray,
+def _place_nodules(specs: list[dict], grid: _Grid, lung: np.ndarray,
                    rng: np.random.Generator) -> list[_NoduleShape]:
     """Centres drawn inside the lungs (away from the scan ends) with the body mostly in lung."""
     shapes = []
@@ -418,13 +419,22 @@ def _place_nodules(specs: list[dict], body: _Body, grid: _Grid, lung: np.ndarray
         scales /= np.prod(scales) ** (1 / 3)
         lobes = []
         if spec["margin"] == "lobulated":
-            lobes = [(_unit(rng), float(rng.uniform(0.12, 0.25))) for _ in range(int(rng.integers(4, 7)))]
+            lobes = [(_unit(rng), float(rng.uniform(0.22, 0.4))) for _ in range(int(rng.integers(4, 8)))]
         elif spec["margin"] == "spiculated":
-            lobes = [(_unit(rng), float(rng.uniform(0.05, 0.15))) for _ in range(int(rng.integers(2, 5)))]
+            lobes = [(_unit(rng), float(rng.uniform(0.1, 0.25))) for _ in range(int(rng.integers(3, 6)))]
         spicules = []
         if spec["margin"] == "spiculated":
-            spicules = [(_unit(rng), float(r * rng.uniform(1.5, 2.6) + 2.0), float(rng.uniform(0.35, 0.7)))
-                        for _ in range(int(rng.integers(7, 15)))]
+            # strands leave the surface at every height and run outwards close to the axial plane,
+            # so each slice through the nodule shows some radiating from its edge
+            for _ in range(int(rng.integers(10, 20))):
+                azimuth = rng.uniform(0, 2 * np.pi)
+                height = rng.uniform(-0.8, 0.8)
+                anchor = np.array([np.cos(azimuth) * np.sqrt(1 - height ** 2),
+                                   np.sin(azimuth) * np.sqrt(1 - height ** 2), height])
+                tilt = rng.uniform(-0.25, 0.25)
+                direction = np.array([np.cos(azimuth), np.sin(azimuth), tilt]) / np.sqrt(1 + tilt ** 2)
+                spicules.append((anchor, direction, float(r * rng.uniform(0.8, 1.8) + 2.0),
+                                 float(rng.uniform(0.35, 0.7))))
         shape = _NoduleShape(center, r, _rotation(rng), scales, lobes, spicules)
         # scale so the volume-equivalent diameter is the requested one: lobes and elongation
         # change the shape, not the size reported in the truth (diameter and volume agree)
@@ -462,8 +472,9 @@ def _render_nodule(vol: np.ndarray, labels: np.ndarray, label: int, shape: _Nodu
     sub = vol[sl]
     sub += occ * (target - sub)
     # spicules: thin strands of solid tissue radiating into the lung
-    for direction, length, radius in shape.spicules:
-        _render_tube(vol, _Tube(shape.center.copy(), shape.center + direction * length, radius,
+    for anchor, direction, length, radius in shape.spicules:
+        start = shape.center + anchor * shape.radius * 0.8
+        _render_tube(vol, _Tube(start, start + direction * length, radius,
                                 solid_hu if comp != "ground_glass" else -450.0), grid)
     lab = labels[sl]
     lab[occ >= 0.5] = label
@@ -573,6 +584,9 @@ def _dose_noise(clean_hu: np.ndarray, pixel_mm: float, slice_mm: float, m: int, 
     return out[0], out[1]
 
 
+_draw_nodule_specs = draw_nodule_specs  # earlier name, used by training/ldct_data.py
+
+
 # ---------------------------------------------------------------------------------------------
 # public API
 
@@ -587,6 +601,8 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
     """
     if size not in _SIZES:
         raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if not 0 < dose_fraction <= 1:
         raise ValueError(f"dose_fraction must be in (0, 1], got {dose_fraction!r}")
     matrix, pix, dz, n_slices, noise_m, n_angles = _SIZES[size]
@@ -608,7 +624,7 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
         _render_tube(clean, tube, grid, blend_mask=lung)
 
     if nodules is None:
-        specs = _draw_nodule_specs(rng)
+        specs = draw_nodule_specs(rng)
     else:
         specs = []
         for spec in nodules:
@@ -619,7 +635,7 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
                             or full["composition"] == "part_solid")
             specs.append(full)
     labels = np.zeros(grid.shape, dtype=np.int16)
-    shapes = _place_nodules(specs, body, grid, lung, rng)
+    shapes = _place_nodules(specs, grid, lung, rng)
     for label, (shape, spec) in enumerate(zip(shapes, specs), start=1):
         _render_nodule(clean, labels, label, shape, spec, grid, rng)
 
@@ -627,7 +643,7 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
     hu_full = np.clip(clean + noise_full, -1024, 3071).astype(np.float32)
     hu_low = np.clip(clean + noise_low, -1024, 3071).astype(np.float32)
 
-    study = synth_uid(_KIND, seed, "study")
+    study = synth_uid(_KIND, seed, "study", size)
     series = synth_uid(_KIND, seed, "series", size, f"{dose_fraction:.4f}")
     sops = [str(synth_uid(_KIND, seed, "sop", size, f"{dose_fraction:.4f}", str(k))) for k in range(n_slices)]
     truth = LdctTruth(
@@ -651,7 +667,7 @@ def ldct_datasets(phantom: LdctPhantom) -> list[Dataset]:
     d, h, w = phantom.hu_low.shape
     dz, rs, cs = phantom.spacing_mm
     stored = np.clip(np.rint(phantom.hu_low) + _STORED_OFFSET, 0, 4095).astype(np.uint16)
-    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference")
+    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference", phantom.size)
     ma = round(200.0 * truth.dose_fraction, 1)
     out = []
     for k in range(d):
@@ -718,4 +734,4 @@ def _ds(v: float) -> str:
     return text if text not in ("-0", "") else "0"
 
 
-__all__ = ["LdctPhantom", "make_ldct_phantom", "ldct_datasets", "COMPOSITIONS", "MARGINS"]
+__all__ = ["LdctPhantom", "make_ldct_phantom", "ldct_datasets", "draw_nodule_specs", "COMPOSITIONS", "MARGINS"]

@@ -33,7 +33,7 @@ DENSITIES = ("a", "b", "c", "d")
 # size -> (rows, columns, pixel spacing mm)
 _SIZES = {"full": (2048, 1664, 0.1), "small": (512, 416, 0.4)}
 # fibroglandular fraction range of the breast per BI-RADS density category (5th edition wording)
-_GLANDULAR = {"a": (0.03, 0.12), "b": (0.16, 0.35), "c": (0.45, 0.65), "d": (0.75, 0.9)}
+_GLANDULAR = {"a": (0.02, 0.08), "b": (0.12, 0.24), "c": (0.34, 0.5), "d": (0.66, 0.82)}
 _ORIENTATION = {"LCC": ["A", "R"], "LMLO": ["A", "FR"], "RCC": ["P", "L"], "RMLO": ["P", "FL"]}
 # SNOMED CT view codes (CID 4014) and laterality
 _VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
@@ -123,7 +123,7 @@ def _draw_breast(rng: np.random.Generator, density: str, image_height_mm: float)
 def _view_geometry(breast: _Breast, view: str, h: int, w: int, spacing: float):
     """Normalised breast coordinates for one view in the L orientation (chest wall at column 0).
 
-    Returns (u, v, rho): u = distance from the chest wall as a fraction of the breast depth,
+    Returns (u, v, rho, depth, half, center): u = distance from the chest wall as a fraction of the breast depth,
     v = signed row offset as a fraction of the half extent, rho = normalised elliptical radius.
     """
     rows = (np.arange(h, dtype=np.float32) + 0.5) * spacing
@@ -240,7 +240,8 @@ def _calc_field(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray, r0: float, c0: 
 
 
 def _render_view(name: str, breast: _Breast, lesions: list[_Lesion], h: int, w: int, spacing: float,
-                 density: str, rng: np.random.Generator, max_value: int):
+                 rng: np.random.Generator, max_value: int):
+    """Stored pixels, lesion mask, breast mask and lesion placements of one view."""
     view = name[1:]
     side = name[0]
     u, v, rho, depth, half, center = _view_geometry(breast, view, h, w, spacing)
@@ -287,13 +288,17 @@ def _render_view(name: str, breast: _Breast, lesions: list[_Lesion], h: int, w: 
         c_lo, c_hi = max(int(c0) - reach, 0), min(int(c0) + reach + 1, w)
         sub_r, sub_c = rr[r_lo:r_hi], cc[:, c_lo:c_hi]
         if lesion.type == "mass":
-            field = _mass_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
-            attenuation[r_lo:r_hi, c_lo:c_hi] += field * 0.45 * lesion.contrast
-            lmask = field > 0.5
+            density_map = _mass_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
+            attenuation[r_lo:r_hi, c_lo:c_hi] += density_map * 0.45 * lesion.contrast
+            lmask = density_map > 0.5
         else:
-            field, points = _calc_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
-            attenuation[r_lo:r_hi, c_lo:c_hi] += field * (1.0 + 1.5 * lesion.contrast)
-            lmask = ndimage.binary_dilation(field > 0.3, iterations=max(1, int(0.6 / spacing)))
+            density_map, points = _calc_field(lesion, sub_r, sub_c, r0, c0, spacing, lrng)
+            attenuation[r_lo:r_hi, c_lo:c_hi] += density_map * (1.0 + 1.5 * lesion.contrast)
+            # a disc around every speck, so even sub-pixel specks are inside the mask
+            radius_px = max(1.5, 0.6 / spacing)
+            lmask = np.zeros(density_map.shape, dtype=bool)
+            for pr, pc in points:
+                lmask |= (sub_r - pr) ** 2 + (sub_c - pc) ** 2 <= radius_px ** 2
         mask[r_lo:r_hi, c_lo:c_hi] |= lmask
         placements.append((lesion, (r0, c0), lmask, (r_lo, c_lo)))
     # For-Presentation processing: a saturating tone curve (dense regions compress, which is what
@@ -320,6 +325,8 @@ def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = N
     """
     if size not in _SIZES:
         raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if density is not None and density not in DENSITIES:
         raise ValueError(f"density must be one of {DENSITIES}, got {density!r}")
     h, w, spacing = _SIZES[size]
@@ -335,8 +342,7 @@ def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = N
     views, masks, breasts, lesion_views = {}, {}, {}, {id(les): [] for les in lesions}
     for name in VIEWS:
         vrng = np.random.default_rng([seed, VIEWS.index(name), 0x3A33])
-        stored, mask, bmask, placements = _render_view(name, breast, lesions, h, w, spacing, density, vrng,
-                                                       max_value)
+        stored, mask, bmask, placements = _render_view(name, breast, lesions, h, w, spacing, vrng, max_value)
         views[name], masks[name], breasts[name] = stored, mask, bmask
         for lesion, (r0, c0), lmask, (r_lo, c_lo) in placements:
             rows = np.flatnonzero(lmask.any(axis=1))
@@ -349,7 +355,7 @@ def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = N
                 sop_instance_uid=sop_uids[name], view=name[1:],
                 center_px=(int(round(r0)), int(round(c0))), bbox_px=bbox))
     truth = MammoTruth(
-        seed=seed, study_instance_uid=str(synth_uid(_KIND, seed, "study")), sop_instance_uids=sop_uids,
+        seed=seed, study_instance_uid=str(synth_uid(_KIND, seed, "study", size)), sop_instance_uids=sop_uids,
         density=density, malignant=any(les.malignant for les in lesions),
         lesions=[MammoLesionTruth(type=les.type, shape=les.shape, laterality=les.laterality,
                                   malignant=les.malignant, size_mm=les.size_mm, views=lesion_views[id(les)])
@@ -364,7 +370,7 @@ def mammo_datasets(phantom: MammoPhantom) -> list[Dataset]:
     (PS3.3 A.26.1)."""
     truth = phantom.truth
     series_uid = synth_uid(_KIND, truth.seed, "series", phantom.size)
-    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference")
+    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference", phantom.size)
     spacing = f"{phantom.pixel_spacing_mm:g}"
     out = []
     for number, name in enumerate(VIEWS, start=1):

@@ -203,6 +203,14 @@ def test_unknown_calling_ae_is_rejected_before_any_data(kafka_gateway):
     assert _topic_size(topics.bootstrap, topics.dicom) == 0
 
 
+@needs_storescu
+def test_echoscu_verifies_the_link(kafka_gateway):
+    gateway, _ = kafka_gateway
+    echo = subprocess.run(["echoscu", "-aet", ALLOWED, "-aec", AE_TITLE, "127.0.0.1", str(gateway.port)],
+                          capture_output=True, text=True, timeout=60)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+
+
 def _c_store(port: int, ds: pydicom.Dataset, calling_ae: str = ALLOWED) -> pydicom.Dataset:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(CTImageStorage)

@@ -91,7 +91,7 @@ def run_in_process(topics, pipeline, max_studies: int, **settings) -> Worker:
 
 
 class WorkerProcess:
-    """`oncostream worker` as a subprocess, logging to a file."""
+    """`oncostream worker` as a subprocess, logging to a file; use through the `spawn_worker` fixture."""
 
     def __init__(self, topics, log_path: Path, *extra: str, **env: str):
         self.log_path = log_path
@@ -112,6 +112,22 @@ class WorkerProcess:
 
     def assert_alive(self) -> None:
         assert self.proc.poll() is None, f"worker exited with {self.proc.returncode}:\n{self.log_tail()}"
+
+
+@pytest.fixture
+def spawn_worker():
+    """Starts worker subprocesses; any still running when the test ends is killed."""
+    started: list[WorkerProcess] = []
+
+    def spawn(topics, log_path: Path, *extra: str, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(topics, log_path, *extra, **env)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.signal(signal.SIGKILL)
 
 
 def triage_events(topics) -> list[tuple[bytes, dict]]:
@@ -205,7 +221,8 @@ def test_claim_check_gives_the_same_result_as_inline(kafka_topics_factory, corpu
     assert claimed_srs == inline_srs == {uid: [(inline_event["sr_sop_instance_uid"], corpus.instances[uid])]}
 
 
-def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafka_topics, corpus, tmp_path):
+def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafka_topics, corpus, tmp_path,
+                                                                           spawn_worker):
     # one LDCT series arrives in two halves; the worker is killed while it holds the first half
     held_back = next(u for u in corpus.studies if corpus.modality[u] == "CT")
     files = corpus.studies[held_back]
@@ -216,7 +233,7 @@ def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafk
     produce_files(corpus.files(others), settings, kafka_topics.bootstrap)
     env = {"ONCOSTREAM_ASSEMBLY_TIMEOUT_S": "600"}  # the held study must stay open across the kill
 
-    first = WorkerProcess(kafka_topics, tmp_path / "worker-1.log", **env)
+    first = spawn_worker(kafka_topics, tmp_path / "worker-1.log", **env)
     wait_for_studies(kafka_topics, set(others), [first])
     first.signal(signal.SIGKILL)
     assert held_back not in {e["study_instance_uid"] for _, e in triage_events(kafka_topics)}
@@ -228,7 +245,7 @@ def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafk
     assert committed is None or committed <= first_offset
 
     produce_files(second_half, settings, kafka_topics.bootstrap)
-    second = WorkerProcess(kafka_topics, tmp_path / "worker-2.log", **env)
+    second = spawn_worker(kafka_topics, tmp_path / "worker-2.log", **env)
     wait_for_studies(kafka_topics, set(corpus.studies), [second])
     assert second.signal(signal.SIGTERM) == 0, second.log_tail()
 
@@ -247,12 +264,13 @@ def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafk
     assert kafka_topics.committed() == kafka_topics.end_offsets()
 
 
-def test_two_workers_share_six_partitions_and_survive_one_stopping(kafka_topics_factory, corpus, tmp_path):
+def test_two_workers_share_six_partitions_and_survive_one_stopping(kafka_topics_factory, corpus, tmp_path,
+                                                                   spawn_worker):
     topics = kafka_topics_factory(6)
     produce_files(corpus.files(), topics.settings(), topics.bootstrap)
     outs = [tmp_path / "a", tmp_path / "b"]
-    a = WorkerProcess(topics, tmp_path / "worker-a.log", "--out", str(outs[0]))
-    b = WorkerProcess(topics, tmp_path / "worker-b.log", "--out", str(outs[1]))
+    a = spawn_worker(topics, tmp_path / "worker-a.log", "--out", str(outs[0]))
+    b = spawn_worker(topics, tmp_path / "worker-b.log", "--out", str(outs[1]))
 
     def published_by(out: Path) -> set[str]:
         path = out / "triage.jsonl"

@@ -2,8 +2,9 @@
 (postprocess/stow_sink.py). Objects are read back through Orthanc's REST API and compared with what
 was sent; sending twice leaves one instance per SOPInstanceUID; unreachable peers end in SinkError.
 
-The SR and SEG are the pipeline's own (postprocess.results.build_result over a small synthetic LDCT
-series and its true nodules), so what reaches the PACS here is what production sends.
+The objects are the pipeline's own (postprocess.results.build_result over a small synthetic LDCT
+series and its true nodules: SR + SEG; over a small 4-view exam: CAD SR + heatmaps), so what
+reaches the PACS here is what production sends.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import pydicom
 import pytest
 import requests
@@ -19,8 +21,17 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 
 from oncostream.services.base import free_port
 from oncostream.settings import Settings
-from oncostream.study import LdctInference, NoduleCandidate, Study, StudyResult
+from ingest.assembly import mammo_view_key
+from oncostream.study import (
+    LdctInference,
+    MammoInference,
+    MammoViewInference,
+    NoduleCandidate,
+    Study,
+    StudyResult,
+)
 from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+from oncostream.synth.mammo import make_mammo_phantom, mammo_datasets
 from postprocess.results import build_result
 from postprocess.errors import SinkError
 from postprocess.pacs_sink import Backoff, PacsSink
@@ -50,6 +61,30 @@ def result() -> StudyResult:
                          now=arrived)
     assert built.sr is not None and len(built.segs) == 1, "the phantom should give one SR and one SEG"
     return built
+
+
+@pytest.fixture(scope="module")
+def mammo_result() -> StudyResult:
+    """What the pipeline publishes for a small synthetic 4-view exam: a Mammography CAD SR (TID 4000)
+    and one heatmap per view as secondary objects, from fixed per-view inference values."""
+    datasets = mammo_datasets(make_mammo_phantom(seed=2, size="small"))
+    arrived = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    study = Study(study_instance_uid=datasets[0].StudyInstanceUID, modality="MG", datasets=datasets,
+                  arrived_at=arrived)
+    heatmap = np.linspace(0, 1, 32 * 24, dtype=np.float32).reshape(32, 24)
+    views = [MammoViewInference(sop_instance_uid=ds.SOPInstanceUID, laterality=mammo_view_key(ds)[0],
+                                view=mammo_view_key(ds)[1:], malignancy_probability=0.2, heatmap=heatmap,
+                                regions=[("mass", (40, 30), (30, 20, 50, 40), 0.7)])
+             for ds in datasets]
+    inference = MammoInference(views=views, exam_malignancy_probability=0.2,
+                               density_probabilities=(0.1, 0.6, 0.2, 0.1), uncertainty=0.05,
+                               model_versions={"mammo_test": "1"})
+    built = build_result(study, inference, Settings(), now=arrived)
+    assert built.sr is not None and len(built.secondary) == 4, "an exam should give one SR and four heatmaps"
+    return built
+
+
+RESULTS = {"ldct-sr-seg": "result", "mammo-sr-heatmaps": "mammo_result"}
 
 
 def _pacs_sink(orthanc) -> PacsSink:
@@ -89,14 +124,17 @@ def _data_set_bytes(part10: bytes) -> bytes:
     return part10[144 + group_length:]
 
 
+@pytest.mark.parametrize("result_fixture", RESULTS.values(), ids=RESULTS.keys())
 @pytest.mark.parametrize("make_sink", SINKS.values(), ids=SINKS.keys())
-def test_sr_and_seg_reach_orthanc_unchanged(orthanc_empty, make_sink, result):
+def test_results_reach_orthanc_unchanged(orthanc_empty, make_sink, result_fixture, request):
+    result = request.getfixturevalue(result_fixture)
     sink = make_sink(orthanc_empty)
     sink.add(result)
     sink.flush(timeout_s=30)
     sink.close()
     http = orthanc_empty.env["ORTHANC_HTTP"]
-    for sent in (result.sr, *result.segs):
+    sent_all = [result.sr, *result.segs, *result.secondary]
+    for sent in sent_all:
         ids = _stored(http, sent.SOPInstanceUID)
         assert len(ids) == 1, f"{sent.Modality} {sent.SOPInstanceUID} stored {len(ids)} times"
         back = _read_back(http, ids[0])
@@ -104,7 +142,7 @@ def test_sr_and_seg_reach_orthanc_unchanged(orthanc_empty, make_sink, result):
             assert back[keyword].value == sent[keyword].value, keyword
         # the data set (everything after the file meta) is stored byte for byte as encoded here
         assert _data_set_bytes(_file(http, ids[0])) == _data_set_bytes(part10_bytes(sent))
-    assert len(requests.get(f"{http}/instances", timeout=10).json()) == 2
+    assert len(requests.get(f"{http}/instances", timeout=10).json()) == len(sent_all)
 
 
 @pytest.mark.parametrize("make_sink", SINKS.values(), ids=SINKS.keys())

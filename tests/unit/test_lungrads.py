@@ -12,6 +12,7 @@ from postprocess.lungrads import (
     exam_category,
     follow_up_category,
     is_growing,
+    match_priors,
     nodule_category,
     round_mm,
 )
@@ -76,7 +77,8 @@ FOLLOW_UP = [
     ("v2022 stable solid <6 mm -> 2", N(4.0, "solid"), PriorNodule(4.0), "2"),
     ("v2022 new part-solid <6 mm total -> 3", N(5.0, "part_solid", solid_component_mm=2.0), None, "3"),
     ("v2022 new part-solid with solid component <4 mm -> 4A", N(9.0, "part_solid", solid_component_mm=3.0), None, "4A"),
-    ("v2022 new part-solid with solid component >=4 mm -> 4B", N(9.0, "part_solid", solid_component_mm=4.0), None, "4B"),
+    ("v2022 new part-solid with solid component >=4 mm -> 4B",
+     N(9.0, "part_solid", solid_component_mm=4.0), None, "4B"),
     ("v2022 growing part-solid, solid component <4 mm -> 4A",
      N(10.0, "part_solid", solid_component_mm=3.0), PriorNodule(8.0, solid_component_mm=3.0), "4A"),
     ("v2022 growing solid component >=4 mm -> 4B",
@@ -141,3 +143,12 @@ def test_round_to_tenth_mm(value: float, expected: float) -> None:
 def test_unknown_composition_is_refused() -> None:
     with pytest.raises(ValueError, match="composition"):
         baseline_category(N(5.0, "fatty"))
+
+
+def test_match_priors_pairs_nearest_and_marks_new_nodules() -> None:
+    current = [(0.0, 0.0, 0.0), (50.0, 0.0, 0.0), (3.0, 0.0, 0.0)]
+    prior = [((2.5, 0.0, 0.0), 6.0), ((0.5, 0.0, 0.0), 4.0)]
+    matched = match_priors(current, prior, interval_days=365)
+    assert matched[0] == PriorNodule(4.0, interval_days=365)  # nearest: 0.5 mm away
+    assert matched[1] is None  # 47.5 mm from anything: new
+    assert matched[2] == PriorNodule(6.0, interval_days=365)  # each prior is used once

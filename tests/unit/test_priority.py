@@ -13,7 +13,6 @@ from postprocess.priority import (
     ldct_priority,
     load_program,
     mammo_priority,
-    more_urgent,
     needs_human_review,
     parse_program,
 )
@@ -106,7 +105,3 @@ def test_a_program_file_changes_the_policy(tmp_path: Path) -> None:
     strict = load_program("strict", tmp_path)
     assert ldct_priority("3", strict) == "HIGH"
 
-
-def test_more_urgent() -> None:
-    assert more_urgent("ROUTINE", "URGENT") == "URGENT"
-    assert more_urgent("HIGH", "LOW") == "HIGH"

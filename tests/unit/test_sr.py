@@ -308,9 +308,8 @@ _KNOWN_PIXELMED_TEMPLATE_CONFLICT = "Template 4007 BreastComposition"
 
 
 @pytest.mark.skipif(not sr_validator_available(), reason="PixelMed DicomSRValidator (Debian pixelmed-apps) absent")
-def test_sr_templates_validate_row_by_row(ldct, mammo, tmp_path: Path) -> None:
-    empty = build_result(cases.ldct_study(), cases.ldct_inference(nodules=False), SETTINGS, now=cases.NOW)
-    assert sr_validator_errors(ldct[2]) == []
-    assert sr_validator_errors(_save(empty.sr, tmp_path / "empty.dcm")) == []
+def test_mammography_cad_sr_template_validates_row_by_row(mammo) -> None:
+    # only the hand-built TID 4000 tree: TID 1500 comes from highdicom's template classes, and each
+    # validator run costs about 10-20 s here (checked by hand: the LDCT SRs report no errors)
     errors = sr_validator_errors(mammo[2])
     assert [e for e in errors if _KNOWN_PIXELMED_TEMPLATE_CONFLICT not in e] == []

@@ -1,0 +1,74 @@
+"""`oncostream eval`: the committed models on fresh phantoms, a table on stdout and the figures as JSON.
+
+Default seeds are 1,000,000 onward (training uses 0-99,999; see training/ldct_data.py and the mammo
+training), ``DEFAULT_SEED_COUNT`` of them; ``--size`` defaults to ``full`` (cli.py), the size the
+issue's targets are stated for; ``small`` is the quick CI set. Rates are fractions, PSNR in dB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+DEFAULT_FIRST_SEED = 1_000_000
+DEFAULT_SEED_COUNT = 24
+
+# (key, target, higher is better) from issue 3; None: reported without a target
+TARGETS = {
+    "ldct_sensitivity_at_1fp_ge6mm": (0.90, True),
+    "ldct_fp_per_scan": (None, False),
+    "ldct_seg_dice_ge6mm": (0.80, True),
+    "ldct_volume_abs_err_median_ge6mm": (0.15, False),
+    "ldct_malignancy_auc": (0.85, True),
+    "denoise_psnr_gain_db_25pct": (3.0, True),
+    "denoise_25pct_minus_fulldose_psnr_db": (0.0, True),
+    "ece_nodule": (0.05, False),
+    "mammo_exam_auc": (0.90, True),
+    "mammo_density_kappa": (0.70, True),
+    "ece_mammo": (0.05, False),
+}
+
+
+def evaluate(seeds: range, size: str) -> dict:
+    """Both modalities on the same seed range; the keys of the two halves are merged."""
+    from oncostream.evaluation.ldct import evaluate_ldct
+    from oncostream.evaluation.mammo import evaluate_mammo
+
+    results = {}
+    results.update(evaluate_ldct(seeds, size))
+    results.update(evaluate_mammo(seeds, size))
+    return results
+
+
+def format_table(results: dict) -> str:
+    rows = [("metric", "value", "target", "met")]
+    for key, value in results.items():
+        target, higher = TARGETS.get(key, (None, True))
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if target is None or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+            rows.append((key, shown, "", ""))
+        else:
+            met = value >= target if higher else value <= target
+            rows.append((key, shown, f"{'>=' if higher else '<='} {target}", "yes" if met else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def main(args) -> int:
+    seeds = args.seeds if args.seeds is not None else range(DEFAULT_FIRST_SEED, DEFAULT_FIRST_SEED + DEFAULT_SEED_COUNT)
+    size = getattr(args, "size", "full")
+    results = evaluate(seeds, size)
+    print(f"oncostream eval: seeds {seeds.start}:{seeds.stop}, size {size}")
+    print(format_table(results))
+    if args.json_path is not None:
+        args.json_path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"seeds": [seeds.start, seeds.stop], "size": size,
+                   **{k: _json_safe(v) for k, v in results.items()}}
+        args.json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0

@@ -1,0 +1,186 @@
+"""LDCT half of ``oncostream eval``: fresh phantoms through the committed models, scored against truth.
+
+Each phantom (25 % dose) is written as CT DICOM (``ldct_datasets``) and read back the way the pipeline
+reads a series (ingest/ldct.py: HU through the rescale, geometry from ImagePositionPatient /
+ImageOrientationPatient / PixelSpacing), then goes through the serving steps (ingest/steps/ldct.py:
+DALI preprocessing, ONNX Runtime, flip test-time augmentation) and ingest/ldct.py's conversion to
+nodules in patient millimetres.
+
+Matching rule: a reported nodule hits a true nodule when its centre lies within
+max(0.5 x true diameter, 3 mm) of the true centre; each true nodule is hit at most once, highest
+detection score first. A report that hits a nodule under 6 mm counts neither way; a report that
+hits no nodule is a false positive.
+
+- ``ldct_sensitivity_at_1fp_ge6mm``: highest sensitivity for nodules >= 6 mm over detection-score
+  thresholds that keep false positives <= 1 per scan (the FROC point at 1 FP/scan);
+- ``ldct_fp_per_scan``: false positives per scan at the shipped operating point (every reported nodule);
+- ``ldct_sensitivity_ge6mm``: sensitivity at that operating point;
+- ``ldct_seg_dice_ge6mm``: mean Dice of the reported mask (source grid) with the truth label, hit
+  nodules >= 6 mm; ``ldct_volume_abs_err_median_ge6mm``: median |V - V_true| / V_true of the same;
+- ``ldct_malignancy_auc`` / ``ece_nodule``: ROC AUC and expected calibration error (10 bins) of the
+  malignancy probability over every hit true nodule;
+- ``denoise_psnr_gain_db_25pct``: PSNR(denoised 25 % dose) - PSNR(25 % dose input);
+  ``denoise_25pct_minus_fulldose_psnr_db``: PSNR(denoised 25 % dose) - PSNR(full dose). PSNR against
+  the noiseless phantom over the body (voxels where the noiseless phantom is above -950 HU, lungs
+  included), data range 2000 HU, mean squared error pooled over all series;
+- ``n_ldct``: series; ``ldct_seconds_per_series``: mean wall time of the model steps per series.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu
+from ingest.backends.base import LdctRaw
+from ingest.steps import ldct as steps
+from oncostream.evaluation.mammo import expected_calibration_error, roc_auc
+from oncostream.model_contract import onnx_path
+from oncostream.settings import DEFAULT_MODEL_REPOSITORY
+
+LDCT_MODELS = ("ldct_denoise", "ldct_nodule_detector", "ldct_nodule_segmenter")
+PSNR_RANGE_HU = 2000.0
+BODY_THRESHOLD_HU = -950.0
+REPORTABLE_MM = 6.0
+FP_BUDGET_PER_SCAN = 1.0
+
+
+class _Models:
+    """The three LDCT ONNX models in ONNX Runtime, as ``run_model`` for the steps."""
+
+    def __init__(self, repository: Path):
+        import onnxruntime as ort
+
+        self._sessions = {name: ort.InferenceSession(str(onnx_path(name, repository)),
+                                                     providers=["CPUExecutionProvider"])
+                          for name in LDCT_MODELS}
+
+    def __call__(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._sessions[name]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds)))
+
+
+def match_radius_mm(diameter_mm: float) -> float:
+    return max(0.5 * diameter_mm, 3.0)
+
+
+def match_detections(centres: np.ndarray, scores: np.ndarray, truth_centres: np.ndarray,
+                     truth_diameters: np.ndarray) -> np.ndarray:
+    """Index of the true nodule each detection hits (-1: none), highest score first, one hit per nodule."""
+    hits = np.full(len(centres), -1, int)
+    taken = np.zeros(len(truth_centres), bool)
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        if not len(truth_centres):
+            break
+        distance = np.linalg.norm(truth_centres - centres[i], axis=1)
+        radius = np.array([match_radius_mm(d) for d in truth_diameters])
+        free = (~taken) & (distance <= radius)
+        if free.any():
+            j = int(np.flatnonzero(free)[np.argmin(distance[free])])
+            hits[i] = j
+            taken[j] = True
+    return hits
+
+
+def sensitivity_at_fp_rate(scores: np.ndarray, is_tp: np.ndarray, is_fp: np.ndarray, n_positive: int,
+                           n_scans: int, fp_per_scan: float = FP_BUDGET_PER_SCAN) -> float:
+    """Best sensitivity over score thresholds whose false positives per scan stay within the budget."""
+    if n_positive == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    tp = np.cumsum(np.asarray(is_tp)[order])
+    fp = np.cumsum(np.asarray(is_fp)[order])
+    ok = fp / max(n_scans, 1) <= fp_per_scan
+    best = float(tp[ok].max()) if ok.any() else 0.0
+    return best / n_positive
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else 1.0
+
+
+def psnr_db(mse: float, data_range: float = PSNR_RANGE_HU) -> float:
+    return float(10.0 * np.log10(data_range ** 2 / mse)) if mse > 0 else float("inf")
+
+
+def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> dict:
+    """Metrics of the committed LDCT models on the 25 % dose phantoms of ``seeds`` (see module doc)."""
+    from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+
+    run_model = _Models(repository)
+    scores, is_tp, is_fp = [], [], []
+    op_tp = op_fp = n_positive = 0
+    dices, volume_errors, malignancy, malignant = [], [], [], []
+    se = {"low": 0.0, "full": 0.0, "denoised": 0.0}
+    n_body = 0
+    seconds = 0.0
+    n = 0
+    for seed in seeds:
+        phantom = make_ldct_phantom(seed, size=size)
+        datasets = ldct_datasets(phantom)
+        geometry = SeriesGeometry.from_datasets(datasets)
+        volume = series_volume_hu(datasets)
+        spacing = geometry.spacing_mm.astype(np.float32)
+        started = time.perf_counter()
+        denoised = steps.denoise(volume, run_model)
+        heatmap, diameter, grid = steps.detect(denoised, spacing, run_model)
+        candidates = steps.extract_candidates(heatmap, diameter, grid)
+        masks, mal, composition, uncertainty = steps.segment(denoised, spacing, candidates, run_model)
+        raw = LdctRaw(candidates=candidates, masks=masks, malignancy=mal, composition=composition,
+                      uncertainty=uncertainty)
+        nodules = nodules_from_raw(raw, geometry, volume.shape)
+        seconds += time.perf_counter() - started
+        n += 1
+
+        body = phantom.hu_clean > BODY_THRESHOLD_HU
+        n_body += int(body.sum())
+        for name, image in (("low", volume), ("full", phantom.hu_full), ("denoised", denoised)):
+            se[name] += float(((image[body] - phantom.hu_clean[body]).astype(np.float64) ** 2).sum())
+
+        truth = phantom.truth.nodules
+        truth_centres = np.array([t.center_mm for t in truth], float).reshape(-1, 3)
+        truth_diameters = np.array([t.diameter_mm for t in truth], float)
+        reportable = truth_diameters >= REPORTABLE_MM
+        n_positive += int(reportable.sum())
+        centres = np.array([c.center_mm for c in nodules], float).reshape(-1, 3)
+        det_scores = np.array([c.detection_score for c in nodules], float)
+        hits = match_detections(centres, det_scores, truth_centres, truth_diameters)
+        for i, nodule in enumerate(nodules):
+            j = hits[i]
+            scores.append(nodule.detection_score)
+            is_tp.append(j >= 0 and reportable[j])
+            is_fp.append(j < 0)
+            if j < 0:
+                op_fp += 1
+                continue
+            malignancy.append(nodule.malignancy_probability)
+            malignant.append(truth[j].malignant)
+            if reportable[j]:
+                op_tp += 1
+                label = phantom.labels == j + 1
+                dices.append(dice(nodule.mask, label))
+                volume_errors.append(abs(nodule.volume_mm3 - truth[j].volume_mm3) / truth[j].volume_mm3)
+
+    mse = {k: v / max(n_body, 1) for k, v in se.items()}
+    return {
+        "ldct_sensitivity_at_1fp_ge6mm": sensitivity_at_fp_rate(np.array(scores), np.array(is_tp, bool),
+                                                                np.array(is_fp, bool), n_positive, n),
+        "ldct_fp_per_scan": op_fp / n if n else float("nan"),
+        "ldct_sensitivity_ge6mm": op_tp / n_positive if n_positive else float("nan"),
+        "ldct_seg_dice_ge6mm": float(np.mean(dices)) if dices else float("nan"),
+        "ldct_volume_abs_err_median_ge6mm": float(np.median(volume_errors)) if volume_errors else float("nan"),
+        "ldct_malignancy_auc": roc_auc(np.array(malignancy), np.array(malignant)),
+        "denoise_psnr_gain_db_25pct": psnr_db(mse["denoised"]) - psnr_db(mse["low"]),
+        "denoise_25pct_minus_fulldose_psnr_db": psnr_db(mse["denoised"]) - psnr_db(mse["full"]),
+        "ece_nodule": expected_calibration_error(np.array(malignancy), np.array(malignant)) if malignancy else float("nan"),
+        "n_ldct": n,
+        "ldct_nodules_ge6mm": n_positive,
+        "denoise_psnr_db_25pct": psnr_db(mse["low"]),
+        "denoise_psnr_db_denoised": psnr_db(mse["denoised"]),
+        "denoise_psnr_db_fulldose": psnr_db(mse["full"]),
+        "ldct_seconds_per_series": seconds / n if n else float("nan"),
+    }

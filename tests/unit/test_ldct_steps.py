@@ -1,0 +1,187 @@
+"""LDCT steps: DALI preprocessing equals its numpy realisation (the training path), candidate
+extraction, DICOM geometry, mask measurements, and one small phantom through the committed models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ingest.backends.base import LdctRaw
+from ingest.ldct import SeriesGeometry, mask_measurements, nodules_from_raw, series_volume_hu
+from ingest.preprocess import ldct as pre
+from ingest.steps import ldct as steps
+from oncostream.settings import DEFAULT_MODEL_REPOSITORY
+from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+
+SPACINGS = {
+    "full-like": np.array([1.25, 0.7, 0.7], np.float32),
+    "small-like": np.array([2.5, 2.65, 2.65], np.float32),
+    "anisotropic": np.array([3.0, 0.9, 1.1], np.float32),
+}
+
+
+@pytest.fixture(scope="module")
+def random_volume() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return (rng.standard_normal((40, 96, 112)) * 400.0 - 500.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def small_phantom():
+    return make_ldct_phantom(4242, size="small", nodules=[{"diameter_mm": 12.0, "composition": "solid"}])
+
+
+@pytest.mark.parametrize("spacing", SPACINGS.values(), ids=SPACINGS.keys())
+def test_detector_input_dali_equals_numpy(random_volume, spacing):
+    served, grid = pre.detector_input(random_volume, spacing)
+    trained, grid_ref = pre.detector_input_reference(random_volume, spacing)
+    assert served.shape == trained.shape == grid.shape
+    assert all(n % pre.DETECTOR_STRIDE == 0 for n in served.shape)
+    np.testing.assert_allclose(served, trained, atol=1e-4)
+    assert served.min() >= -1.0 and served.max() <= 1.0
+
+
+CENTRES = {
+    "inside": [20.0, 48.0, 56.0],
+    "fractional": [10.3, 31.7, 80.2],
+    "at-corner": [0.0, 0.0, 0.0],
+    "past-edge": [39.0, 95.0, 111.0],
+}
+
+
+@pytest.mark.parametrize("centre", CENTRES.values(), ids=CENTRES.keys())
+@pytest.mark.parametrize("spacing", SPACINGS.values(), ids=SPACINGS.keys())
+def test_patches_dali_equal_numpy(random_volume, spacing, centre):
+    centres = np.array([centre, [15.0, 40.0, 40.0]])
+    served = pre.nodule_patches(random_volume, spacing, centres)
+    trained = pre.patches_reference(random_volume, spacing, centres)
+    assert served.shape == (2, 48, 48, 48)
+    np.testing.assert_allclose(served, trained, atol=1e-4)
+
+
+def test_denoise_input_dali_equals_numpy(random_volume):
+    np.testing.assert_array_equal(pre.denoise_input(random_volume), pre.denoise_input_reference(random_volume))
+
+
+def test_patch_index_mapping_round_trips():
+    spacing = SPACINGS["anisotropic"]
+    centre = np.array([12.3, 40.1, 50.9])
+    patch_index = np.array([[0, 0, 0], [23.5, 23.5, 23.5], [47, 10, 3]], float)
+    source = pre.patch_to_source_index(patch_index, centre, spacing)
+    np.testing.assert_allclose(source[1], centre)
+    np.testing.assert_allclose(pre.source_to_patch_index(source, centre, spacing), patch_index)
+
+
+def test_patch_is_centred_on_the_requested_voxel():
+    """A single bright voxel at the centre index lands between patch voxels 23 and 24 (1 mm grid)."""
+    volume = np.full((30, 30, 30), -1000.0, np.float32)
+    volume[15, 15, 15] = 600.0
+    patch = pre.patches_reference(volume, np.ones(3), np.array([[15.0, 15.0, 15.0]]))[0]
+    peak = np.unravel_index(np.argmax(patch), patch.shape)
+    assert all(p in (23, 24) for p in peak)
+
+
+def test_extract_candidates_finds_peaks_in_source_voxels():
+    spacing = np.array([1.25, 0.7, 0.7])
+    grid = pre.detector_grid((64, 128, 128), spacing)
+    heatmap = np.zeros(grid.shape, np.float32)
+    diameter = np.zeros(grid.shape, np.float32)
+    heatmap[10, 20, 30], diameter[10, 20, 30] = 0.9, 8.0
+    heatmap[30, 10, 5], diameter[30, 10, 5] = 0.5, 12.0
+    heatmap[30, 11, 5] = 0.4  # a shoulder of the second peak, not a candidate
+    heatmap[5, 5, 5] = 0.05  # below the threshold
+    candidates = steps.extract_candidates(heatmap, diameter, grid)
+    assert candidates.shape == (2, 5)
+    np.testing.assert_allclose(candidates[:, 4], [0.9, 0.5])
+    np.testing.assert_allclose(candidates[:, 3], [8.0, 12.0])
+    # 2 mm grid voxel j sits at source index (j + 0.5) * 2 mm / spacing - 0.5
+    np.testing.assert_allclose(candidates[0, :3], (np.array([10, 20, 30]) + 0.5) * 2.0 / spacing - 0.5, rtol=1e-5)
+
+
+def test_extract_candidates_on_an_empty_heatmap():
+    grid = pre.detector_grid((16, 32, 32), np.ones(3))
+    out = steps.extract_candidates(np.zeros(grid.shape, np.float32), np.zeros(grid.shape, np.float32), grid)
+    assert out.shape == (0, 5)
+
+
+def test_series_geometry_matches_the_phantom(small_phantom):
+    datasets = ldct_datasets(small_phantom)
+    geometry = SeriesGeometry.from_datasets(datasets)
+    np.testing.assert_allclose(geometry.spacing_mm, small_phantom.spacing_mm, rtol=1e-5)
+    volume = series_volume_hu(datasets)
+    np.testing.assert_allclose(volume, np.clip(np.rint(small_phantom.hu_low), -1024, 3071))
+    index = np.array([3.0, 10.5, 20.25])
+    ox, oy, oz = small_phantom.origin_mm
+    dz, dy, dx = small_phantom.spacing_mm
+    expected = [ox + index[2] * dx, oy + index[1] * dy, oz + index[0] * dz]
+    np.testing.assert_allclose(geometry.to_patient_mm(index), expected, atol=1e-4)
+
+
+def _sphere(radius_mm: float, offset=(0.0, 0.0, 0.0)) -> np.ndarray:
+    p = np.indices((48, 48, 48)).astype(float) - 23.5
+    for axis, o in enumerate(offset):
+        p[axis] -= o
+    return (np.sqrt((p ** 2).sum(0)) <= radius_mm).astype(np.float32)
+
+
+def _partial_volume_sphere(radius_mm: float, supersample: int = 4) -> np.ndarray:
+    """Occupancy of each 1 mm voxel by a sphere centred on the patch centre (what a soft mask estimates)."""
+    fine = (np.arange(48 * supersample) + 0.5) / supersample - 24.0
+    inside = (fine[:, None, None] ** 2 + fine[None, :, None] ** 2 + fine[None, None, :] ** 2) <= radius_mm ** 2
+    return inside.reshape(48, supersample, 48, supersample, 48, supersample).mean(axis=(1, 3, 5)).astype(np.float32)
+
+
+@pytest.mark.parametrize("diameter", [6.0, 10.0, 20.0], ids=["6mm", "10mm", "20mm"])
+def test_mask_measurements_of_a_sphere(diameter):
+    occupancy = _partial_volume_sphere(diameter / 2)
+    measures = mask_measurements(occupancy >= 0.5, occupancy)
+    true_volume = np.pi / 6 * diameter ** 3
+    assert abs(measures["volume_mm3"] - true_volume) / true_volume < 0.03
+    assert abs(measures["mean_diameter_mm"] - diameter) < 1.0
+    assert abs(measures["long_axis_mm"] - diameter) < 1.5
+    np.testing.assert_allclose(measures["centroid"], [23.5] * 3, atol=0.01)
+
+
+def test_nodules_from_raw_geometry_and_empty_masks(small_phantom):
+    datasets = ldct_datasets(small_phantom)
+    geometry = SeriesGeometry.from_datasets(datasets)
+    shape = small_phantom.hu_low.shape
+    centre = np.array([24.0, 64.0, 60.0])
+    masks = np.stack([_sphere(6.0, offset=(2.0, 0.0, 0.0)), np.zeros((48, 48, 48), np.float32),
+                      _sphere(6.0, offset=(2.0, 0.0, 0.0))])
+    raw = LdctRaw(candidates=np.array([[*centre, 12.0, 0.9], [10.0, 10.0, 10.0, 6.0, 0.8],
+                                       [*(centre + [0.0, 0.5, 0.0]), 12.0, 0.7]], np.float32),
+                  masks=masks, malignancy=np.array([0.7, 0.2, 0.6], np.float32),
+                  composition=np.array([[0.1, 0.7, 0.1, 0.1], [1, 0, 0, 0], [1, 0, 0, 0]], np.float32),
+                  uncertainty=np.array([0.05, 0.0, 0.0], np.float32))
+    nodules = nodules_from_raw(raw, geometry, shape)
+    assert len(nodules) == 1  # the empty mask is dropped, the third is a duplicate of the first
+    nodule = nodules[0]
+    expected_index = centre + np.array([2.0 / small_phantom.spacing_mm[0], 0.0, 0.0])
+    np.testing.assert_allclose(nodule.center_mm, geometry.to_patient_mm(expected_index), atol=0.05)
+    assert nodule.composition == "part_solid"
+    assert nodule.malignancy_probability == pytest.approx(0.7)
+    assert abs(nodule.mean_diameter_mm - 12.0) < 1.0
+    assert nodule.mask.shape == shape and nodule.mask.dtype == bool
+    voxel_mm3 = float(np.prod(small_phantom.spacing_mm))
+    assert abs(nodule.mask.sum() * voxel_mm3 - nodule.volume_mm3) / nodule.volume_mm3 < 0.35
+
+
+def test_small_phantom_through_the_committed_models(small_phantom):
+    from oncostream.evaluation.ldct import _Models
+
+    raw = steps.run(small_phantom.hu_low, np.asarray(small_phantom.spacing_mm, np.float32),
+                    _Models(DEFAULT_MODEL_REPOSITORY))
+    k = len(raw.candidates)
+    assert raw.candidates.shape == (k, 5) and k <= steps.MAX_CANDIDATES
+    assert raw.masks.shape == (k, 48, 48, 48)
+    assert raw.malignancy.shape == raw.uncertainty.shape == (k,)
+    assert raw.composition.shape == (k, 4)
+    assert np.all((raw.malignancy >= 0) & (raw.malignancy <= 1))
+    np.testing.assert_allclose(raw.composition.sum(axis=1), 1.0, atol=1e-4)
+    # the 12 mm solid nodule is found: some candidate's centre lies within 6 mm of it
+    truth = np.array(small_phantom.truth.nodules[0].center_mm)
+    ox, oy, oz = small_phantom.origin_mm
+    dz, dy, dx = small_phantom.spacing_mm
+    found = [np.array([ox + c[2] * dx, oy + c[1] * dy, oz + c[0] * dz]) for c in raw.candidates]
+    assert any(np.linalg.norm(f - truth) <= 6.0 for f in found)
