@@ -114,9 +114,8 @@ class _Grid:
     spacing: tuple[float, float, float]  # (z, y, x)
     origin: tuple[float, float, float]  # (x, y, z) LPS
 
-    @property
-    def edge(self) -> float:
-        return float(np.mean(self.spacing))
+    def __post_init__(self) -> None:
+        self.edge = float(np.mean(self.spacing))  # partial-volume ramp width, mm
 
     def index_box(self, lo_xyz: np.ndarray, hi_xyz: np.ndarray) -> tuple[slice, slice, slice] | None:
         """Index slices (k, i, j) covering the mm box, or None when it misses the volume."""
@@ -227,27 +226,35 @@ def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.nda
     drift = ndimage.gaussian_filter1d(rng.standard_normal((d, 4)), 10.0 / grid.spacing[0], axis=0)
     drift /= np.linalg.norm(drift, axis=1, keepdims=True) + 1e-9
     drift = drift.astype(np.float32)
-    theta = np.arctan2(y - 0.0, x)
+    # everything that does not change along z is drawn once
+    base = np.full((h, w), -1000.0, dtype=np.float32)
+    body_occ = _soft(_ellipse_sd(x, y, 0.0, 0.0, body.ax, body.ay), e)
+    base += body_occ * (-100.0 - base)  # subcutaneous fat
+    base += _soft(_ellipse_sd(x, y, 0.0, -2.0, body.ax - 14, body.ay - 12), e) * (45.0 - base)  # muscle
+    # ribs: a ring inside the muscle layer, present in bands that slope down anteriorly
+    cav_ax, cav_ay = body.ax - 26, body.ay - 22
+    ring = np.abs(_ellipse_sd(x, y, 0.0, -2.0, cav_ax + 5, cav_ay + 5))
+    rib_cortex, rib_marrow = _soft(ring - 3.2, e), _soft(ring - 1.8, e)
+    rib_phase = 25 * np.sin(np.arctan2(y, x))
+    rib_side = np.abs(x) > 25
+    cav_sd = _ellipse_sd(x, y, 0.0, -2.0, cav_ax, cav_ay)
+    cav_occ, cav_inner = _soft(cav_sd, e), _soft(cav_sd + 2.0, e)
+    vb_sd = _ellipse_sd(x, y, 0.0, body.spine_y, 19.0, 16.0)
+    vb_occ, vb_inner = _soft(vb_sd, e), _soft(vb_sd + 1.8, e)
+    canal_occ = _soft(_ellipse_sd(x, y, 0.0, body.spine_y + 26.0, 8.0, 7.0), e)
+    arch_occ = _soft(_ellipse_sd(x, y, 0.0, body.spine_y + 27.0, 15.0, 12.0), e)
     for k in range(d):
         z = grid.origin[2] + k * grid.spacing[0]
         tex_k = np.tensordot(drift[k], fields, axes=1)
-        s = np.full((h, w), -1000.0, dtype=np.float32)
-        body_sd = _ellipse_sd(x, y, 0.0, 0.0, body.ax, body.ay)
-        s += _soft(body_sd, e) * (-100.0 - s)  # subcutaneous fat
-        muscle_sd = _ellipse_sd(x, y, 0.0, -2.0, body.ax - 14, body.ay - 12)
-        s += _soft(muscle_sd, e) * (45.0 - s)  # chest wall muscle
-        # ribs: a ring inside the muscle layer, present in bands that slope down anteriorly
-        cav_ax, cav_ay = body.ax - 26, body.ay - 22
-        ring = np.abs(_ellipse_sd(x, y, 0.0, -2.0, cav_ax + 5, cav_ay + 5))
-        band = np.sin(2 * np.pi * ((z + 25 * np.sin(theta)) / body.rib_period + body.rib_phase))
-        rib = np.clip((band - 0.72) / 0.12, 0, 1) * (np.abs(x) > 25)
-        s += _soft(ring - 3.2, e) * rib * (900.0 - s)  # cortex
-        s += _soft(ring - 1.8, e) * rib * (250.0 - s)  # marrow
-        cav_sd = _ellipse_sd(x, y, 0.0, -2.0, cav_ax, cav_ay)
-        s += _soft(cav_sd, e) * (-80.0 - s)  # mediastinal fat fills the cavity
+        s = base.copy()
+        band = np.sin(2 * np.pi * ((z + rib_phase) / body.rib_period + body.rib_phase))
+        rib = np.clip((band - 0.72) / 0.12, 0, 1) * rib_side
+        s += rib_cortex * rib * (900.0 - s)  # cortex
+        s += rib_marrow * rib * (250.0 - s)  # marrow
+        s += cav_occ * (-80.0 - s)  # mediastinal fat fills the cavity
         # lungs, carved by heart and liver
         lmask = np.maximum(_soft(_lung_field(body, z, y, x, -1), e), _soft(_lung_field(body, z, y, x, 1), e))
-        lmask *= _soft(cav_sd + 2.0, e)
+        lmask *= cav_inner
         heart = _soft(_ellipsoid_sd(x, y, z, body.heart), e)
         liver = _soft(_ellipsoid_sd(x, y, z, body.liver), e)
         lmask *= (1 - heart) * (1 - liver)
@@ -256,14 +263,11 @@ def _anatomy(body: _Body, grid: _Grid, rng: np.random.Generator) -> tuple[np.nda
         s += liver * (58.0 + 5.0 * tex_k - s)
         # spine: vertebral body (cortex, cancellous), canal, with intervertebral discs every ~28 mm
         disc = np.cos(2 * np.pi * z / 28.0) > 0.82
-        vb_sd = _ellipse_sd(x, y, 0.0, body.spine_y, 19.0, 16.0)
-        s += _soft(vb_sd, e) * ((90.0 if disc else 850.0) - s)
-        s += _soft(vb_sd + 1.8, e) * ((90.0 if disc else 260.0) - s)
-        canal_sd = _ellipse_sd(x, y, 0.0, body.spine_y + 26.0, 8.0, 7.0)
-        arch_sd = _ellipse_sd(x, y, 0.0, body.spine_y + 27.0, 15.0, 12.0)
-        s += _soft(arch_sd, e) * (600.0 - s)
-        s += _soft(canal_sd, e) * (25.0 - s)
-        s += _soft(body_sd, e) * 6.0 * tex_k  # soft-tissue mottle
+        s += vb_occ * ((90.0 if disc else 850.0) - s)
+        s += vb_inner * ((90.0 if disc else 260.0) - s)
+        s += arch_occ * (600.0 - s)
+        s += canal_occ * (25.0 - s)
+        s += body_occ * 6.0 * tex_k  # soft-tissue mottle
         vol[k] = s
         lung[k] = lmask
     return vol, lung
@@ -523,18 +527,21 @@ def _upsample2(vol: np.ndarray) -> np.ndarray:
     """In-plane x2 linear interpolation (new pixel centres at 1/4 and 3/4 of each coarse pixel)."""
     out = vol
     for axis in (2, 1):
-        src = np.moveaxis(out, axis, 0)
-        n = src.shape[0]
-        up = np.empty((2 * n,) + src.shape[1:], dtype=np.float32)
-        even, odd = up[0::2], up[1::2]
-        np.multiply(src, np.float32(0.75), out=even)
-        even[1:] += np.float32(0.25) * src[:-1]
-        even[0] += np.float32(0.25) * src[0]
-        np.multiply(src, np.float32(0.75), out=odd)
-        odd[:-1] += np.float32(0.25) * src[1:]
-        odd[-1] += np.float32(0.25) * src[-1]
-        out = np.moveaxis(up, 0, axis)
-    return np.ascontiguousarray(out)
+        def at(index, ndim=out.ndim, axis=axis):
+            return tuple(index if a == axis else slice(None) for a in range(ndim))
+
+        shape = list(out.shape)
+        shape[axis] *= 2
+        up = np.empty(shape, dtype=np.float32)
+        even, odd = up[at(slice(0, None, 2))], up[at(slice(1, None, 2))]
+        np.multiply(out, np.float32(0.75), out=even)
+        even[at(slice(1, None))] += np.float32(0.25) * out[at(slice(None, -1))]
+        even[at(slice(0, 1))] += np.float32(0.25) * out[at(slice(0, 1))]
+        np.multiply(out, np.float32(0.75), out=odd)
+        odd[at(slice(None, -1))] += np.float32(0.25) * out[at(slice(1, None))]
+        odd[at(slice(-1, None))] += np.float32(0.25) * out[at(slice(-1, None))]
+        out = up
+    return out
 
 
 def _downsample(vol: np.ndarray, factor: int) -> np.ndarray:

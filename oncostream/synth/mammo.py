@@ -271,8 +271,10 @@ def _render_view(name: str, breast: _Breast, lesions: list[_Lesion], h: int, w: 
         frac = np.clip(rows / breast.pectoral_len_frac, 0, 1)
         edge = breast.pectoral_top_frac * (1 - frac) * (1 + 0.25 * np.sin(np.pi * frac))
         pect_sd = (cols - edge) * w  # pixels, negative inside
-        pect = np.clip(0.5 - pect_sd * spacing / 1.0, 0, 1) * (rows < breast.pectoral_len_frac)
-        attenuation = np.maximum(attenuation, pect * (0.75 + 0.04 * cloud - 0.25 * cols / max(breast.pectoral_top_frac, 1e-3)))
+        pect = np.clip(0.5 - pect_sd * spacing, 0, 1) * (rows < breast.pectoral_len_frac)
+        # muscle is densest at the chest wall and thins towards its free edge
+        muscle = 0.75 + 0.04 * cloud - 0.25 * cols / max(breast.pectoral_top_frac, 1e-3)
+        attenuation = np.maximum(attenuation, pect * muscle)
         breast_mask = breast_mask | (pect > 0.5)
     rr = np.arange(h, dtype=np.float32)[:, None]
     cc = np.arange(w, dtype=np.float32)[None, :]

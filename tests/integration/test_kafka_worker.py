@@ -7,6 +7,7 @@ models load once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -148,9 +149,9 @@ def wait_for_studies(topics, expected: set[str], workers: list[WorkerProcess], t
                 + "\n".join(w.log_tail() for w in workers))
 
 
-def sr_references(topics) -> dict[str, list[tuple[str, set[str]]]]:
-    """StudyInstanceUID -> [(SR SOPInstanceUID, referenced SOPInstanceUIDs)] from the results topic."""
-    found: dict[str, list[tuple[str, set[str]]]] = {}
+def sr_references(topics) -> dict[str, list[tuple[str, set[str], str]]]:
+    """StudyInstanceUID -> [(SR SOPInstanceUID, referenced SOPInstanceUIDs, SHA-256 of the SR bytes)]."""
+    found: dict[str, list[tuple[str, set[str], str]]] = {}
     for record in topics.read(topics.results):
         headers = {k: v.decode() for k, v in record.headers}
         if headers["kind"] != "sr":
@@ -162,7 +163,8 @@ def sr_references(topics) -> dict[str, list[tuple[str, set[str]]]]:
                       for study in sr.CurrentRequestedProcedureEvidenceSequence
                       for series in study.ReferencedSeriesSequence
                       for item in series.ReferencedSOPSequence}
-        found.setdefault(str(sr.StudyInstanceUID), []).append((str(sr.SOPInstanceUID), referenced))
+        digest = hashlib.sha256(record.value).hexdigest()
+        found.setdefault(str(sr.StudyInstanceUID), []).append((str(sr.SOPInstanceUID), referenced, digest))
     return found
 
 
@@ -191,7 +193,7 @@ def test_twenty_studies_give_exactly_twenty_events_and_one_dead_letter(kafka_top
     assert set(srs) == set(corpus.studies)
     for uid, copies in srs.items():
         assert len(copies) == 1, uid
-        sr_uid, referenced = copies[0]
+        sr_uid, referenced, _ = copies[0]
         assert referenced == corpus.instances[uid], uid
         assert sr_uid == next(e["sr_sop_instance_uid"] for _, e in events if e["study_instance_uid"] == uid)
 
@@ -218,7 +220,9 @@ def test_claim_check_gives_the_same_result_as_inline(kafka_topics_factory, corpu
         outcomes.append((without_timing({**event, "arrived_at": None}), srs))
     (inline_event, inline_srs), (claimed_event, claimed_srs) = outcomes
     assert claimed_event == inline_event
-    assert claimed_srs == inline_srs == {uid: [(inline_event["sr_sop_instance_uid"], corpus.instances[uid])]}
+    assert claimed_srs == inline_srs, "the SR should be byte-identical whichever way the instances travelled"
+    [(sr_uid, referenced, _)] = inline_srs[uid]
+    assert (sr_uid, referenced) == (inline_event["sr_sop_instance_uid"], corpus.instances[uid])
 
 
 def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafka_topics, corpus, tmp_path,
@@ -258,9 +262,12 @@ def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafk
     for uid, copies in by_study.items():
         assert all(copy == copies[0] for copy in copies), f"replayed study {uid} changed its result"
         assert not copies[0]["incomplete"], uid
-    for uid, copies in sr_references(kafka_topics).items():
-        assert {sr_uid for sr_uid, _ in copies} == {by_study[uid][0]["sr_sop_instance_uid"]}
-        assert all(referenced == corpus.instances[uid] for _, referenced in copies)
+    srs = sr_references(kafka_topics)
+    assert set(srs) == set(corpus.studies)
+    for uid, copies in srs.items():
+        assert {sr_uid for sr_uid, _, _ in copies} == {by_study[uid][0]["sr_sop_instance_uid"]}
+        assert all(referenced == corpus.instances[uid] for _, referenced, _ in copies)
+        assert len({digest for _, _, digest in copies}) == 1, f"replayed SR of {uid} is not byte-identical"
     assert kafka_topics.committed() == kafka_topics.end_offsets()
 
 
