@@ -107,8 +107,9 @@ def instance_bytes(message: SourceMessage, resolver: ClaimCheckResolver) -> byte
 class KafkaSource(Source):
     """A consumer-group member on the DICOM topic, with manual commits, pause/resume and rebalance hooks.
 
-    ``on_revoked`` / ``on_assigned`` receive sets of (topic, partition); they run inside ``poll`` when
-    the group rebalances, which is where the worker drops revoked assemblies and commits what it can.
+    ``on_revoked`` / ``on_assigned`` receive sets of (topic, partition); they run on kafka-python's I/O
+    thread while ``poll`` rebalances, so they must not block on the consumer (no synchronous commit):
+    the worker drops revoked assemblies there and sends at most an asynchronous commit.
     """
 
     def __init__(self, bootstrap: str, topic: str, group_id: str, *,
@@ -140,17 +141,18 @@ class KafkaSource(Source):
             def on_partitions_assigned(self, assigned):
                 parts = {(tp.topic, tp.partition) for tp in assigned}
                 log.info("partitions assigned: %s", sorted(parts))
-                source._paused = False
+                source._paused = set()  # a new assignment starts unpaused
                 if on_assigned is not None:
                     on_assigned(parts)
 
-        self._paused = False
+        self._paused: set[TopicPartitionKey] = set()
+        self.pause_count = 0  # times backpressure paused anything (observability and tests)
         self._closed = False
         self._consumer.subscribe([topic], listener=_Listener())
 
     @property
-    def paused(self) -> bool:
-        return self._paused
+    def paused(self) -> set[TopicPartitionKey]:
+        return set(self._paused)
 
     def poll(self, timeout_s: float = 0.5) -> list[KafkaMessage]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
@@ -170,16 +172,27 @@ class KafkaSource(Source):
     def assignment(self) -> set[TopicPartitionKey]:
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
+    def pause_only(self, partitions: set[TopicPartitionKey]) -> None:
+        """Fetch only from assigned partitions not in `partitions` (backpressure); membership stays alive."""
+        from kafka.structs import TopicPartition
+
+        partitions = partitions & self.assignment()
+        if partitions == self._paused:
+            return
+        if partitions - self._paused:
+            self.pause_count += 1
+        resume, pause = self._paused - partitions, partitions - self._paused
+        if resume:
+            self._consumer.resume(*[TopicPartition(t, p) for t, p in resume])
+        if pause:
+            self._consumer.pause(*[TopicPartition(t, p) for t, p in pause])
+        self._paused = set(partitions)
+
     def pause(self) -> None:
-        """Stop fetching from every assigned partition (backpressure); membership stays alive."""
-        if not self._paused:
-            self._consumer.pause(*self._consumer.assignment())
-            self._paused = True
+        self.pause_only(self.assignment())
 
     def resume(self) -> None:
-        if self._paused:
-            self._consumer.resume(*self._consumer.assignment())
-            self._paused = False
+        self.pause_only(set())
 
     def commit(self, offsets: dict[TopicPartitionKey, int], timeout_s: float = 30.0) -> None:
         """Synchronously commit `offsets` (the next offset to read, per partition); raises on failure."""
@@ -189,6 +202,16 @@ class KafkaSource(Source):
 
         self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
                               timeout_ms=int(timeout_s * 1000))
+
+    def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        """Send a commit without waiting: the only kind allowed inside a rebalance callback, which runs on
+        kafka-python's I/O thread. Best effort: if it is lost, the partitions' next owner replays a little."""
+        if not offsets:
+            return
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        self._consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                     for (t, p), o in offsets.items()})
 
     def committed(self, partition: TopicPartitionKey) -> int | None:
         from kafka.structs import TopicPartition

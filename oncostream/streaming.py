@@ -286,10 +286,11 @@ class Worker:
     """One consumer-group member: poll, parse, assemble, process, publish, flush, commit.
 
     Single-threaded on purpose: the commit rule is easiest to trust when one loop owns every offset.
+    (Rebalance callbacks run on kafka-python's I/O thread, but only while this loop is blocked in poll.)
     """
 
     def __init__(self, settings: Settings, bootstrap: str, topic: str, pipeline, sinks: list,
-                 max_studies: int | None = None, out_dir: Path | None = None):
+                 max_studies: int | None = None):
         from ingest.assembly import Assembler
         from ingest.kafka_source import ClaimCheckResolver, KafkaDeadLetter, KafkaSource
 
@@ -309,14 +310,21 @@ class Worker:
         self._queue: list = []  # completed studies not yet published
         self._held: dict[tuple[str, int, int], object] = {}  # messages of unpublished studies, by source
         self._last_commit = time.monotonic()
+        self._unflushed = False  # records handed to a sink or the DLQ and not yet flushed
         self.source = KafkaSource(bootstrap, topic, settings.consumer_group,
                                   on_revoked=self._on_revoked, on_assigned=self._on_assigned)
 
     # -- rebalance
     def _on_revoked(self, partitions: set[TopicPartitionKey]) -> None:
-        """Commit what is published, then forget the rest: the partitions' new owner replays it."""
+        """Send a last commit of what is published, then forget the rest: the partitions' new owner replays it.
+
+        Runs on kafka-python's I/O thread, hence the asynchronous commit; everything published was already
+        flushed and committed synchronously by the loop, so this only saves replays, never data.
+        """
         try:
-            self._commit(force=True)
+            offsets = self.watermark.to_commit(self._held_offsets())
+            if offsets and not self._unflushed:
+                self.source.commit_async(offsets)
         except Exception:  # noqa: BLE001 - the new owner replays from the last commit either way
             log.exception("commit on revoke failed; partitions will be replayed from the last commit")
         self.assembler.drop_partitions(partitions)
@@ -339,7 +347,7 @@ class Worker:
                     self._accept(message)
                     if self.stopping:
                         break
-                self._queue.extend(self._close_expired())
+                self._queue.extend(self.assembler.expire())
                 self._publish_queue()
                 self._commit()
                 self._apply_backpressure()
@@ -385,10 +393,8 @@ class Worker:
         from oncostream import metrics
 
         self.dlq.add(message, exc)
+        self._unflushed = True
         metrics.record(lambda: metrics.DLQ.labels(reason=exc.reason).inc())
-
-    def _close_expired(self) -> list:
-        return self.assembler.expire()
 
     def _publish_queue(self) -> None:
         """Process and hand every completed study to every sink; flush all before anything is committed."""
@@ -413,6 +419,7 @@ class Worker:
                         self._dead_letter(message, RejectedInstance(exc.reason, exc.detail))
                 self._release(self._queue.pop(0))
                 continue
+            self._unflushed = True
             for sink in self.sinks:
                 sink.add(result)
             published.append((self._queue.pop(0), result))
@@ -425,6 +432,7 @@ class Worker:
                 self._release(study)
                 record_published(result)
             log.info("published %d studies (%d in total)", len(published), self.published)
+            self._commit(force=True)
 
     def _arrival(self, study) -> datetime:
         """When the study's first instance reached Kafka: the same on every replay, unlike wall time."""
@@ -441,13 +449,17 @@ class Worker:
         for sink in self.sinks:
             sink.flush()
         self.dlq.flush()
+        self._unflushed = False
+
+    def _held_offsets(self) -> dict[TopicPartitionKey, int]:
+        """Lowest offset per partition of any study not yet published (assembling or queued)."""
+        return merge_lowest(self.assembler.pending_offsets(),
+                            lowest_offsets(s for study in self._queue for s in study.sources))
 
     def _commit(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_commit < _COMMIT_INTERVAL_S:
             return
-        held = merge_lowest(self.assembler.pending_offsets(),
-                            lowest_offsets(s for study in self._queue for s in study.sources))
-        offsets = self.watermark.to_commit(held)
+        offsets = self.watermark.to_commit(self._held_offsets())
         self._last_commit = time.monotonic()
         if not offsets:
             return
@@ -463,11 +475,18 @@ class Worker:
         log.debug("committed %s", offsets)
 
     def _apply_backpressure(self) -> None:
+        """Bound in-flight studies by pausing partitions instead of buffering.
+
+        At the bound, only partitions that hold an unfinished study keep flowing: pausing those too would
+        starve the very studies whose completion frees capacity (a study lives on one partition).
+        """
         in_flight = len(self.assembler) + len(self._queue)
         if in_flight >= self.settings.max_in_flight_studies:
-            if not self.source.paused:
-                log.info("%d studies in flight: pausing consumption", in_flight)
-            self.source.pause()
+            busy = set(self._held_offsets())
+            idle = self.source.assignment() - busy
+            if idle - self.source.paused:
+                log.info("%d studies in flight: pausing %d partitions", in_flight, len(idle))
+            self.source.pause_only(idle)
         elif self.source.paused:
             log.info("%d studies in flight: resuming consumption", in_flight)
             self.source.resume()

@@ -89,13 +89,18 @@ def exam_examples(seed: int, size: str) -> dict[str, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _fingerprint() -> str:
-    """Changes whenever the phantom generator or the cached arrays' definition (CACHE_VERSION) change."""
+    """Changes whenever the phantoms (judged by one reference exam) or the cached arrays' definition
+    (CACHE_VERSION) change; cosmetic edits of the generator keep the cache."""
     import hashlib
 
-    import oncostream.synth.mammo
+    from oncostream.synth.mammo import make_mammo_phantom
 
-    digest = hashlib.sha256(Path(oncostream.synth.mammo.__file__).read_bytes())
-    digest.update(CACHE_VERSION.encode())
+    reference = make_mammo_phantom(0, size="small")
+    digest = hashlib.sha256(CACHE_VERSION.encode())
+    for key in VIEW_KEYS:
+        digest.update(reference.views[key].tobytes())
+        digest.update(reference.lesion_masks[key].tobytes())
+    digest.update(reference.truth.model_dump_json().encode())
     return digest.hexdigest()[:12]
 
 

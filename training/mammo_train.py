@@ -2,8 +2,9 @@
 
 Seeds (all training-side, below the evaluation range that starts at 1,000,000):
 - training:    small phantoms TRAIN_SEEDS, full phantoms FULL_TRAIN_SEEDS
-- validation:  small phantoms VALIDATION_SEEDS; used for model selection, Platt / temperature
-               calibration, the exam combination fit and the exam-score decile edges.
+- validation:  small phantoms VALIDATION_SEEDS (the first 200 select the model) plus full phantoms
+               FULL_VALIDATION_SEEDS; together they fit the Platt / temperature calibration, the
+               exam combination, the region threshold and the exam-score decile edges.
 
 Outputs: model_repository/mammo_classifier/{contract.yaml,1/model.onnx} and the same for
 mammo_density. The model cards (README.md) are written by hand from ``oncostream eval`` figures.
@@ -27,11 +28,13 @@ from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 from training import mammo_data
 from training.mammo_nets import ClassifierNet, DensityNet, ExportedClassifier, ExportedDensity, view_logit
 
-TRAIN_SEEDS = range(0, 3000)
-FULL_TRAIN_SEEDS = range(50_000, 50_060)
-VALIDATION_SEEDS = range(90_000, 90_600)
+TRAIN_SEEDS = range(0, 1600)
+FULL_TRAIN_SEEDS = range(50_000, 50_040)
+VALIDATION_SEEDS = range(90_000, 90_400)
+FULL_VALIDATION_SEEDS = range(95_000, 95_040)
 TORCH_SEED = 20261128
 OPSET = 17
+FULL_SHARE = 0.2
 
 
 def log(message: str) -> None:
@@ -119,13 +122,16 @@ def _crops(train: mammo_data.MammoExamples, idx: np.ndarray, rng: np.random.Gene
 
 
 def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamples, steps: int,
-                     batch: int = 32, lr: float = 2e-3, validate_every: int = 300) -> ClassifierNet:
+                     weights: np.ndarray | None = None, batch: int = 32, lr: float = 2e-3,
+                     validate_every: int = 300) -> ClassifierNet:
     """Fully convolutional training on grid-aligned crops (4x cheaper than whole views on this CPU);
-    model selection by validation exam AUC on whole views."""
+    views drawn with probability ``weights``; model selection by validation exam AUC on whole views."""
     rng = np.random.default_rng(TORCH_SEED)
     net = ClassifierNet()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 10), pct_start=0.05)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     bce_lesion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(5.0))
     bce_map = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(5.0))
     bce_view = nn.BCEWithLogitsLoss()
@@ -133,7 +139,7 @@ def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamp
     t0, total = time.time(), 0.0
     for step in range(1, steps + 1):
         net.train()
-        idx = np.sort(rng.choice(len(train), batch, replace=False))
+        idx = np.sort(rng.choice(len(train), batch, replace=False, p=weights))
         x, les, mal = _crops(train, idx, rng)
         x, (les, mal) = _augment(x, [les, mal], rng)
         lesion_logits, mal_map = net(torch.from_numpy(np.ascontiguousarray(x))[:, None])
@@ -239,7 +245,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def export(module: nn.Module, path: Path, outputs: list[str]) -> None:
@@ -323,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-exams", type=int, default=len(TRAIN_SEEDS))
     parser.add_argument("--full-exams", type=int, default=len(FULL_TRAIN_SEEDS))
     parser.add_argument("--val-exams", type=int, default=len(VALIDATION_SEEDS))
+    parser.add_argument("--full-val-exams", type=int, default=len(FULL_VALIDATION_SEEDS))
     parser.add_argument("--steps", type=int, default=1200, help="classifier steps of 32 crops")
-    parser.add_argument("--density-epochs", type=int, default=4)
+    parser.add_argument("--density-epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=mammo_data.default_workers())
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     args = parser.parse_args(argv)
@@ -334,16 +341,26 @@ def main(argv: list[str] | None = None) -> int:
     train_range = range(TRAIN_SEEDS.start, TRAIN_SEEDS.start + args.train_exams)
     full_range = range(FULL_TRAIN_SEEDS.start, FULL_TRAIN_SEEDS.start + args.full_exams)
     val_range = range(VALIDATION_SEEDS.start, VALIDATION_SEEDS.start + args.val_exams)
-    log(f"phantoms: train small {train_range}, train full {full_range}, validation small {val_range}")
-    folders = mammo_data.build(train_range, "small", args.workers)
-    if len(full_range):
-        folders += mammo_data.build(full_range, "full", args.workers)
-    train = mammo_data.load(folders)
-    val = mammo_data.load(mammo_data.build(val_range, "small", args.workers))
+    log(f"phantoms: train small {train_range}, train full {full_range}, validation small {val_range}, "
+        f"validation full {FULL_VALIDATION_SEEDS.start}+{args.full_val_exams}")
+    small_folders = mammo_data.build(train_range, "small", args.workers)
+    full_folders = mammo_data.build(full_range, "full", args.workers) if len(full_range) else []
+    train = mammo_data.load(small_folders + full_folders)
+    # Full-size views (downsampled 4x, so less noisy than native small ones) make FULL_SHARE of the crops.
+    n_full = 4 * len(full_range)
+    weights = np.full(len(train), (1 - FULL_SHARE) / max(1, len(train) - n_full))
+    if n_full:
+        weights[-n_full:] = FULL_SHARE / n_full
+    weights /= weights.sum()
+    val_folders = mammo_data.build(val_range, "small", args.workers)
+    full_val_range = range(FULL_VALIDATION_SEEDS.start, FULL_VALIDATION_SEEDS.start + args.full_val_exams)
+    val = mammo_data.load(val_folders + (mammo_data.build(full_val_range, "full", args.workers)
+                                         if len(full_val_range) else []))
+    val_selection = mammo_data.load(val_folders[:2])  # model selection: the first 200 exams
     log(f"{len(train)} training views, {len(val)} validation views ready ({time.time() - started:.0f} s)")
 
-    classifier = train_classifier(train, val, args.steps)
-    density = train_density(train, val, args.density_epochs)
+    classifier = train_classifier(train, val_selection, args.steps, weights)
+    density = train_density(train, val_selection, args.density_epochs)
 
     # Calibration on the validation split: Platt scaling of the view logit, temperature of density.
     a, b = fit_logistic(predict_classifier(classifier, val.images)[:, None], val.view_malignant)

@@ -149,6 +149,18 @@ def wait_for_studies(topics, expected: set[str], workers: list[WorkerProcess], t
                 + "\n".join(w.log_tail() for w in workers))
 
 
+def wait_for_commits(topics, workers: list[WorkerProcess], timeout_s: float = 120.0) -> None:
+    """Until the group committed every input partition to its end (replays of published studies finish too)."""
+    deadline = time.monotonic() + timeout_s
+    ends = topics.end_offsets()
+    while (committed := topics.committed()) != ends:
+        if time.monotonic() > deadline:
+            pytest.fail(f"committed {committed}, end offsets {ends}:\n" + "\n".join(w.log_tail() for w in workers))
+        for worker in workers:
+            worker.assert_alive()
+        time.sleep(1.0)
+
+
 def sr_references(topics) -> dict[str, list[tuple[str, set[str], str]]]:
     """StudyInstanceUID -> [(SR SOPInstanceUID, referenced SOPInstanceUIDs, SHA-256 of the SR bytes)]."""
     found: dict[str, list[tuple[str, set[str], str]]] = {}
@@ -225,6 +237,28 @@ def test_claim_check_gives_the_same_result_as_inline(kafka_topics_factory, corpu
     assert (sr_uid, referenced) == (inline_event["sr_sop_instance_uid"], corpus.instances[uid])
 
 
+def test_backpressure_pauses_partitions_without_starving_open_studies(kafka_topics, corpus, pipeline):
+    uids = list(corpus.studies)[:6]  # 3 mammography exams and 3 LDCT series, interleaved
+    produce_files(corpus.files(uids), kafka_topics.settings(), kafka_topics.bootstrap)
+    worker = run_in_process(kafka_topics, pipeline, max_studies=6, max_in_flight_studies=1)
+    assert worker.source.pause_count > 0, "one study in flight at most: the worker should have paused"
+    events = [e for _, e in triage_events(kafka_topics)]
+    assert sorted(e["study_instance_uid"] for e in events) == sorted(uids)
+    assert not any(e["incomplete"] for e in events), "paused partitions must not starve an open study"
+
+
+def test_quiet_timeout_publishes_an_incomplete_exam_saying_what_is_missing(kafka_topics, corpus, pipeline):
+    uid = next(u for u in corpus.studies if corpus.modality[u] == "MG")
+    *sent, dropped = corpus.studies[uid]
+    produce_files(sent, kafka_topics.settings(), kafka_topics.bootstrap)
+    run_in_process(kafka_topics, pipeline, max_studies=1, assembly_timeout_s=2.0)
+    [(_, event)] = triage_events(kafka_topics)
+    ds = pydicom.dcmread(dropped, stop_before_pixels=True)
+    assert event["study_instance_uid"] == uid
+    assert event["incomplete"] is True
+    assert event["missing"] == [f"{ds.ImageLaterality}{ds.ViewPosition}"]
+
+
 def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafka_topics, corpus, tmp_path,
                                                                            spawn_worker):
     # one LDCT series arrives in two halves; the worker is killed while it holds the first half
@@ -242,15 +276,16 @@ def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafk
     first.signal(signal.SIGKILL)
     assert held_back not in {e["study_instance_uid"] for _, e in triage_events(kafka_topics)}
     # the watermark did not pass the held study's first instance
-    [(partition, first_offset)] = {(r.partition, r.offset) for r in kafka_topics.read(kafka_topics.dicom)
-                                   if r.key == held_back.encode() and r.offset == min(
-                                       q.offset for q in kafka_topics.read(kafka_topics.dicom) if q.key == r.key)}
+    held_records = [r for r in kafka_topics.read(kafka_topics.dicom) if r.key == held_back.encode()]
+    [partition] = {r.partition for r in held_records}
+    first_offset = min(r.offset for r in held_records)
     committed = kafka_topics.committed()[partition]
     assert committed is None or committed <= first_offset
 
     produce_files(second_half, settings, kafka_topics.bootstrap)
     second = spawn_worker(kafka_topics, tmp_path / "worker-2.log", **env)
     wait_for_studies(kafka_topics, set(corpus.studies), [second])
+    wait_for_commits(kafka_topics, [second])
     assert second.signal(signal.SIGTERM) == 0, second.log_tail()
 
     by_study: dict[str, list[dict]] = {}
@@ -268,7 +303,6 @@ def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafk
         assert {sr_uid for sr_uid, _, _ in copies} == {by_study[uid][0]["sr_sop_instance_uid"]}
         assert all(referenced == corpus.instances[uid] for _, referenced, _ in copies)
         assert len({digest for _, _, digest in copies}) == 1, f"replayed SR of {uid} is not byte-identical"
-    assert kafka_topics.committed() == kafka_topics.end_offsets()
 
 
 def test_two_workers_share_six_partitions_and_survive_one_stopping(kafka_topics_factory, corpus, tmp_path,
@@ -292,8 +326,8 @@ def test_two_workers_share_six_partitions_and_survive_one_stopping(kafka_topics_
         time.sleep(0.5)
     assert b.signal(signal.SIGTERM) == 0, b.log_tail()
     wait_for_studies(topics, set(corpus.studies), [a])
+    wait_for_commits(topics, [a])
     assert a.signal(signal.SIGTERM) == 0, a.log_tail()
 
     assert published_by(outs[0]) | published_by(outs[1]) == set(corpus.studies)
     assert "partitions revoked" in a.log_path.read_text(), "the survivor should have been rebalanced"
-    assert topics.committed() == topics.end_offsets()
