@@ -164,7 +164,8 @@ def write_claim_check(data: bytes, claim_dir: Path) -> ClaimCheck:
     return ClaimCheck(uri=path.as_uri(), sha256=digest, size=len(data))
 
 
-def _files(path: Path) -> list[Path]:
+def instance_files(path: Path) -> list[Path]:
+    """The files `oncostream produce PATH` sends: PATH itself, or what the directory source reads under it."""
     if path.is_file():
         return [path]
     from ingest.directory import DirectorySource
@@ -266,7 +267,7 @@ def main_produce(args) -> int:
         if not path.exists():
             raise SystemExit(f"{path}: no such file or directory")
     try:
-        report = produce_files(_files(path), settings, args.bootstrap, topic=args.topic, program=args.program,
+        report = produce_files(instance_files(path), settings, args.bootstrap, topic=args.topic, program=args.program,
                                progress=console.is_terminal)
     finally:
         if workdir is not None:

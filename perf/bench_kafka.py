@@ -75,7 +75,7 @@ def _kafka(data_dir: Path, bootstrap: str, workdir: Path, expected_studies: int)
 
     from oncostream.services.kafka import create_topics
     from oncostream.settings import Settings
-    from oncostream.streaming import _files, compression_type, produce_files
+    from oncostream.streaming import compression_type, instance_files, produce_files
 
     stem = f"bench-{int(time.time())}"
     settings = Settings(topic_dicom=f"{stem}.dicom", topic_triage=f"{stem}.triage", topic_results=f"{stem}.results",
@@ -98,7 +98,7 @@ def _kafka(data_dir: Path, bootstrap: str, workdir: Path, expected_studies: int)
                                enable_auto_commit=False, group_id=None)
         triage.poll(timeout_ms=1000)
         started = time.monotonic()
-        report = produce_files(_files(data_dir), settings, bootstrap)
+        report = produce_files(instance_files(data_dir), settings, bootstrap)
         seen: set[bytes] = set()
         deadline = started + 3600
         while len(seen) < expected_studies and time.monotonic() < deadline:

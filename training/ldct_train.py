@@ -243,7 +243,7 @@ def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> 
         dice = soft_dice_loss(mask_logit[positive], mask[positive])
         mal = F.binary_cross_entropy_with_logits(mal_logit[positive], malignant[positive])
         comp = F.cross_entropy(comp_logits[positive], composition[positive])
-        loss = 10 * bce + dice + 0.5 * mal + 0.5 * comp
+        loss = 2 * bce + dice + 0.5 * mal + 0.5 * comp
         opt.zero_grad()
         loss.backward()
         opt.step()
