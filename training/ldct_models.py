@@ -17,8 +17,10 @@ OPSET = 17
 
 
 def _conv3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Module:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
-                         nn.ReLU(inplace=True))
+    """3x3x3 conv, batch norm (folded into the conv by the ONNX export), ReLU: without the norm the
+    8-channel stems died (constant output) within a few hundred steps."""
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+                         nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
 class DenoiseNet(nn.Module):
@@ -60,8 +62,8 @@ class _UNet3d(nn.Module):
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
-        d2 = self.dec2(F.relu(F.interpolate(self.lift2(e3), scale_factor=2.0, mode="nearest") + e2))
-        d1 = self.dec1(F.relu(F.interpolate(self.lift1(d2), scale_factor=2.0, mode="nearest") + e1))
+        d2 = self.dec2(F.interpolate(self.lift2(e3), scale_factor=2.0, mode="nearest") + e2)
+        d1 = self.dec1(F.interpolate(self.lift1(d2), scale_factor=2.0, mode="nearest") + e1)
         return d1, d2, e3
 
 

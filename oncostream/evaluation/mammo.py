@@ -126,3 +126,27 @@ def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REP
         "mammo_localization_rate": localized / malignant_views if malignant_views else float("nan"),
         "mammo_seconds_per_exam": seconds / n if n else float("nan"),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m oncostream.evaluation.mammo --seeds A:B --size small|full [--json FILE]``: the
+    mammography half of ``oncostream eval`` alone (the figures in the model cards)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--seeds", default="1000000:1000024", metavar="A:B")
+    parser.add_argument("--size", choices=["small", "full"], default="full")
+    parser.add_argument("--json", type=Path, default=None, dest="json_path", metavar="FILE")
+    args = parser.parse_args(argv)
+    first, _, stop = args.seeds.partition(":")
+    results = evaluate_mammo(range(int(first), int(stop)), args.size)
+    text = json.dumps({"seeds": [int(first), int(stop)], "size": args.size, **results}, indent=2)
+    print(text)
+    if args.json_path is not None:
+        args.json_path.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
