@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # libraries that narrate every step at INFO
+        for noisy in ("highdicom", "pynetdicom", "kafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     module_name, _, func_name = _HANDLERS[args.command].partition(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     return int(handler(args) or 0)

@@ -115,6 +115,8 @@ def main_run(args) -> int:
     from postprocess.file_sink import FileSink
 
     console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough that the worklist does not wrap
+        console = Console(width=140)
     settings = Settings()
     if args.triton:
         settings = settings.model_copy(update={"backend": "triton", "triton_url": args.triton})

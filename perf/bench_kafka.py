@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,8 +70,6 @@ def _wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout_s: flo
 
 
 def _kafka(data_dir: Path, bootstrap: str, workdir: Path, expected_studies: int) -> dict:
-    import os
-
     from kafka import KafkaConsumer
 
     from oncostream.services.kafka import create_topics
@@ -150,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         return (f"| {name} | {studies} | {instances} | {nbytes / 1e6:.1f} | {seconds:.1f} | "
                 f"{instances / seconds:.1f} | {nbytes / 1e6 / seconds:.2f} |")
 
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     body = "\n".join([
         f"{args.mammo} mammography exams + {args.ldct} LDCT series, `--size {args.size}`, seed {args.seed}, "
-        f"embedded backend (ONNX Runtime, CPU). Models are loaded before the clock starts in both paths.",
+        f"embedded backend (ONNX Runtime, CPU). Models are loaded before the clock starts in both paths. "
+        f"One broker, one worker, 6 input partitions. Load average at the end (1/5/15 min): {load} "
+        f"(a shared machine: other jobs ran at the same time, so read the ratio more than the absolutes).",
         "",
         "| path | studies | instances | MB | seconds | instances/s | MB/s |",
         "|---|---|---|---|---|---|---|",

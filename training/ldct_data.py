@@ -47,7 +47,7 @@ def phantom_for(seed: int, size: str, enriched: bool):
     if not enriched:
         return synth.make_ldct_phantom(seed, size=size)
     rng = np.random.default_rng([seed, 0x7EA1])
-    specs = (synth._draw_nodule_specs(rng) + synth._draw_nodule_specs(rng))[:5]
+    specs = (synth.draw_nodule_specs(rng) + synth.draw_nodule_specs(rng))[:5]
     return synth.make_ldct_phantom(seed, size=size, nodules=specs)
 
 
@@ -146,17 +146,21 @@ def build_item(seed: int, size: str, enriched: bool) -> dict[str, np.ndarray]:
     return item
 
 
-def _generator_fingerprint() -> str:
-    """Short hash of the phantom generator's and the preprocessing's source: a changed generator
-    invalidates the cache instead of silently training on stale phantoms."""
+def _source_fingerprint() -> str:
+    """Short hash of the phantom generator's and the preprocessing's source, read once at import so
+    it names the code this process runs: a changed generator invalidates the cache instead of
+    silently training on stale phantoms."""
     digest = hashlib.sha256()
     for module in (synth, pre):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:10]
 
 
+_FINGERPRINT = _source_fingerprint()
+
+
 def cache_path(seed: int, size: str) -> Path:
-    return CACHE_DIR / f"v{VERSION}-{_generator_fingerprint()}-{size}-{seed}.npz"
+    return CACHE_DIR / f"v{VERSION}-{_FINGERPRINT}-{size}-{seed}.npz"
 
 
 def ensure_cached(seed: int, size: str, enriched: bool) -> Path:
