@@ -221,7 +221,7 @@ class KafkaSource(Source):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._consumer.close(autocommit=False)
+            self._consumer.close(autocommit=False, timeout_ms=10_000)
 
 
 class KafkaDeadLetter:

@@ -285,7 +285,7 @@ def tensorrt_profile(contract: ModelContract) -> dict[str, dict[str, list[int]]]
     return profile
 
 
-def _write_python_entry(directory: Path, name: str, qualified_class: str) -> None:
+def write_python_entry(directory: Path, name: str, qualified_class: str) -> None:
     from oncostream.services.triton import STEP_PATH_VARIABLE
 
     module, _, cls = qualified_class.partition(":")
@@ -314,7 +314,7 @@ def build_repository(target: str, out: Path, source: Path = DEFAULT_MODEL_REPOSI
             config = network_config(contract, target)
             shutil.copy2(onnx_path(name, source), version_dir / "model.onnx")
             if target == "cpu":
-                _write_python_entry(version_dir, name, NETWORK_CLASS)
+                write_python_entry(version_dir, name, NETWORK_CLASS)
             else:
                 manifest["networks"][name] = {"onnx": f"{name}/{VERSION}/model.onnx",
                                               "plan": f"{name}/{VERSION}/model.plan",
@@ -327,7 +327,7 @@ def build_repository(target: str, out: Path, source: Path = DEFAULT_MODEL_REPOSI
                                           "batch_size": contract.max_batch_size,
                                           "file": f"{name}/{VERSION}/model.dali"}
             else:
-                _write_python_entry(version_dir, name, realisation.python_class)
+                write_python_entry(version_dir, name, realisation.python_class)
         else:
             config = ensemble_config(contract, load_ensemble_steps(name, source))
         (model_dir / "config.pbtxt").write_text(config_text(config))

@@ -34,6 +34,7 @@ TopicPartitionKey = tuple[str, int]
 # a message may be above the inline limit only as a claim check; this caps a single request
 _MAX_REQUEST_BYTES = 64 * 1024 * 1024
 _COMMIT_INTERVAL_S = 1.0
+_SHUTDOWN_TIMEOUT_S = 10.0
 
 
 def compression_type() -> str:
@@ -446,10 +447,10 @@ class Worker:
         for source in study.sources:
             self._held.pop(source, None)
 
-    def _flush(self) -> None:
+    def _flush(self, timeout_s: float = 60.0) -> None:
         for sink in self.sinks:
-            sink.flush()
-        self.dlq.flush()
+            sink.flush(timeout_s)
+        self.dlq.flush(timeout_s)
         self._unflushed = False
 
     def _held_offsets(self) -> dict[TopicPartitionKey, int]:
@@ -457,16 +458,16 @@ class Worker:
         return merge_lowest(self.assembler.pending_offsets(),
                             lowest_offsets(s for study in self._queue for s in study.sources))
 
-    def _commit(self, force: bool = False) -> None:
+    def _commit(self, force: bool = False, timeout_s: float = 60.0) -> None:
         if not force and time.monotonic() - self._last_commit < _COMMIT_INTERVAL_S:
             return
         offsets = self.watermark.to_commit(self._held_offsets())
         self._last_commit = time.monotonic()
         if not offsets:
             return
-        self._flush()  # a dead-lettered instance counts as done only once the DLQ acknowledged it
+        self._flush(timeout_s)  # a dead-lettered instance counts as done only once the DLQ acknowledged it
         try:
-            self.source.commit(offsets)
+            self.source.commit(offsets, timeout_s=min(timeout_s, 30.0))
         except Exception as exc:  # noqa: BLE001 - an uncommitted offset means a replay, never a loss
             log.warning("commit failed, retrying with the next commit: %s: %s", type(exc).__name__, exc)
             return
@@ -506,14 +507,15 @@ class Worker:
             if self._queue or len(self.assembler):
                 log.info("stopping with %d studies unfinished; they will be replayed",
                          len(self._queue) + len(self.assembler))
-            self._commit(force=True)
+            # bounded, so that SIGTERM ends the process within an orchestrator's grace period
+            self._commit(force=True, timeout_s=_SHUTDOWN_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - nothing committed means a replay, never a loss
             log.exception("final commit failed; uncommitted studies will be replayed")
         finally:
             self.source.close()
             for sink in self.sinks[1:]:
                 sink.close()
-            self._producer.close()
+            self._producer.close(timeout=_SHUTDOWN_TIMEOUT_S)
 
     def stop(self, *_args) -> None:
         self.stopping = True

@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         f"instances/s, {k['bytes'] / 1e6 / k['produce_seconds']:.1f} MB/s. "
         f"Kafka path / embedded wall time: {k['seconds'] / emb_s:.2f}x.",
     ])
-    command = "make bench  (or: .venv/bin/python -m perf.bench_kafka " + " ".join(argv or []) + ")"
-    path = write_section("Kafka streaming throughput (perf/bench_kafka.py)", command.strip(), body)
+    command = " ".join([".venv/bin/python -m perf.bench_kafka", *(argv or [])]) + "` (also run by `make bench"
+    path = write_section("Kafka streaming throughput (perf/bench_kafka.py)", command, body)
     print(body)
     print(json.dumps({"embedded_s": emb_s, "kafka": k}, default=str))
     print(f"wrote {path}")

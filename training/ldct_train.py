@@ -83,8 +83,8 @@ def train_denoise(items: list[dict], steps: int, rng: np.random.Generator) -> De
     weights = np.where(fine, 3.0, 1.0) if fine.any() else np.ones(len(fine))
     weights /= weights.sum()
     net = DenoiseNet()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = _Schedule(opt, 2e-3, steps)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = _Schedule(opt, 1e-3, steps)
     crop, batch = 64, 16
     step = 0
     while sched.running():

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import logging
@@ -210,7 +211,8 @@ class TritonBackend(InferenceBackend):
         delay = BACKOFF_S
         for attempt in range(RETRIES + 1):
             try:
-                with self._lock:
+                # the shared-memory regions are reused per call: one request at a time uses them
+                with self._lock if self._regions is not None else contextlib.nullcontext():
                     return self._infer_once(model, arrays, outputs, output_bounds)
             except InferenceServerException as exc:
                 if not _transient(exc):

@@ -29,11 +29,11 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 
 def _probe_repository(root: Path) -> Path:
     """One python model built the way `models build` builds steps: the generated entry point."""
-    from oncostream.model_build import _write_python_entry
+    from oncostream.model_build import write_python_entry
 
     (root / "probe" / "1").mkdir(parents=True)
     (root / "probe" / "config.pbtxt").write_text(_PROBE)
-    _write_python_entry(root / "probe" / "1", "probe", "tests.integration.triton_probe:Probe")
+    write_python_entry(root / "probe" / "1", "probe", "tests.integration.triton_probe:Probe")
     return root
 
 

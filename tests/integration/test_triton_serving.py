@@ -113,6 +113,7 @@ def test_ldct_ensemble_equals_embedded(triton, embedded):
     reference = embedded.infer_ldct(phantom.hu_low, spacing)
     served = triton.infer_ldct(phantom.hu_low, spacing)
     assert isinstance(served, LdctRaw)
+    assert reference.candidates.shape[0] > 0, "compare at least one candidate's mask and probabilities"
     _assert_raw_equal(served, reference)
 
 
@@ -138,12 +139,16 @@ def test_same_findings_and_triage_as_embedded(settings, triton, embedded, studie
     from oncostream.pipeline import Pipeline
 
     volatile = {"triaged_at"}
+    findings = 0
     for study in studies:
         want = Pipeline(settings, embedded).process(study).event.model_dump(mode="json", exclude=volatile)
         got = Pipeline(settings, triton).process(study).event.model_dump(mode="json", exclude=volatile)
         assert got["priority"] == want["priority"], study.modality
-        assert got["findings"], f"{study.modality}: the phantom should give findings"
         _assert_close(got, want, study.modality)
+        findings += len(got["findings"])
+    # the first LDCT models find no nodule on small phantoms yet; the mammography exam does, and the
+    # raw-output tests above compare every LDCT candidate
+    assert findings > 0, "the comparison should cover at least one finding"
 
 
 def test_model_versions_are_the_served_ones(triton, embedded):
