@@ -30,6 +30,21 @@ def make_backend(settings: Settings):
     return EmbeddedBackend(settings.model_repository)
 
 
+def delivery_sinks(settings: Settings) -> list:
+    """PACS delivery configured in the settings: C-STORE SCU and/or DICOMweb STOW-RS."""
+    sinks = []
+    if settings.pacs_address:
+        from postprocess.pacs_sink import PacsSink
+
+        sinks.append(PacsSink.from_address(settings.pacs_address, called_ae=settings.pacs_called_ae))
+    if settings.stow_rs_url:
+        from postprocess.stow_sink import StowRsSink
+
+        password = settings.stow_rs_password.get_secret_value() if settings.stow_rs_password else None
+        sinks.append(StowRsSink(settings.stow_rs_url, username=settings.stow_rs_username, password=password))
+    return sinks
+
+
 class Pipeline:
     """Processes one assembled study at a time; a failing study raises StudyFailed and fails alone."""
 
@@ -112,6 +127,7 @@ def main_run(args) -> int:
     from ingest.assembly import Assembler
     from ingest.decode import parse_instance, route
     from ingest.directory import DirectorySource
+    from postprocess.errors import SinkError
     from postprocess.file_sink import FileSink
 
     console = Console()
@@ -137,7 +153,7 @@ def main_run(args) -> int:
 
     backend = make_backend(settings)
     pipeline = Pipeline(settings, backend)
-    sink = FileSink(out)
+    sinks = [FileSink(out), *delivery_sinks(settings)]
     rejections = RejectionLog(out / "rejected.jsonl")
     assembler = Assembler(settings)
     results: list[StudyResult] = []
@@ -153,8 +169,15 @@ def main_run(args) -> int:
                 metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
                 rejections.add(exc.reason, exc.detail, "study", study.study_instance_uid)
                 continue
-            sink.add(result)
-            sink.flush()
+            try:
+                for sink in sinks:
+                    sink.add(result)
+                for sink in sinks:
+                    sink.flush()
+            except SinkError as exc:
+                metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
+                rejections.add("delivery_failed", str(exc), "study", study.study_instance_uid)
+                continue
             record_published(result)
             results.append(result)
 
@@ -176,7 +199,8 @@ def main_run(args) -> int:
             progress.advance(task)
         finish(assembler.flush_all())
         progress.update(task, description="done")
-    sink.close()
+    for sink in sinks:
+        sink.close()
     backend.close()
 
     table = Table(title=f"oncostream worklist ({len(results)} studies, {time.monotonic() - started:.1f} s)")

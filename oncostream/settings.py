@@ -39,4 +39,8 @@ class Settings(BaseSettings):
 
     # outputs
     allow_patient_identifiers: bool = False
+    pacs_address: str | None = None  # HOST:PORT of a C-STORE SCP that receives every SR/SEG
+    pacs_called_ae: str = "ANY-SCP"
+    stow_rs_url: str | None = None  # DICOMweb root (e.g. http://pacs/dicom-web) for STOW-RS delivery
+    stow_rs_username: str | None = None
     stow_rs_password: SecretStr | None = None

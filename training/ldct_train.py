@@ -237,18 +237,18 @@ def soft_dice_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> SegmenterNet:
     net = SegmenterNet()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-5)
-    sched = _Schedule(opt, 2e-3, steps)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-5)
+    sched = _Schedule(opt, 3e-3, steps)
     step = 0
     while sched.running():
         sched.step()
         x, mask, malignant, composition, positive = _segmenter_batch(items, rng, batch=8)
         mask_logit, mal_logit, comp_logits = net(x)
-        bce = F.binary_cross_entropy_with_logits(mask_logit, mask, pos_weight=torch.tensor(3.0))
+        bce = F.binary_cross_entropy_with_logits(mask_logit, mask, pos_weight=torch.tensor(5.0))
         dice = soft_dice_loss(mask_logit[positive], mask[positive])
         mal = F.binary_cross_entropy_with_logits(mal_logit[positive], malignant[positive])
         comp = F.cross_entropy(comp_logits[positive], composition[positive])
-        loss = 2 * bce + dice + 0.5 * mal + 0.5 * comp
+        loss = bce + 2 * dice + 0.5 * mal + 0.5 * comp
         opt.zero_grad()
         loss.backward()
         opt.step()
