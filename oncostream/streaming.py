@@ -26,6 +26,7 @@ from io import BytesIO
 from pathlib import Path
 
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
+from oncostream.errors import OncostreamError
 from oncostream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,11 @@ def merge_lowest(*maps: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey,
 
 # --------------------------------------------------------------------------------------------- producer
 
+class ProduceError(OncostreamError):
+    """The broker did not acknowledge every record; the caller may produce again (keys make it idempotent
+    for consumers, and output UIDs are deterministic)."""
+
+
 @dataclass
 class ProduceReport:
     instances: int = 0
@@ -210,11 +216,9 @@ def produce_files(paths: Iterable[Path], settings: Settings, bootstrap: str, top
                 report.bytes += len(data)
                 bar.advance(len(data))
         producer.flush()
-        failed = [f.exception for f in futures if f.failed()]
+        failed = [f.exception for f in futures if not f.is_done or f.failed()]
         if failed:
-            from oncostream.errors import OncostreamError
-
-            raise OncostreamError(f"{len(failed)} of {len(futures)} records were not acknowledged: {failed[0]}")
+            raise ProduceError(f"{len(failed)} of {len(futures)} records were not acknowledged: {failed[0]}")
     finally:
         bar.close()
         if own_producer:
