@@ -54,6 +54,13 @@ def is_localizer(ds: Dataset) -> bool:
     return "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]
 
 
+def assembly_key(ds: Dataset, modality: str) -> str | None:
+    """The unit an instance is assembled into ("MG:<study>" or "CT:<series>"); None when it is ignored."""
+    if modality == "MG":
+        return f"MG:{ds.StudyInstanceUID}" if mammo_view_key(ds) is not None else None
+    return None if is_localizer(ds) else f"CT:{ds.SeriesInstanceUID}"
+
+
 class Assembler:
     """Groups parsed instances into studies. Not thread-safe: one per consumer loop."""
 
@@ -70,16 +77,10 @@ class Assembler:
             program: str | None = None) -> list[Study]:
         """Add one instance; returns the studies it completed (zero or one)."""
         modality = modality or str(ds.Modality)
-        if modality == "CT" and is_localizer(ds):
-            log.info("dropping localizer %s", ds.SOPInstanceUID)
+        key = assembly_key(ds, modality)
+        if key is None:
+            log.info("ignoring %s: a localizer or a non-screening view", ds.SOPInstanceUID)
             return []
-        if modality == "MG":
-            if mammo_view_key(ds) is None:
-                log.info("ignoring non-screening view %s of study %s", ds.SOPInstanceUID, ds.StudyInstanceUID)
-                return []
-            key = f"MG:{ds.StudyInstanceUID}"
-        else:
-            key = f"CT:{ds.SeriesInstanceUID}"
         pending = self._pending.get(key)
         now = self._clock()
         if pending is None:
@@ -152,7 +153,8 @@ class Assembler:
             log.warning("study %s closed incomplete: %s", pending.study_instance_uid, ", ".join(missing))
         return Study(study_instance_uid=pending.study_instance_uid, modality=pending.modality,
                      datasets=datasets, arrived_at=pending.arrived_at, program=pending.program,
-                     incomplete=bool(missing), missing=missing, sources=list(pending.sources))
+                     incomplete=bool(missing), missing=missing, sources=list(pending.sources),
+                     assembly_key=pending.key)
 
 
 def sort_ct_series(datasets: list[Dataset], expected: int | None) -> tuple[list[Dataset], list[str]]:

@@ -194,29 +194,41 @@ class KafkaSource(Source):
     def resume(self) -> None:
         self.pause_only(set())
 
-    def commit(self, offsets: dict[TopicPartitionKey, int], timeout_s: float = 30.0) -> None:
-        """Synchronously commit `offsets` (the next offset to read, per partition); raises on failure."""
+    def commit(self, offsets: dict[TopicPartitionKey, int], metadata: dict[TopicPartitionKey, str] | None = None,
+               timeout_s: float = 30.0) -> None:
+        """Synchronously commit `offsets` (the next offset to read, per partition) with optional per-partition
+        metadata (see oncostream.streaming.PublishedAhead); raises on failure."""
         if not offsets:
             return
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
-                              timeout_ms=int(timeout_s * 1000))
+        metadata = metadata or {}
+        self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, metadata.get((t, p), ""), -1)
+                               for (t, p), o in offsets.items()}, timeout_ms=int(timeout_s * 1000))
 
-    def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None:
+    def commit_async(self, offsets: dict[TopicPartitionKey, int],
+                     metadata: dict[TopicPartitionKey, str] | None = None) -> None:
         """Send a commit without waiting: the only kind allowed inside a rebalance callback, which runs on
         kafka-python's I/O thread. Best effort: if it is lost, the partitions' next owner replays a little."""
         if not offsets:
             return
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        self._consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+        metadata = metadata or {}
+        self._consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, metadata.get((t, p), ""), -1)
                                      for (t, p), o in offsets.items()})
 
     def committed(self, partition: TopicPartitionKey) -> int | None:
         from kafka.structs import TopicPartition
 
         return self._consumer.committed(TopicPartition(*partition))
+
+    def committed_metadata(self, partition: TopicPartitionKey) -> str | None:
+        """The metadata stored with the partition's committed offset (None before the first commit)."""
+        from kafka.structs import TopicPartition
+
+        committed = self._consumer.committed(TopicPartition(*partition), metadata=True)
+        return committed.metadata if committed is not None else None
 
     def close(self) -> None:
         if not self._closed:

@@ -13,6 +13,7 @@ unfinished studies; output UIDs are deterministic, so replays republish identica
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -103,6 +104,66 @@ class Watermark:
         for partition in partitions:
             self._next.pop(partition, None)
             self._committed.pop(partition, None)
+
+
+class PublishedAhead:
+    """Studies already published that have instances at or beyond their partition's committed offset.
+
+    Without this, a replay from the committed offset (after a crash or a rebalance) would re-assemble the
+    tail of such a study, close it incomplete at the quiet timeout and publish a second, different result.
+    The record travels with the commit itself (Kafka's offset-commit metadata), so whichever member owns the
+    partition next skips those instances. Keys are hashed: short, and free of identifiers.
+    """
+
+    MAX_METADATA_BYTES = 4096  # the broker's default offset.metadata.max.bytes
+
+    def __init__(self) -> None:
+        self._last: dict[TopicPartitionKey, dict[str, int]] = {}  # partition -> hashed key -> highest offset
+
+    @staticmethod
+    def _hash(assembly_key: str) -> str:
+        return hashlib.sha256(assembly_key.encode()).hexdigest()[:16]
+
+    def published(self, assembly_key: str, sources: Iterable[tuple[str, int, int]]) -> None:
+        for topic, partition, offset in sources:
+            entries = self._last.setdefault((topic, partition), {})
+            key = self._hash(assembly_key)
+            entries[key] = max(offset, entries.get(key, -1))
+
+    def already_published(self, partition: TopicPartitionKey, assembly_key: str, offset: int) -> bool:
+        return offset <= self._last.get(partition, {}).get(self._hash(assembly_key), -1)
+
+    def metadata(self, partition: TopicPartitionKey, commit_offset: int) -> str:
+        """The commit metadata for `partition` at `commit_offset`: entries wholly below it are left out."""
+        entries = {k: o for k, o in self._last.get(partition, {}).items() if o >= commit_offset}
+        text = json.dumps(entries, separators=(",", ":"), sort_keys=True) if entries else ""
+        if len(text) > self.MAX_METADATA_BYTES:
+            log.warning("%d studies published ahead of the commit on %s: too many to record; a replay may "
+                        "re-assemble some of them", len(entries), partition)
+            return ""
+        return text
+
+    def committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        """After a successful commit: entries wholly below the committed offset are needed no more."""
+        for partition, offset in offsets.items():
+            entries = self._last.get(partition, {})
+            self._last[partition] = {k: o for k, o in entries.items() if o >= offset}
+
+    def load(self, partition: TopicPartitionKey, metadata: str | None) -> None:
+        if not metadata:
+            return
+        try:
+            entries = {str(k): int(v) for k, v in json.loads(metadata).items()}
+        except (ValueError, TypeError, AttributeError):
+            log.warning("ignoring unreadable commit metadata on %s", partition)
+            return
+        mine = self._last.setdefault(partition, {})
+        for key, offset in entries.items():
+            mine[key] = max(offset, mine.get(key, -1))
+
+    def forget(self, partitions: Iterable[TopicPartitionKey]) -> None:
+        for partition in partitions:
+            self._last.pop(partition, None)
 
 
 def lowest_offsets(sources: Iterable[tuple[str, int, int]]) -> dict[TopicPartitionKey, int]:
@@ -307,6 +368,8 @@ class Worker:
         self.stopping = False
         self.assembler = Assembler(settings)
         self.watermark = Watermark()
+        self.ahead = PublishedAhead()
+        self._ahead_loaded: set[TopicPartitionKey] = set()
         self.resolver = ClaimCheckResolver(settings.max_instance_bytes)
         self._producer = make_producer(bootstrap, client_id="oncostream-worker")
         self.dlq = KafkaDeadLetter(self._producer, settings.topic_dlq)
@@ -330,13 +393,15 @@ class Worker:
         try:
             offsets = self.watermark.to_commit(self._held_offsets())
             if offsets and not self._unflushed:
-                self.source.commit_async(offsets)
+                self.source.commit_async(offsets, self._commit_metadata(offsets))
         except Exception:  # noqa: BLE001 - the new owner replays from the last commit either way
             log.exception("commit on revoke failed; partitions will be replayed from the last commit")
         self.assembler.drop_partitions(partitions)
         self._queue = [s for s in self._queue if not any((t, p) in partitions for t, p, _ in s.sources)]
         self._held = {k: v for k, v in self._held.items() if (k[0], k[1]) not in partitions}
         self.watermark.forget(partitions)
+        self.ahead.forget(partitions)
+        self._ahead_loaded -= set(partitions)
 
     def _on_assigned(self, partitions: set[TopicPartitionKey]) -> None:
         # the consumer resumes from each partition's committed offset by itself; nothing is paused now
@@ -366,6 +431,7 @@ class Worker:
         return self.max_studies is not None and self.published >= self.max_studies
 
     def _accept(self, message) -> None:
+        from ingest.assembly import assembly_key
         from ingest.decode import parse_instance, route
         from ingest.kafka_source import instance_bytes
         from oncostream import metrics
@@ -382,6 +448,14 @@ class Worker:
         except RejectedInstance as exc:
             log.warning("rejected %s (%s): %s", exc.sop_instance_uid or "instance", message.origin, exc.reason)
             self._dead_letter(message, exc)
+            return
+        partition = (message.topic, message.partition)
+        if partition not in self._ahead_loaded:
+            self.ahead.load(partition, self.source.committed_metadata(partition))
+            self._ahead_loaded.add(partition)
+        key = assembly_key(ds, modality)
+        if key is not None and self.ahead.already_published(partition, key, message.offset):
+            log.info("skipping %s: its study was published before the last commit", message.origin)
             return
         self._held[source] = message
         program = message.headers.get("program") or None
@@ -435,6 +509,7 @@ class Worker:
         if published:
             self._flush()
             for study, result in published:
+                self.ahead.published(study.assembly_key, study.sources)
                 self._release(study)
                 record_published(result)
             log.info("published %d studies (%d in total)", len(published), self.published)
@@ -471,14 +546,18 @@ class Worker:
             return
         self._flush(timeout_s)  # a dead-lettered instance counts as done only once the DLQ acknowledged it
         try:
-            self.source.commit(offsets, timeout_s=min(timeout_s, 30.0))
+            self.source.commit(offsets, self._commit_metadata(offsets), timeout_s=min(timeout_s, 30.0))
         except Exception as exc:  # noqa: BLE001 - an uncommitted offset means a replay, never a loss
             log.warning("commit failed, retrying with the next commit: %s: %s", type(exc).__name__, exc)
             return
         self.watermark.committed(offsets)
+        self.ahead.committed(offsets)
         # messages below a committed offset belong to no unpublished study (ignored views, localizers)
         self._held = {k: v for k, v in self._held.items() if k[2] >= offsets.get((k[0], k[1]), -1)}
         log.debug("committed %s", offsets)
+
+    def _commit_metadata(self, offsets: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, str]:
+        return {partition: self.ahead.metadata(partition, offset) for partition, offset in offsets.items()}
 
     def _apply_backpressure(self) -> None:
         """Bound in-flight studies by pausing partitions instead of buffering.

@@ -26,6 +26,7 @@ class Study:
     missing: list[str] = field(default_factory=list)
     # (topic, partition, offset) of every instance, so the worker can advance its watermark
     sources: list[tuple[str, int, int]] = field(default_factory=list)
+    assembly_key: str = ""  # "MG:<StudyInstanceUID>" | "CT:<SeriesInstanceUID>" (ingest.assembly.assembly_key)
 
     @property
     def accession_number(self) -> str | None:

@@ -25,10 +25,17 @@ import numpy as np
 SECTION = "Triton: system shared memory vs plain gRPC (LDCT series)"
 
 
-def _server_ns(client, model: str) -> tuple[int, int]:
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
-    success = stats[0]["inference_stats"]["success"]
-    return int(success.get("count", 0)), int(success.get("ns", 0))
+def _server_ns(client, model: str, expected_count: int | None = None, timeout_s: float = 10.0) -> tuple[int, int]:
+    """(requests, total ns) of `model` in Triton's statistics; with `expected_count`, waits (bounded)
+    until the server has recorded that many, since statistics land just after the response."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+        success = stats[0]["inference_stats"]["success"]
+        count, ns = int(success.get("count", 0)), int(success.get("ns", 0))
+        if expected_count is None or count >= expected_count or time.monotonic() > deadline:
+            return count, ns
+        time.sleep(0.05)
 
 
 def measure(url: str, volume: np.ndarray, spacing: np.ndarray, mode: str, repeats: int) -> dict:
@@ -40,14 +47,15 @@ def measure(url: str, volume: np.ndarray, spacing: np.ndarray, mode: str, repeat
     backend = TritonBackend(Settings(triton_url=url, triton_shared_memory=mode))
     client = grpcclient.InferenceServerClient(url)
     try:
-        raw = backend.infer_ldct(volume, spacing)  # warm-up (and the region's creation)
-        count0, ns0 = _server_ns(client, LDCT_ENSEMBLE)
+        before, _ = _server_ns(client, LDCT_ENSEMBLE)
+        raw = backend.infer_ldct(volume, spacing)  # warm-up (and the regions' creation)
+        count0, ns0 = _server_ns(client, LDCT_ENSEMBLE, before + 1)
         walls = []
         for _ in range(repeats):
             started = time.perf_counter()
             raw = backend.infer_ldct(volume, spacing)
             walls.append(time.perf_counter() - started)
-        count1, ns1 = _server_ns(client, LDCT_ENSEMBLE)
+        count1, ns1 = _server_ns(client, LDCT_ENSEMBLE, count0 + repeats)
     finally:
         backend.close()
         client.close()

@@ -84,11 +84,11 @@ def pipeline():
     backend.close()
 
 
-def run_in_process(topics, pipeline, max_studies: int, **settings) -> Worker:
-    """Run a worker in this process until it published `max_studies` (stopped after WAIT_S regardless)."""
+def run_in_process(topics, pipeline, max_studies: int, wait_s: float = WAIT_S, **settings) -> Worker:
+    """Run a worker in this process until it published `max_studies` (stopped after `wait_s` regardless)."""
     worker = Worker(topics.settings(**settings), topics.bootstrap, topics.dicom, pipeline, [],
                     max_studies=max_studies)
-    timer = threading.Timer(WAIT_S, worker.stop)
+    timer = threading.Timer(wait_s, worker.stop)
     timer.start()
     try:
         worker.run()
@@ -307,8 +307,10 @@ def test_sigkill_mid_study_then_restart_triages_every_study_once_in_content(kafk
     for _, event in triage_events(kafka_topics):
         by_study.setdefault(event["study_instance_uid"], []).append(without_timing(event))
     assert set(by_study) == set(corpus.studies)
-    # studies produced after the held one on its partition were published, then replayed: duplicates
-    assert any(len(copies) > 1 for copies in by_study.values()), "the restart should have replayed published studies"
+    # studies produced after the held one on its partition were published ahead of the commit: the commit's
+    # metadata told the restarted worker to skip them (a kill between publish and commit may still duplicate)
+    log = second.log_path.read_text(errors="replace")
+    assert "its study was published before the last commit" in log, second.log_tail()
     for uid, copies in by_study.items():
         assert all(copy == copies[0] for copy in copies), f"replayed study {uid} changed its result"
         assert not copies[0]["incomplete"], uid
@@ -347,3 +349,27 @@ def test_two_workers_share_six_partitions_and_survive_one_stopping(kafka_topics_
 
     assert published_by(outs[0]) | published_by(outs[1]) == set(uids)
     assert "partitions revoked" in a.log_path.read_text(), "the survivor should have been rebalanced"
+
+
+def test_replay_skips_the_tail_of_a_study_published_ahead_of_the_commit(kafka_topics_factory, corpus, pipeline):
+    # one partition: a0, b0, a1..a3. Exam a completes and is published while b0 holds the commit at offset 1.
+    # A replay from offset 1 must not re-assemble a1..a3 into a partial (different) second result for a.
+    topics = kafka_topics_factory(1)
+    a, b = corpus.subset(mammo=2, ldct=0)
+    fa, fb = corpus.studies[a], corpus.studies[b]
+    settings = topics.settings()
+    for batch in ([fa[0]], [fb[0]], fa[1:]):
+        produce_files(batch, settings, topics.bootstrap)
+    first = run_in_process(topics, pipeline, max_studies=1)
+    assert first.published == 1
+    [partition] = topics.committed()
+    assert topics.committed()[partition] == 1, "b0 holds the commit back"
+
+    produce_files(fb[1:], settings, topics.bootstrap)
+    # room for a second result: without the commit metadata, a1..a3 would close as an incomplete exam after
+    # the 2 s quiet timeout and be published; with it, the worker publishes b only and is stopped at 20 s
+    second = run_in_process(topics, pipeline, max_studies=2, wait_s=20.0, assembly_timeout_s=2.0)
+    assert second.published == 1
+    events = [e for _, e in triage_events(topics)]
+    assert sorted(e["study_instance_uid"] for e in events) == sorted([a, b])
+    assert not any(e["incomplete"] for e in events)
