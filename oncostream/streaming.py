@@ -607,7 +607,7 @@ class Worker:
 def main_worker(args) -> int:
     """`oncostream worker --bootstrap HOST:PORT [--topic T] [--triton HOST:PORT] [--max-studies N] [--out DIR]`."""
     from oncostream import metrics
-    from oncostream.pipeline import Pipeline, make_backend
+    from oncostream.pipeline import Pipeline, delivery_sinks, make_backend
 
     _quiet_kafka_client_logs()
     settings = Settings()
@@ -621,6 +621,7 @@ def main_worker(args) -> int:
         from postprocess.file_sink import FileSink
 
         sinks.append(FileSink(args.out))
+    sinks.extend(delivery_sinks(settings))  # PACS by C-STORE / STOW-RS when the settings name one
     backend = make_backend(settings)
     worker = Worker(settings, args.bootstrap, args.topic or settings.topic_dicom, Pipeline(settings, backend),
                     sinks, max_studies=args.max_studies)
