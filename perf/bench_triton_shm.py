@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "ONNX Runtime) in the pytriton wheel's tritonserver on the same host. With shared memory the HU "
         "volume and the outputs (masks, candidates, probabilities) pass through two registered regions and "
         "the gRPC messages carry only tensor metadata; the MB columns count tensor bytes. "
-        "Overhead = client wall time - Triton's own per-request time for the ensemble.")
+        "Overhead = client wall time - Triton's own per-request time for the ensemble. Server time "
+        "moves by a second or more between runs with the load of the shared 2-core host, so compare the "
+        "overhead column: it is what the transport costs.")
     print(body)
     if not args.no_write:
         from perf.results import write_section
