@@ -82,11 +82,16 @@ class Watermark:
             raise ValueError(f"offset: must be >= 0, got {offset}")
         self._next[partition] = max(self._next.get(partition, 0), offset + 1)
 
-    def to_commit(self, held: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
+    def to_commit(self, held: dict[TopicPartitionKey, int],
+                  refresh: Iterable[TopicPartitionKey] = ()) -> dict[TopicPartitionKey, int]:
+        """Offsets to commit now; partitions in `refresh` are included even where the offset stays put
+        (their commit metadata changed, see PublishedAhead)."""
+        refresh = set(refresh)
         offsets = {}
         for partition, next_offset in self._next.items():
             target = min(held.get(partition, next_offset), next_offset)
-            if target > self._committed.get(partition, -1):
+            committed = self._committed.get(partition, -1)
+            if target > committed or (partition in refresh and target >= committed):
                 offsets[partition] = target
         return offsets
 
@@ -119,6 +124,7 @@ class PublishedAhead:
 
     def __init__(self) -> None:
         self._last: dict[TopicPartitionKey, dict[str, int]] = {}  # partition -> hashed key -> highest offset
+        self.changed: set[TopicPartitionKey] = set()  # partitions whose metadata is newer than the last commit
 
     @staticmethod
     def _hash(assembly_key: str) -> str:
@@ -129,6 +135,7 @@ class PublishedAhead:
             entries = self._last.setdefault((topic, partition), {})
             key = self._hash(assembly_key)
             entries[key] = max(offset, entries.get(key, -1))
+            self.changed.add((topic, partition))
 
     def already_published(self, partition: TopicPartitionKey, assembly_key: str, offset: int) -> bool:
         return offset <= self._last.get(partition, {}).get(self._hash(assembly_key), -1)
@@ -148,6 +155,7 @@ class PublishedAhead:
         for partition, offset in offsets.items():
             entries = self._last.get(partition, {})
             self._last[partition] = {k: o for k, o in entries.items() if o >= offset}
+            self.changed.discard(partition)
 
     def load(self, partition: TopicPartitionKey, metadata: str | None) -> None:
         if not metadata:
@@ -164,6 +172,7 @@ class PublishedAhead:
     def forget(self, partitions: Iterable[TopicPartitionKey]) -> None:
         for partition in partitions:
             self._last.pop(partition, None)
+            self.changed.discard(partition)
 
 
 def lowest_offsets(sources: Iterable[tuple[str, int, int]]) -> dict[TopicPartitionKey, int]:
@@ -540,7 +549,7 @@ class Worker:
     def _commit(self, force: bool = False, timeout_s: float = 60.0) -> None:
         if not force and time.monotonic() - self._last_commit < _COMMIT_INTERVAL_S:
             return
-        offsets = self.watermark.to_commit(self._held_offsets())
+        offsets = self.watermark.to_commit(self._held_offsets(), refresh=self.ahead.changed)
         self._last_commit = time.monotonic()
         if not offsets:
             return

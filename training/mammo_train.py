@@ -330,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-exams", type=int, default=len(FULL_TRAIN_SEEDS))
     parser.add_argument("--val-exams", type=int, default=len(VALIDATION_SEEDS))
     parser.add_argument("--full-val-exams", type=int, default=len(FULL_VALIDATION_SEEDS))
-    parser.add_argument("--steps", type=int, default=1200, help="classifier steps of 32 crops")
-    parser.add_argument("--density-epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1000, help="classifier steps of 32 crops")
+    parser.add_argument("--density-epochs", type=int, default=2)
+    parser.add_argument("--keep-density", action="store_true",
+                        help="retrain only the classifier; keep mammo_density already in --repository")
     parser.add_argument("--workers", type=int, default=mammo_data.default_workers())
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     args = parser.parse_args(argv)
@@ -360,16 +362,19 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(train)} training views, {len(val)} validation views ready ({time.time() - started:.0f} s)")
 
     classifier = train_classifier(train, val_selection, args.steps, weights)
-    density = train_density(train, val_selection, args.density_epochs)
-
+    repo = args.repository
     # Calibration on the validation split: Platt scaling of the view logit, temperature of density.
     a, b = fit_logistic(predict_classifier(classifier, val.images)[:, None], val.view_malignant)
-    temperature = fit_temperature(predict_density(density, val.images), val.density)
-    log(f"view Platt a={a:.3f} b={b:.3f}; density temperature {temperature:.3f}")
-    repo = args.repository
+    log(f"view Platt a={a:.3f} b={b:.3f}")
     export(ExportedClassifier(classifier, float(a), float(b)), repo / "mammo_classifier" / "1" / "model.onnx",
            ["malignancy", "heatmap"])
-    export(ExportedDensity(density, temperature), repo / "mammo_density" / "1" / "model.onnx", ["density"])
+    if args.keep_density:
+        temperature = yaml.safe_load((repo / "mammo_density" / "contract.yaml").read_text())["calibration"]["temperature"]
+    else:
+        density = train_density(train, val_selection, args.density_epochs)
+        temperature = fit_temperature(predict_density(density, val.images), val.density)
+        log(f"density temperature {temperature:.3f}")
+        export(ExportedDensity(density, temperature), repo / "mammo_density" / "1" / "model.onnx", ["density"])
 
     # Exam combination and decile edges, on the served path (ONNX Runtime + flip TTA).
     view_probs, heatmaps, _ = served_view_probabilities(repo, val.images)

@@ -45,3 +45,20 @@ def test_forget_drops_revoked_partitions():
     ahead.published("MG:1", [(P[0], P[1], 3)])
     ahead.forget([P])
     assert not ahead.already_published(P, "MG:1", 3)
+
+
+def test_a_partition_whose_metadata_changed_is_committed_again_at_the_same_offset():
+    from oncostream.streaming import Watermark
+
+    watermark, ahead = Watermark(), PublishedAhead()
+    for offset in range(6):
+        watermark.consumed(P, offset)
+    held = {P: 0}  # a study holding offset 0 keeps the commit at 0 for as long as it assembles
+    assert watermark.to_commit(held) == {P: 0}
+    watermark.committed({P: 0})
+    assert watermark.to_commit(held) == {}, "nothing new: no commit"
+    ahead.published("MG:2", [(P[0], P[1], 3), (P[0], P[1], 4)])
+    assert watermark.to_commit(held, refresh=ahead.changed) == {P: 0}, "same offset, new metadata"
+    ahead.committed({P: 0})
+    assert ahead.changed == set()
+    assert ahead.already_published(P, "MG:2", 4)
