@@ -65,7 +65,7 @@ class Pipeline:
                 else:
                     from ingest.mammo import infer_mammo_study
 
-                    inference = infer_mammo_study(self.backend, study)
+                    inference = infer_mammo_study(self.backend, study, repository=self.settings.model_repository)
             return build_result(study, inference, self.settings)
         except (BackendUnavailable, StudyFailed):
             raise
