@@ -27,8 +27,15 @@ def up() -> int:
     STACK_DIR.mkdir(exist_ok=True)
     env: dict[str, str] = {}
     pids: dict[str, int] = {}
+    started = []
     for name in _available():
-        service = importlib.import_module(f"oncostream.services.{name}").start(STACK_DIR / name)
+        try:
+            service = importlib.import_module(f"oncostream.services.{name}").start(STACK_DIR / name)
+        except Exception:
+            for running in reversed(started):  # no half-started stack left behind
+                running.stop()
+            raise
+        started.append(service)
         env.update(service.env)
         if service.process is not None:
             pids[name] = service.process.pid
