@@ -21,7 +21,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 DETECTOR_SPACING_MM = 2.0
 DETECTOR_STRIDE = 4  # the detector's volume edges must be multiples of this (two 2x downsamplings)

@@ -86,16 +86,20 @@ def match_detections(centres: np.ndarray, scores: np.ndarray, truth_centres: np.
 
 
 def sensitivity_at_fp_rate(scores: np.ndarray, is_tp: np.ndarray, is_fp: np.ndarray, n_positive: int,
-                           n_scans: int, fp_per_scan: float = FP_BUDGET_PER_SCAN) -> float:
-    """Best sensitivity over score thresholds whose false positives per scan stay within the budget."""
+                           n_scans: int, fp_per_scan: float = FP_BUDGET_PER_SCAN) -> tuple[float, float]:
+    """Best sensitivity over score thresholds whose false positives per scan stay within the budget,
+    and the lowest such threshold (NaN when no detection fits)."""
     if n_positive == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(scores), kind="stable")
+        return float("nan"), float("nan")
+    scores = np.asarray(scores, float)
+    order = np.argsort(-scores, kind="stable")
     tp = np.cumsum(np.asarray(is_tp)[order])
     fp = np.cumsum(np.asarray(is_fp)[order])
     ok = fp / max(n_scans, 1) <= fp_per_scan
-    best = float(tp[ok].max()) if ok.any() else 0.0
-    return best / n_positive
+    if not ok.any():
+        return 0.0, float("nan")
+    last = int(np.flatnonzero(ok).max())
+    return float(tp[last]) / n_positive, float(scores[order][last])
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -166,9 +170,11 @@ def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPO
                 volume_errors.append(abs(nodule.volume_mm3 - truth[j].volume_mm3) / truth[j].volume_mm3)
 
     mse = {k: v / max(n_body, 1) for k, v in se.items()}
+    sensitivity, threshold = sensitivity_at_fp_rate(np.array(scores), np.array(is_tp, bool),
+                                                    np.array(is_fp, bool), n_positive, n)
     return {
-        "ldct_sensitivity_at_1fp_ge6mm": sensitivity_at_fp_rate(np.array(scores), np.array(is_tp, bool),
-                                                                np.array(is_fp, bool), n_positive, n),
+        "ldct_sensitivity_at_1fp_ge6mm": sensitivity,
+        "ldct_score_at_1fp": threshold,
         "ldct_fp_per_scan": op_fp / n if n else float("nan"),
         "ldct_sensitivity_ge6mm": op_tp / n_positive if n_positive else float("nan"),
         "ldct_seg_dice_ge6mm": float(np.mean(dices)) if dices else float("nan"),
