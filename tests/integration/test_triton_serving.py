@@ -108,7 +108,9 @@ def test_every_model_is_served_and_matches_its_card(triton_server, triton_grpc):
 def test_ldct_ensemble_equals_embedded(triton, embedded):
     from oncostream.synth.ldct import make_ldct_phantom
 
-    phantom = make_ldct_phantom(SEED, size="small")
+    # a clearly detectable nodule, so that masks and probabilities of real candidates are compared
+    phantom = make_ldct_phantom(SEED, size="small",
+                                nodules=[{"diameter_mm": 14.0, "composition": "solid", "margin": "lobulated"}])
     spacing = np.asarray(phantom.spacing_mm, np.float32)
     reference = embedded.infer_ldct(phantom.hu_low, spacing)
     served = triton.infer_ldct(phantom.hu_low, spacing)

@@ -9,6 +9,8 @@ import pytest
 from oncostream.contracts import TriageEvent
 from oncostream.settings import Settings
 from postprocess.lungrads import PriorNodule
+from postprocess.mammo_policy import exam_score_edges
+from postprocess.priority import load_program
 from postprocess.results import build_result
 from tests.unit import screening_cases as cases
 
@@ -59,9 +61,13 @@ def test_confidence_follows_uncertainty() -> None:
 
 def test_mammo_event_fields() -> None:
     study = cases.mammo_study()
-    event = build_result(study, cases.mammo_inference(study, exam_probability=0.7), Settings(), now=cases.NOW).event
+    # above the top decile edge of whichever calibration is committed: the exam score must be 10
+    top_edge = exam_score_edges(load_program("default")).edges[-1]
+    probability = round((top_edge + 1.0) / 2, 4)
+    event = build_result(study, cases.mammo_inference(study, exam_probability=probability), Settings(),
+                         now=cases.NOW).event
     assert event.modality == "MG" and event.seg_sop_instance_uids == []
-    assert event.category.density == "c" and event.category.malignancy_probability == 0.7
+    assert event.category.density == "c" and event.category.malignancy_probability == probability
     assert event.category.exam_score == 10 and event.category.recall and event.priority == "URGENT"
     lesion = cases.mammo_phantom().truth.lesions[0]
     assert [(f.sop_instance_uid, f.center_px, f.bbox_px) for f in event.findings] == \
