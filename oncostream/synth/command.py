@@ -41,24 +41,19 @@ def write_studies(out: Path, mammo: int, ldct: int, seed: int, size: str) -> lis
     truth_dir = out / "ground_truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     folders = []
-    for i in range(mammo):
-        started = time.perf_counter()
-        phantom = make_mammo_phantom(study_seed(seed, i), size)
-        folder = out / f"mg-{i:04d}"
-        _write_series(folder, mammo_datasets(phantom))
-        (truth_dir / f"{phantom.truth.study_instance_uid}.json").write_text(phantom.truth.model_dump_json(indent=1))
-        folders.append(folder)
-        _log.info("mammo exam %s: %s in %.1f s", folder.name, phantom.truth.study_instance_uid,
-                  time.perf_counter() - started)
-    for i in range(ldct):
-        started = time.perf_counter()
-        phantom = make_ldct_phantom(study_seed(seed, i), size)
-        folder = out / f"ct-{i:04d}"
-        _write_series(folder, ldct_datasets(phantom))
-        (truth_dir / f"{phantom.truth.study_instance_uid}.json").write_text(phantom.truth.model_dump_json(indent=1))
-        folders.append(folder)
-        _log.info("LDCT series %s: %s in %.1f s", folder.name, phantom.truth.study_instance_uid,
-                  time.perf_counter() - started)
+    kinds = (("mammo exam", "mg", mammo, make_mammo_phantom, mammo_datasets),
+             ("LDCT series", "ct", ldct, make_ldct_phantom, ldct_datasets))
+    for label, prefix, count, make_phantom, to_datasets in kinds:
+        for i in range(count):
+            started = time.perf_counter()
+            phantom = make_phantom(study_seed(seed, i), size)
+            folder = out / f"{prefix}-{i:04d}"
+            _write_series(folder, to_datasets(phantom))
+            (truth_dir / f"{phantom.truth.study_instance_uid}.json").write_text(
+                phantom.truth.model_dump_json(indent=1))
+            folders.append(folder)
+            _log.info("%s %s: %s in %.1f s", label, folder.name, phantom.truth.study_instance_uid,
+                      time.perf_counter() - started)
     return folders
 
 
