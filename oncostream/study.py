@@ -30,7 +30,9 @@ class Study:
 
     @property
     def accession_number(self) -> str | None:
-        return str(self.datasets[0].get("AccessionNumber", "")) or None if self.datasets else None
+        if not self.datasets:
+            return None
+        return str(self.datasets[0].get("AccessionNumber", "")) or None
 
 
 @dataclass

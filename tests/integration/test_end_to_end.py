@@ -47,7 +47,7 @@ def e2e(tmp_path_factory, synth_dir, broken_dir, valid_ct_bytes):
     proc = subprocess.run([ONCOSTREAM, "run", str(inp), "--out", str(out)], env=env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return inp, out, proc.stdout
+    return inp, out, proc.stdout + proc.stderr
 
 
 def _study_files(inp: Path) -> dict[str, set[str]]:
@@ -114,3 +114,19 @@ def test_worklist_table_is_printed(e2e):
     assert "oncostream worklist" in stdout
     for event in _events(out):
         assert event.study_instance_uid[-12:] in stdout
+
+
+def test_no_patient_identifiers_in_logs_or_console(e2e):
+    inp, out, output = e2e
+    identifiers = set()
+    for path in inp.rglob("*.dcm"):
+        if "broken" in path.parts:
+            continue
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        identifiers |= {str(ds.PatientName), str(ds.PatientID), str(ds.get("PatientBirthDate", ""))}
+    identifiers.discard("")
+    assert identifiers, "the synthetic studies carry (synthetic) patient identifiers to look for"
+    leaked = {i for i in identifiers if i in output}
+    assert not leaked, f"patient identifiers printed: {sorted(leaked)}"
+    events = (out / "triage.jsonl").read_text()
+    assert not {i for i in identifiers if i in events}, "TriageEvents carry patient identifiers by default"
