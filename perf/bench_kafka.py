@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         f"instances/s, {k['bytes'] / 1e6 / k['produce_seconds']:.1f} MB/s. "
         f"Kafka path / embedded wall time: {k['seconds'] / emb_s:.2f}x.",
     ])
-    command = " ".join([".venv/bin/python -m perf.bench_kafka", *(argv or [])]) + "` (also run by `make bench"
+    command = " ".join([".venv/bin/python -m perf.bench_kafka", *(argv or [])])  # `make bench` runs it too
     path = write_section("Kafka streaming throughput (perf/bench_kafka.py)", command, body)
     print(body)
     print(json.dumps({"embedded_s": emb_s, "kafka": k}, default=str))
