@@ -23,6 +23,7 @@ import hashlib
 import json
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -146,21 +147,24 @@ def build_item(seed: int, size: str, enriched: bool) -> dict[str, np.ndarray]:
     return item
 
 
-def _source_fingerprint() -> str:
-    """Short hash of the phantom generator's and the preprocessing's source, read once at import so
-    it names the code this process runs: a changed generator invalidates the cache instead of
-    silently training on stale phantoms."""
-    digest = hashlib.sha256()
-    for module in (synth, pre):
-        digest.update(Path(module.__file__).read_bytes())
+@lru_cache(maxsize=1)
+def _fingerprint() -> str:
+    """Changes whenever the phantoms or the preprocessing change (judged by one small reference
+    phantom and its detector input) or the cached arrays' definition does (VERSION); cosmetic edits
+    of the generator keep the cache."""
+    reference = synth.make_ldct_phantom(0, size="small")
+    digest = hashlib.sha256(str(VERSION).encode())
+    for array in (reference.hu_clean, reference.hu_full, reference.hu_low, reference.labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(reference.truth.model_dump_json().encode())
+    spacing = np.asarray(reference.spacing_mm, np.float64)
+    grid = pre.detector_grid(reference.hu_low.shape, spacing)
+    digest.update(pre.window(pre.resample_reference(reference.hu_low, grid)).astype(np.float32).tobytes())
     return digest.hexdigest()[:10]
 
 
-_FINGERPRINT = _source_fingerprint()
-
-
 def cache_path(seed: int, size: str) -> Path:
-    return CACHE_DIR / f"v{VERSION}-{_FINGERPRINT}-{size}-{seed}.npz"
+    return CACHE_DIR / f"v{VERSION}-{_fingerprint()}-{size}-{seed}.npz"
 
 
 def ensure_cached(seed: int, size: str, enriched: bool) -> Path:

@@ -130,17 +130,20 @@ class CalibratedDetector(nn.Module):
 
 
 class CalibratedSegmenter(nn.Module):
-    """Export wrapper: probabilities, with the validation-fitted temperatures baked in."""
+    """Export wrapper: probabilities, calibration baked in: Platt scaling of the malignancy logit
+    (sigmoid(scale * z + bias), fitted on the served path) and a temperature for the composition."""
 
-    def __init__(self, net: SegmenterNet, malignancy_temperature: float = 1.0, composition_temperature: float = 1.0):
+    def __init__(self, net: SegmenterNet, malignancy_scale: float = 1.0, malignancy_bias: float = 0.0,
+                 composition_temperature: float = 1.0):
         super().__init__()
         self.net = net
-        self.register_buffer("t_malignancy", torch.tensor(float(malignancy_temperature)))
+        self.register_buffer("malignancy_scale", torch.tensor(float(malignancy_scale)))
+        self.register_buffer("malignancy_bias", torch.tensor(float(malignancy_bias)))
         self.register_buffer("t_composition", torch.tensor(float(composition_temperature)))
 
     def forward(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask_logit, malignancy_logit, composition_logits = self.net(patch)
-        return (torch.sigmoid(mask_logit), torch.sigmoid(malignancy_logit / self.t_malignancy),
+        return (torch.sigmoid(mask_logit), torch.sigmoid(malignancy_logit * self.malignancy_scale + self.malignancy_bias),
                 torch.softmax(composition_logits / self.t_composition, dim=1))
 
 

@@ -27,7 +27,7 @@ TORCH_SEED = 20261128
 PATCH = 48
 DET_PATCH = 40
 # steps per model; ONCOSTREAM_LDCT_STEPS_SCALE shortens every schedule (quick smoke runs)
-STEPS = {"denoise": 3600, "detector": 2000, "segmenter": 1200}  # about what the committed models got
+STEPS = {"denoise": 3600, "detector": 4000, "segmenter": 1200}
 VOLUME_KINDS = ("clean", "full", "low")
 VOLUME_KIND_P = (0.25, 0.35, 0.40)
 
@@ -297,15 +297,83 @@ def validation_logits(net: SegmenterNet, items: list[dict]) -> tuple[np.ndarray,
 
 
 def export_all(denoise: DenoiseNet, detector: DetectorNet, segmenter: SegmenterNet,
-               t_malignancy: float, t_composition: float, repository: Path = REPOSITORY) -> None:
+               segmenter_calibration: dict[str, float], repository: Path = REPOSITORY) -> None:
     export_onnx(denoise, torch.zeros(1, 1, 64, 64), repository / "ldct_denoise" / "1" / "model.onnx",
                 "image", ["denoised"], dynamic_spatial=True)
     export_onnx(CalibratedDetector(detector), torch.zeros(1, 1, 32, 32, 32),
                 repository / "ldct_nodule_detector" / "1" / "model.onnx", "volume", ["heatmap", "diameter_mm"],
                 dynamic_spatial=True)
-    export_onnx(CalibratedSegmenter(segmenter, t_malignancy, t_composition), torch.zeros(1, 1, PATCH, PATCH, PATCH),
+    export_segmenter(segmenter, segmenter_calibration, repository)
+
+
+def export_segmenter(segmenter: SegmenterNet, calibration: dict[str, float], repository: Path = REPOSITORY) -> None:
+    export_onnx(CalibratedSegmenter(segmenter, **calibration), torch.zeros(1, 1, PATCH, PATCH, PATCH),
                 repository / "ldct_nodule_segmenter" / "1" / "model.onnx", "patch",
                 ["mask", "malignancy", "composition"], dynamic_spatial=False)
+
+
+# Served-path calibration set: full-size phantoms with the generator's natural nodule draw, never
+# trained on (training seeds 0-47 and 10 000-10 159, validation 90 000-90 139) and below the
+# evaluation range (1 000 000+). Candidates are taken down to CALIBRATION_FLOOR so that the
+# detector's 1 false positive per scan point can be read off.
+CALIBRATION_SEEDS = range(96_000, 96_048)
+CALIBRATION_FLOOR = 0.1
+
+
+def fit_platt(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling (a, b) of probabilities: calibrated = sigmoid(a * logit(p) + b), by L-BFGS on
+    the negative log-likelihood with a weak pull towards the identity."""
+    p = np.clip(np.asarray(probabilities, np.float64), 1e-6, 1 - 1e-6)
+    z = torch.from_numpy(np.log(p / (1 - p)))
+    y = torch.from_numpy(np.asarray(labels, np.float64))
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(w[0] * z + w[1], y) + 1e-3 * ((w[0] - 1) ** 2 + w[1] ** 2)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(w[0].detach()), float(w[1].detach())
+
+
+def calibrate_served(segmenter: SegmenterNet, calibration: dict[str, float], seeds: range = CALIBRATION_SEEDS) -> dict[str, float]:
+    """Run the exported models the way the pipeline serves them (oncostream.evaluation.ldct) on the
+    calibration phantoms; read off the detection score at 1 false positive per scan, rounded down
+    to 0.01 (the operating point: ingest/steps/ldct.py DETECTION_THRESHOLD must be set to the logged
+    ``operating_point``), and fold a Platt fit of the served malignancy probability of every true
+    nodule reported at that operating point into the segmenter's calibration; export it again."""
+    from oncostream.evaluation import ldct as evaluation
+    from ingest.steps.ldct import DETECTION_THRESHOLD
+
+    run_model = evaluation.LdctModels(REPOSITORY)
+    series = []
+    for seed in seeds:
+        series.append(evaluation.score_series(seed, "full", run_model, threshold=CALIBRATION_FLOOR))
+        _log(stage="calibration series", seed=seed, reported=len(series[-1].hit))
+    scores = np.concatenate([s.detection_score for s in series])
+    is_tp = np.concatenate([[j >= 0 and s.reportable[j] for j in s.hit] for s in series]).astype(bool)
+    is_fp = np.concatenate([s.hit < 0 for s in series])
+    n_positive = sum(int(s.reportable.sum()) for s in series)
+    sensitivity, at_1fp = evaluation.sensitivity_at_fp_rate(scores, is_tp, is_fp, n_positive, len(series))
+    operating_point = math.floor(at_1fp * 100) / 100
+    reported = [(s.hit >= 0) & (s.detection_score >= operating_point) for s in series]
+    p = np.concatenate([s.malignancy[r] for s, r in zip(series, reported)])
+    y = np.concatenate([s.truth_malignant[s.hit[r]] for s, r in zip(series, reported)])
+    a, b = fit_platt(p, y)
+    _log(stage="served calibration", series=len(series), nodules_ge6mm=n_positive,
+         sensitivity_at_1fp=round(sensitivity, 4), score_at_1fp=round(at_1fp, 4), operating_point=operating_point,
+         shipped_threshold=DETECTION_THRESHOLD, nodules_for_platt=int(len(p)), malignant=int(y.sum()),
+         platt_a=round(a, 4), platt_b=round(b, 4))
+    if abs(operating_point - DETECTION_THRESHOLD) > 1e-9:
+        _log(stage="served calibration", warning="set ingest/steps/ldct.py DETECTION_THRESHOLD to the operating point")
+    calibrated = {"malignancy_scale": calibration["malignancy_scale"] * a,
+                  "malignancy_bias": calibration["malignancy_bias"] * a + b,
+                  "composition_temperature": calibration["composition_temperature"]}
+    export_segmenter(segmenter, calibrated)
+    return calibrated
 
 
 CHECKPOINTS = ldct_data.CACHE_DIR / "checkpoints"
@@ -341,7 +409,8 @@ def train_one(name: str, cached_only: bool = False) -> None:
 
 
 def calibrate_and_export(cached_only: bool = False) -> None:
-    """Fit the segmenter's temperatures on the validation phantoms and write the three ONNX files."""
+    """Temperatures on the validation patches (composition; malignancy as the starting point), the
+    three ONNX files, then the served-path Platt calibration of malignancy (calibrate_served)."""
     nets = {}
     for name, (_, cls) in _TRAINERS.items():
         net = cls()
@@ -353,7 +422,9 @@ def calibrate_and_export(cached_only: bool = False) -> None:
     t_comp = fit_temperature(comp_logits, comp_labels, multiclass=True) if len(comp_labels) else 1.0
     _log(stage="calibration", malignancy_temperature=t_mal, composition_temperature=t_comp,
          validation_nodules=int(len(mal_labels) // 2))
-    export_all(nets["denoise"], nets["detector"], nets["segmenter"], t_mal, t_comp)
+    calibration = {"malignancy_scale": 1.0 / t_mal, "malignancy_bias": 0.0, "composition_temperature": t_comp}
+    export_all(nets["denoise"], nets["detector"], nets["segmenter"], calibration)
+    calibrate_served(nets["segmenter"], calibration)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,12 +23,14 @@ hits no nodule is a false positive.
   ``denoise_25pct_minus_fulldose_psnr_db``: PSNR(denoised 25 % dose) - PSNR(full dose). PSNR against
   the noiseless phantom over the body (voxels where the noiseless phantom is above -950 HU, lungs
   included), data range 2000 HU, mean squared error pooled over all series;
-- ``n_ldct``: series; ``ldct_seconds_per_series``: mean wall time of the model steps per series.
+- ``n_ldct``: series; ``ldct_seconds_per_series``: mean wall time of the model steps per series;
+- ``<key>_ci95`` for the sensitivity, AUC and ECE: percentile bootstrap over series (stats.py).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu
 from ingest.backends.base import LdctRaw
 from ingest.steps import ldct as steps
 from oncostream.evaluation.mammo import expected_calibration_error, roc_auc
+from oncostream.evaluation.stats import bootstrap_ci95
 from oncostream.model_contract import onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -45,9 +48,10 @@ PSNR_RANGE_HU = 2000.0
 BODY_THRESHOLD_HU = -950.0
 REPORTABLE_MM = 6.0
 FP_BUDGET_PER_SCAN = 1.0
+CI_KEYS = ("ldct_sensitivity_at_1fp_ge6mm", "ldct_malignancy_auc", "ece_nodule")
 
 
-class _Models:
+class LdctModels:
     """The three LDCT ONNX models in ONNX Runtime, as ``run_model`` for the steps."""
 
     def __init__(self, repository: Path):
@@ -111,82 +115,115 @@ def psnr_db(mse: float, data_range: float = PSNR_RANGE_HU) -> float:
     return float(10.0 * np.log10(data_range ** 2 / mse)) if mse > 0 else float("inf")
 
 
-def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> dict:
-    """Metrics of the committed LDCT models on the 25 % dose phantoms of ``seeds`` (see module doc)."""
+@dataclass
+class SeriesScore:
+    """One phantom series through the served LDCT steps, scored against its truth."""
+
+    detection_score: np.ndarray  # [R] every reported nodule
+    hit: np.ndarray  # [R] index of the true nodule it hits, -1: none
+    malignancy: np.ndarray  # [R] reported malignancy probability
+    truth_malignant: np.ndarray  # [T]
+    reportable: np.ndarray  # [T] true diameter >= 6 mm
+    dice: list[float]  # hit reportable nodules
+    volume_error: list[float]  # same, |V - V_true| / V_true
+    squared_error: dict[str, float]  # 25 % dose input, full dose, denoised vs noiseless, summed over the body
+    body_voxels: int
+    seconds: float  # model steps only
+
+
+def score_series(seed: int, size: str, run_model, threshold: float = steps.DETECTION_THRESHOLD) -> SeriesScore:
+    """The 25 % dose phantom of ``seed`` written as DICOM, read back as the pipeline reads it, run
+    through the serving steps (ingest/steps/ldct.py; ``threshold``: the detector operating point) and
+    matched with its truth (module doc)."""
     from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
 
-    run_model = _Models(repository)
-    scores, is_tp, is_fp = [], [], []
-    op_tp = op_fp = n_positive = 0
-    dices, volume_errors, malignancy, malignant = [], [], [], []
+    phantom = make_ldct_phantom(seed, size=size)
+    datasets = ldct_datasets(phantom)
+    geometry = SeriesGeometry.from_datasets(datasets)
+    volume = series_volume_hu(datasets)
+    spacing = geometry.spacing_mm.astype(np.float32)
+    started = time.perf_counter()
+    denoised = steps.denoise(volume, run_model)
+    heatmap, diameter, grid = steps.detect(denoised, spacing, run_model)
+    candidates = steps.extract_candidates(heatmap, diameter, grid, threshold=threshold)
+    masks, mal, composition, uncertainty = steps.segment(denoised, spacing, candidates, run_model)
+    raw = LdctRaw(candidates=candidates, masks=masks, malignancy=mal, composition=composition,
+                  uncertainty=uncertainty)
+    nodules = nodules_from_raw(raw, geometry, volume.shape)
+    seconds = time.perf_counter() - started
+
+    body = phantom.hu_clean > BODY_THRESHOLD_HU
+    squared_error = {name: float(((image[body] - phantom.hu_clean[body]).astype(np.float64) ** 2).sum())
+                     for name, image in (("low", volume), ("full", phantom.hu_full), ("denoised", denoised))}
+    truth = phantom.truth.nodules
+    truth_centres = np.array([t.center_mm for t in truth], float).reshape(-1, 3)
+    truth_diameters = np.array([t.diameter_mm for t in truth], float)
+    reportable = truth_diameters >= REPORTABLE_MM
+    centres = np.array([c.center_mm for c in nodules], float).reshape(-1, 3)
+    det_scores = np.array([c.detection_score for c in nodules], float)
+    hits = match_detections(centres, det_scores, truth_centres, truth_diameters)
+    dices, volume_errors = [], []
+    for nodule, j in zip(nodules, hits):
+        if j >= 0 and reportable[j]:
+            dices.append(dice(nodule.mask, phantom.labels == j + 1))
+            volume_errors.append(abs(nodule.volume_mm3 - truth[j].volume_mm3) / truth[j].volume_mm3)
+    return SeriesScore(detection_score=det_scores, hit=hits,
+                       malignancy=np.array([c.malignancy_probability for c in nodules], float),
+                       truth_malignant=np.array([t.malignant for t in truth], bool), reportable=reportable,
+                       dice=dices, volume_error=volume_errors, squared_error=squared_error,
+                       body_voxels=int(body.sum()), seconds=seconds)
+
+
+def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> dict:
+    """Metrics of the committed LDCT models on the 25 % dose phantoms of ``seeds`` (see module doc)."""
+    run_model = LdctModels(repository)
+    series = [score_series(seed, size, run_model) for seed in seeds]
+    results = ldct_metrics(series)
+    results.update(bootstrap_ci95(len(series), lambda idx: ldct_metrics([series[i] for i in idx]), CI_KEYS))
+    return results
+
+
+def ldct_metrics(series: list[SeriesScore]) -> dict:
+    scores, is_tp, is_fp, malignancy, malignant = [], [], [], [], []
+    dices, volume_errors = [], []
+    n_positive = 0
     se = {"low": 0.0, "full": 0.0, "denoised": 0.0}
     n_body = 0
-    seconds = 0.0
-    n = 0
-    for seed in seeds:
-        phantom = make_ldct_phantom(seed, size=size)
-        datasets = ldct_datasets(phantom)
-        geometry = SeriesGeometry.from_datasets(datasets)
-        volume = series_volume_hu(datasets)
-        spacing = geometry.spacing_mm.astype(np.float32)
-        started = time.perf_counter()
-        denoised = steps.denoise(volume, run_model)
-        heatmap, diameter, grid = steps.detect(denoised, spacing, run_model)
-        candidates = steps.extract_candidates(heatmap, diameter, grid)
-        masks, mal, composition, uncertainty = steps.segment(denoised, spacing, candidates, run_model)
-        raw = LdctRaw(candidates=candidates, masks=masks, malignancy=mal, composition=composition,
-                      uncertainty=uncertainty)
-        nodules = nodules_from_raw(raw, geometry, volume.shape)
-        seconds += time.perf_counter() - started
-        n += 1
-
-        body = phantom.hu_clean > BODY_THRESHOLD_HU
-        n_body += int(body.sum())
-        for name, image in (("low", volume), ("full", phantom.hu_full), ("denoised", denoised)):
-            se[name] += float(((image[body] - phantom.hu_clean[body]).astype(np.float64) ** 2).sum())
-
-        truth = phantom.truth.nodules
-        truth_centres = np.array([t.center_mm for t in truth], float).reshape(-1, 3)
-        truth_diameters = np.array([t.diameter_mm for t in truth], float)
-        reportable = truth_diameters >= REPORTABLE_MM
-        n_positive += int(reportable.sum())
-        centres = np.array([c.center_mm for c in nodules], float).reshape(-1, 3)
-        det_scores = np.array([c.detection_score for c in nodules], float)
-        hits = match_detections(centres, det_scores, truth_centres, truth_diameters)
-        for i, nodule in enumerate(nodules):
-            j = hits[i]
-            scores.append(nodule.detection_score)
-            is_tp.append(j >= 0 and reportable[j])
+    for s in series:
+        n_positive += int(s.reportable.sum())
+        for score, j, p in zip(s.detection_score, s.hit, s.malignancy):
+            scores.append(score)
+            is_tp.append(j >= 0 and s.reportable[j])
             is_fp.append(j < 0)
-            if j < 0:
-                op_fp += 1
-                continue
-            malignancy.append(nodule.malignancy_probability)
-            malignant.append(truth[j].malignant)
-            if reportable[j]:
-                op_tp += 1
-                label = phantom.labels == j + 1
-                dices.append(dice(nodule.mask, label))
-                volume_errors.append(abs(nodule.volume_mm3 - truth[j].volume_mm3) / truth[j].volume_mm3)
-
+            if j >= 0:
+                malignancy.append(p)
+                malignant.append(s.truth_malignant[j])
+        dices += s.dice
+        volume_errors += s.volume_error
+        n_body += s.body_voxels
+        for k in se:
+            se[k] += s.squared_error[k]
+    n = len(series)
+    is_tp, is_fp = np.array(is_tp, bool), np.array(is_fp, bool)
     mse = {k: v / max(n_body, 1) for k, v in se.items()}
-    sensitivity, threshold = sensitivity_at_fp_rate(np.array(scores), np.array(is_tp, bool),
-                                                    np.array(is_fp, bool), n_positive, n)
+    sensitivity, threshold = sensitivity_at_fp_rate(np.array(scores), is_tp, is_fp, n_positive, n)
+    malignancy, malignant = np.array(malignancy), np.array(malignant)
     return {
         "ldct_sensitivity_at_1fp_ge6mm": sensitivity,
         "ldct_score_at_1fp": threshold,
-        "ldct_fp_per_scan": op_fp / n if n else float("nan"),
-        "ldct_sensitivity_ge6mm": op_tp / n_positive if n_positive else float("nan"),
+        "ldct_fp_per_scan": int(is_fp.sum()) / n if n else float("nan"),
+        "ldct_sensitivity_ge6mm": int(is_tp.sum()) / n_positive if n_positive else float("nan"),
         "ldct_seg_dice_ge6mm": float(np.mean(dices)) if dices else float("nan"),
         "ldct_volume_abs_err_median_ge6mm": float(np.median(volume_errors)) if volume_errors else float("nan"),
-        "ldct_malignancy_auc": roc_auc(np.array(malignancy), np.array(malignant)),
+        "ldct_malignancy_auc": roc_auc(malignancy, malignant),
         "denoise_psnr_gain_db_25pct": psnr_db(mse["denoised"]) - psnr_db(mse["low"]),
         "denoise_25pct_minus_fulldose_psnr_db": psnr_db(mse["denoised"]) - psnr_db(mse["full"]),
-        "ece_nodule": expected_calibration_error(np.array(malignancy), np.array(malignant)) if malignancy else float("nan"),
+        "ece_nodule": expected_calibration_error(malignancy, malignant) if len(malignancy) else float("nan"),
         "n_ldct": n,
         "ldct_nodules_ge6mm": n_positive,
+        "ldct_nodules_scored_malignancy": len(malignancy),
         "denoise_psnr_db_25pct": psnr_db(mse["low"]),
         "denoise_psnr_db_denoised": psnr_db(mse["denoised"]),
         "denoise_psnr_db_fulldose": psnr_db(mse["full"]),
-        "ldct_seconds_per_series": seconds / n if n else float("nan"),
+        "ldct_seconds_per_series": sum(s.seconds for s in series) / n if n else float("nan"),
     }

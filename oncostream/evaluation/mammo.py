@@ -10,7 +10,8 @@ scored against its ground truth:
 - ``ece_mammo``: expected calibration error of the exam probability (10 equal-width bins);
 - ``mammo_view_auc``: per-view AUC; ``mammo_localization_rate``: fraction of views with a malignant
   lesion whose best region's bbox overlaps the lesion's true bbox;
-- ``n_mammo``: exams evaluated; ``mammo_seconds_per_exam``: mean wall time of the model steps.
+- ``n_mammo``: exams evaluated; ``mammo_seconds_per_exam``: mean wall time of the model steps;
+- ``<key>_ci95`` for the exam AUC and ECE: percentile bootstrap over exams (stats.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from ingest.mammo import exam_probability, heatmap_regions
 from ingest.steps import mammo as steps
+from oncostream.evaluation.stats import bootstrap_ci95
 from oncostream.model_contract import load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -115,16 +117,22 @@ def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REP
                 regions = heatmap_regions(raw.heatmaps[k], images[k].shape, threshold)
                 if regions and any(_overlaps(regions[0][2], box) for box in boxes):
                     localized += 1
+    exam_p, exam_y = np.array(exam_p), np.array(exam_y)
+
+    def exam_figures(idx: np.ndarray) -> dict[str, float]:
+        return {"mammo_exam_auc": roc_auc(exam_p[idx], exam_y[idx]),
+                "ece_mammo": expected_calibration_error(exam_p[idx], exam_y[idx])}
+
     n = len(exam_p)
     return {
-        "mammo_exam_auc": roc_auc(np.array(exam_p), np.array(exam_y)),
+        **exam_figures(np.arange(n)),
         "mammo_density_kappa": cohen_kappa(np.array(dens_pred), np.array(dens_true)),
-        "ece_mammo": expected_calibration_error(np.array(exam_p), np.array(exam_y)),
         "n_mammo": n,
         "mammo_density_kappa_quadratic": cohen_kappa(np.array(dens_pred), np.array(dens_true), weights="quadratic"),
         "mammo_view_auc": roc_auc(np.array(view_p), np.array(view_y)),
         "mammo_localization_rate": localized / malignant_views if malignant_views else float("nan"),
         "mammo_seconds_per_exam": seconds / n if n else float("nan"),
+        **bootstrap_ci95(n, exam_figures, ("mammo_exam_auc", "ece_mammo")),
     }
 
 

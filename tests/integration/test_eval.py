@@ -53,6 +53,12 @@ def test_eval_json_has_every_key(eval_json):
         assert value is None or 0.0 <= value <= 1.0, (key, value)
 
 
+def test_eval_reports_bootstrap_intervals_around_the_figures(eval_json):
+    for key in ("ldct_sensitivity_at_1fp_ge6mm", "mammo_exam_auc", "ece_mammo"):
+        low, high = eval_json[f"{key}_ci95"]
+        assert low <= eval_json[key] <= high, (key, low, eval_json[key], high)
+
+
 @pytest.mark.parametrize("key,bound,higher", BOUNDS.values(), ids=BOUNDS.keys())
 def test_eval_meets_the_ci_bound(eval_json, key, bound, higher):
     value = eval_json[key]

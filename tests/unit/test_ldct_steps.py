@@ -168,10 +168,10 @@ def test_nodules_from_raw_geometry_and_empty_masks(small_phantom):
 
 
 def test_small_phantom_through_the_committed_models(small_phantom):
-    from oncostream.evaluation.ldct import _Models
+    from oncostream.evaluation.ldct import LdctModels
 
     raw = steps.run(small_phantom.hu_low, np.asarray(small_phantom.spacing_mm, np.float32),
-                    _Models(DEFAULT_MODEL_REPOSITORY))
+                    LdctModels(DEFAULT_MODEL_REPOSITORY))
     k = len(raw.candidates)
     assert raw.candidates.shape == (k, 5) and k <= steps.MAX_CANDIDATES
     assert raw.masks.shape == (k, 48, 48, 48)
