@@ -27,7 +27,7 @@ TORCH_SEED = 20261128
 PATCH = 48
 DET_PATCH = 40
 # steps per model; ONCOSTREAM_LDCT_STEPS_SCALE shortens every schedule (quick smoke runs)
-STEPS = {"denoise": 3600, "detector": 4000, "segmenter": 1200}
+STEPS = {"denoise": 3600, "detector": 4000, "segmenter": 2400}
 VOLUME_KINDS = ("clean", "full", "low")
 VOLUME_KIND_P = (0.25, 0.35, 0.40)
 

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-exams", type=int, default=len(FULL_TRAIN_SEEDS))
     parser.add_argument("--val-exams", type=int, default=len(VALIDATION_SEEDS))
     parser.add_argument("--full-val-exams", type=int, default=len(FULL_VALIDATION_SEEDS))
-    parser.add_argument("--steps", type=int, default=1000, help="classifier steps of 32 crops")
+    parser.add_argument("--steps", type=int, default=8000, help="classifier steps of 32 crops")
     parser.add_argument("--density-epochs", type=int, default=2)
     parser.add_argument("--keep-density", action="store_true",
                         help="retrain only the classifier; keep mammo_density already in --repository")

@@ -39,7 +39,7 @@ class MammoLesionView(_Frozen):
 
 class MammoLesionTruth(_Frozen):
     type: Literal["mass", "calcification"]
-    shape: Literal["round", "oval", "spiculated", "cluster"]
+    shape: Literal["round", "oval", "irregular", "spiculated", "cluster"]
     laterality: Literal["L", "R"]
     malignant: bool
     size_mm: float = Field(gt=0)

@@ -32,8 +32,9 @@ VIEWS = ("LCC", "LMLO", "RCC", "RMLO")
 DENSITIES = ("a", "b", "c", "d")
 # size -> (rows, columns, pixel spacing mm)
 _SIZES = {"full": (2048, 1664, 0.1), "small": (512, 416, 0.4)}
-# fibroglandular fraction range of the breast per BI-RADS density category (5th edition wording)
-_GLANDULAR = {"a": (0.02, 0.08), "b": (0.12, 0.24), "c": (0.34, 0.5), "d": (0.66, 0.82)}
+# fibroglandular fraction range of the breast per BI-RADS density category (5th edition wording);
+# neighbouring ranges overlap a little, as readers' calls do at the category edges
+_GLANDULAR = {"a": (0.02, 0.12), "b": (0.10, 0.30), "c": (0.27, 0.55), "d": (0.52, 0.85)}
 _ORIENTATION = {"LCC": ["A", "R"], "LMLO": ["A", "FR"], "RCC": ["P", "L"], "RMLO": ["P", "FL"]}
 # SNOMED CT view codes (CID 4014) and laterality
 _VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
@@ -67,7 +68,7 @@ class _Breast:
 @dataclass
 class _Lesion:
     type: str  # mass | calcification
-    shape: str  # round | oval | spiculated | cluster
+    shape: str  # round | oval (circumscribed) | irregular | spiculated | cluster
     laterality: str
     malignant: bool
     size_mm: float
@@ -168,7 +169,9 @@ def _draw_lesions(rng: np.random.Generator, malignant_exam: bool) -> list[_Lesio
     def one(malignant: bool) -> _Lesion:
         kind = "mass" if rng.random() < 0.65 else "calcification"
         if kind == "mass":
-            shape = str(rng.choice(["spiculated", "spiculated", "oval"])) if malignant else str(
+            # BI-RADS lexicon: cancers show spiculated or irregular, indistinct masses; benign masses
+            # are round or oval and circumscribed
+            shape = str(rng.choice(["spiculated", "spiculated", "irregular"])) if malignant else str(
                 rng.choice(["round", "oval"]))
             size = float(rng.uniform(8, 22))
         else:
@@ -188,7 +191,9 @@ def _draw_lesions(rng: np.random.Generator, malignant_exam: bool) -> list[_Lesio
 
 def _mass_field(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray, r0: float, c0: float, spacing: float,
                 rng: np.random.Generator) -> np.ndarray:
-    """Projected mass density [0, 1] (a blurred ellipse, spiculated masses with radiating strands)."""
+    """Projected mass density [0, 1]: a blurred ellipse with a sharp (circumscribed) edge; irregular
+    masses get an angular, microlobulated outline and an indistinct edge; spiculated ones a wobbly
+    outline with radiating strands."""
     radius_px = lesion.size_mm / 2 / spacing
     ca, sa = np.cos(lesion.angle), np.sin(lesion.angle)
     dr, dc = rr - r0, cc - c0
@@ -199,10 +204,17 @@ def _mass_field(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray, r0: float, c0: 
         theta = np.arctan2(b, a)
         wobble = sum(rng.uniform(0.05, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 5, 7))
         rho = rho / (1 + wobble)
+    elif lesion.shape == "irregular":
+        theta = np.arctan2(b, a)
+        angular = sum(rng.uniform(0.08, 0.2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3))
+        lobules = sum(rng.uniform(0.04, 0.08) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+                      for k in rng.choice(np.arange(6, 13), 3, replace=False))
+        rho = rho / (1 + angular + lobules)
     # a compressed sphere projects to a thickness profile sqrt(1 - rho^2), softened at the edge
     body = np.sqrt(np.clip(1 - rho ** 2, 0, 1))
-    edge_px = max(0.6, 0.4 / spacing)
-    body = np.maximum(body, np.clip(1 - (rho - 1) * radius_px / edge_px, 0, 1) * 0.15 * (rho > 1))
+    edge_px = max(0.6, (1.5 if lesion.shape == "irregular" else 0.4) / spacing)
+    halo = 0.35 if lesion.shape == "irregular" else 0.15
+    body = np.maximum(body, np.clip(1 - (rho - 1) * radius_px / edge_px, 0, 1) * halo * (rho > 1))
     if lesion.shape == "spiculated":
         n = int(rng.integers(10, 20))
         for _ in range(n):
