@@ -188,8 +188,10 @@ def load(paths: list[Path], prefixes: tuple[str, ...] = ("",)) -> list[dict[str,
     return out
 
 
-def build_all(split: str = "train", sizes: tuple[str, ...] = ("small", "full")) -> list[Path]:
-    """Cache every seed of a split (train: enriched nodules; validation: the natural draw)."""
+def build_all(split: str = "train", sizes: tuple[str, ...] = ("full", "small")) -> list[Path]:
+    """Cache every seed of a split (train: enriched nodules; validation: the natural draw); paths in
+    the order of ``TRAIN_SEEDS`` / ``VALIDATION_SEEDS`` (full first), the order ``--cached-only``
+    loads them in, so both paths train on the same item order."""
     seeds = TRAIN_SEEDS if split == "train" else VALIDATION_SEEDS
     paths = []
     for size in sizes:
@@ -205,4 +207,4 @@ if __name__ == "__main__":
     # arguments: split[:size] ..., e.g. "train:full validation:small"; default: everything
     for arg in sys.argv[1:] or ["train", "validation"]:
         split, _, size = arg.partition(":")
-        build_all(split, (size,) if size else ("small", "full"))
+        build_all(split, (size,) if size else ("full", "small"))
