@@ -3,8 +3,11 @@
 Seeds (all training-side, below the evaluation range that starts at 1,000,000):
 - training:    small phantoms TRAIN_SEEDS, full phantoms FULL_TRAIN_SEEDS
 - validation:  small phantoms VALIDATION_SEEDS (the first 200 select the model) plus full phantoms
-               FULL_VALIDATION_SEEDS; together they fit the Platt / temperature calibration, the
-               exam combination, the region threshold and the exam-score decile edges.
+               FULL_VALIDATION_SEEDS; together they fit the view Platt scaling, the density
+               temperature and the region threshold;
+- exam calibration: full phantoms EXAM_CALIBRATION_SEEDS fit the exam combination and the
+               exam-score decile edges (full size is what screening sends; fitting them on the mostly
+               small validation set left the full-size exam probability miscalibrated).
 
 Outputs: model_repository/mammo_classifier/{contract.yaml,1/model.onnx} and the same for
 mammo_density. The model cards (README.md) are written by hand from ``oncostream eval`` figures.
@@ -32,6 +35,8 @@ TRAIN_SEEDS = range(0, 1600)
 FULL_TRAIN_SEEDS = range(50_000, 50_040)
 VALIDATION_SEEDS = range(90_000, 90_400)
 FULL_VALIDATION_SEEDS = range(95_000, 95_040)
+# full-size exams for the exam combination and the score edges (screening sends full-size views)
+EXAM_CALIBRATION_SEEDS = range(95_100, 95_300)
 TORCH_SEED = 20261128
 OPSET = 17
 FULL_SHARE = 0.2
@@ -324,6 +329,38 @@ def write_contracts(repository: Path, classifier_calibration: dict[str, float],
         (repository / name / "contract.yaml").write_text(yaml.safe_dump(contract, sort_keys=False))
 
 
+def _exam_calibration_set(workers: int) -> mammo_data.MammoExamples:
+    return mammo_data.load(mammo_data.build(EXAM_CALIBRATION_SEEDS, "full", workers))
+
+
+def fit_exam_combination(repository: Path, exams: mammo_data.MammoExamples) -> dict[str, float]:
+    """Logistic exam combination of the served view probabilities (ingest/mammo.py exam_features)
+    and the exam-score decile edges of the resulting probability."""
+    view_probs, _, _ = served_view_probabilities(repository, exams.images)
+    lateralities = [k[0] for k in mammo_data.VIEW_KEYS]
+    features = np.array([exam_features(list(p), lateralities) for p in view_probs.reshape(-1, 4)])
+    w_mean, w_max, bias = fit_logistic(features, exams.exam_malignant)
+    exam_p = 1 / (1 + np.exp(-(features @ np.array([w_mean, w_max]) + bias)))
+    edges = np.quantile(exam_p, np.linspace(0.1, 0.9, 9))
+    log(f"exam combination w_mean={w_mean:.3f} w_max={w_max:.3f} bias={bias:.3f} on {len(exam_p)} full-size exams; "
+        f"their exam AUC {auc(exam_p, exams.exam_malignant):.3f}")
+    return {"exam_weight_breast_mean": float(w_mean), "exam_weight_view_max": float(w_max), "exam_bias": float(bias),
+            **{f"exam_score_edge_{k + 1}": float(e) for k, e in enumerate(edges)}}
+
+
+def recalibrate_exam(repository: Path, workers: int) -> None:
+    """Refit only the exam combination of the exported models (keeps view Platt, region threshold,
+    density temperature): ``--exam-calibration-only``."""
+    classifier = load_calibration(repository, "mammo_classifier")
+    density = load_calibration(repository, "mammo_density")
+    classifier.update(fit_exam_combination(repository, _exam_calibration_set(workers)))
+    write_contracts(repository, classifier, density)
+
+
+def load_calibration(repository: Path, model: str) -> dict[str, float]:
+    return yaml.safe_load((repository / model / "contract.yaml").read_text())["calibration"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train-exams", type=int, default=len(TRAIN_SEEDS))
@@ -335,10 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-density", action="store_true",
                         help="retrain only the classifier; keep mammo_density already in --repository")
     parser.add_argument("--workers", type=int, default=mammo_data.default_workers())
+    parser.add_argument("--exam-calibration-only", action="store_true",
+                        help="only refit the exam combination of the models already in --repository")
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     args = parser.parse_args(argv)
     torch.manual_seed(TORCH_SEED)
     started = time.time()
+    if args.exam_calibration_only:
+        recalibrate_exam(args.repository, args.workers)
+        return 0
 
     train_range = range(TRAIN_SEEDS.start, TRAIN_SEEDS.start + args.train_exams)
     full_range = range(FULL_TRAIN_SEEDS.start, FULL_TRAIN_SEEDS.start + args.full_exams)
@@ -369,29 +411,19 @@ def main(argv: list[str] | None = None) -> int:
     export(ExportedClassifier(classifier, float(a), float(b)), repo / "mammo_classifier" / "1" / "model.onnx",
            ["malignancy", "heatmap"])
     if args.keep_density:
-        temperature = yaml.safe_load((repo / "mammo_density" / "contract.yaml").read_text())["calibration"]["temperature"]
+        temperature = load_calibration(repo, "mammo_density")["temperature"]
     else:
         density = train_density(train, val_selection, args.density_epochs)
         temperature = fit_temperature(predict_density(density, val.images), val.density)
         log(f"density temperature {temperature:.3f}")
         export(ExportedDensity(density, temperature), repo / "mammo_density" / "1" / "model.onnx", ["density"])
 
-    # Exam combination and decile edges, on the served path (ONNX Runtime + flip TTA).
-    view_probs, heatmaps, _ = served_view_probabilities(repo, val.images)
-    lateralities = [k[0] for k in mammo_data.VIEW_KEYS]
-    features = np.array([exam_features(list(p), lateralities) for p in view_probs.reshape(-1, 4)])
-    w_mean, w_max, bias = fit_logistic(features, val.exam_malignant)
-    exam_z = features @ np.array([w_mean, w_max]) + bias
-    exam_p = 1 / (1 + np.exp(-exam_z))
-    edges = np.quantile(exam_p, np.linspace(0.1, 0.9, 9))
-    log(f"exam combination w_mean={w_mean:.3f} w_max={w_max:.3f} bias={bias:.3f}; "
-        f"validation exam AUC {auc(exam_p, val.exam_malignant):.3f}")
-    classifier_calibration = {
-        "view_platt_a": float(a), "view_platt_b": float(b),
-        "exam_weight_breast_mean": float(w_mean), "exam_weight_view_max": float(w_max), "exam_bias": float(bias),
-        "region_threshold": region_threshold(heatmaps, val.lesion),
-        **{f"exam_score_edge_{k + 1}": float(e) for k, e in enumerate(edges)},
-    }
+    # Region threshold on the validation heatmaps; exam combination and decile edges on full-size
+    # exams (what screening sends), both on the served path (ONNX Runtime + flip TTA).
+    _, heatmaps, _ = served_view_probabilities(repo, val.images)
+    classifier_calibration = {"view_platt_a": float(a), "view_platt_b": float(b),
+                              "region_threshold": region_threshold(heatmaps, val.lesion),
+                              **fit_exam_combination(repo, _exam_calibration_set(args.workers))}
     write_contracts(repo, classifier_calibration, {"temperature": float(temperature)})
     log(f"exported to {repo} in {time.time() - started:.0f} s")
     return 0
