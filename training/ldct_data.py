@@ -43,13 +43,27 @@ NEGATIVES_PER_PHANTOM = 6
 VERSION = 2
 
 
+def enriched_specs(seed: int) -> list[dict]:
+    """The nodules of an enriched (training) phantom: two draws of the generator's distribution."""
+    rng = np.random.default_rng([seed, 0x7EA1])
+    return (synth.draw_nodule_specs(rng) + synth.draw_nodule_specs(rng))[:5]
+
+
 def phantom_for(seed: int, size: str, enriched: bool):
     """The phantom for a seed; ``enriched`` adds a second draw of the generator's nodule distribution."""
     if not enriched:
         return synth.make_ldct_phantom(seed, size=size)
-    rng = np.random.default_rng([seed, 0x7EA1])
-    specs = (synth.draw_nodule_specs(rng) + synth.draw_nodule_specs(rng))[:5]
-    return synth.make_ldct_phantom(seed, size=size, nodules=specs)
+    return synth.make_ldct_phantom(seed, size=size, nodules=enriched_specs(seed))
+
+
+def training_margins(seed: int, diameters: np.ndarray) -> np.ndarray:
+    """Margin class (index into synth.MARGINS) of each nodule of a cached training item, replayed
+    from its nodule draw (no volume is made; items cached before margins were kept lack them);
+    -1 for all when the replayed diameters do not match the item's."""
+    specs = enriched_specs(seed)
+    if len(specs) != len(diameters) or not np.allclose([s["diameter_mm"] for s in specs], diameters, atol=0.01):
+        return np.full(len(diameters), -1, np.int64)
+    return np.array([synth.MARGINS.index(s["margin"]) for s in specs], np.int64)
 
 
 def nodule_index(phantom, center_mm) -> np.ndarray:

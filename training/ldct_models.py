@@ -90,7 +90,8 @@ class DetectorNet(nn.Module):
 
 
 class SegmenterNet(nn.Module):
-    """3D U-Net on a 48 mm patch at 1 mm: mask logits, malignancy logit, composition logits."""
+    """3D U-Net on a 48 mm patch at 1 mm: mask logits, malignancy logit, composition logits and
+    margin logits (smooth / lobulated / spiculated: an auxiliary training target, not exported)."""
 
     def __init__(self):
         super().__init__()
@@ -99,9 +100,9 @@ class SegmenterNet(nn.Module):
         # most of a patch is background: starting near p = 0.01 keeps the soft Dice gradient on the
         # few nodule voxels large from the first step (at p = 0.5 it drowns in the background sum)
         nn.init.constant_(self.mask_head.bias, -4.5)
-        self.classifier = nn.Sequential(nn.Linear(32 * 2 + 16 + 3, 64), nn.ReLU(inplace=True), nn.Linear(64, 5))
+        self.classifier = nn.Sequential(nn.Linear(32 * 2 + 16 + 3, 64), nn.ReLU(inplace=True), nn.Linear(64, 8))
 
-    def forward(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         d1, d2, e3 = self.trunk(patch)
         mask_logit = self.mask_head(d1)
         # pool features inside the predicted mask (soft), plus global context and mask statistics
@@ -114,7 +115,7 @@ class SegmenterNet(nn.Module):
         pooled = torch.cat([e3.mean(dim=(2, 3, 4)), e3.amax(dim=(2, 3, 4)), inside, intensity, spread,
                             torch.log(mass) / 5.0], dim=1)
         logits = self.classifier(pooled)
-        return mask_logit, logits[:, 0:1], logits[:, 1:5]
+        return mask_logit, logits[:, 0:1], logits[:, 1:5], logits[:, 5:8]
 
 
 class CalibratedDetector(nn.Module):
@@ -142,7 +143,7 @@ class CalibratedSegmenter(nn.Module):
         self.register_buffer("t_composition", torch.tensor(float(composition_temperature)))
 
     def forward(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mask_logit, malignancy_logit, composition_logits = self.net(patch)
+        mask_logit, malignancy_logit, composition_logits, _ = self.net(patch)
         return (torch.sigmoid(mask_logit), torch.sigmoid(malignancy_logit * self.malignancy_scale + self.malignancy_bias),
                 torch.softmax(composition_logits / self.t_composition, dim=1))
 

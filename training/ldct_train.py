@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import logit
 from torch.nn import functional as F
 
 from training import ldct_data
+from training.calibration import fit_logistic, fit_temperature
 from training.ldct_models import (CalibratedDetector, CalibratedSegmenter, DenoiseNet, DetectorNet,
                                   SegmenterNet, export_onnx)
 
@@ -27,7 +29,7 @@ TORCH_SEED = 20261128
 PATCH = 48
 DET_PATCH = 40
 # steps per model; ONCOSTREAM_LDCT_STEPS_SCALE shortens every schedule (quick smoke runs)
-STEPS = {"denoise": 3600, "detector": 4000, "segmenter": 2400}
+STEPS = {"denoise": 3600, "detector": 4000, "detector_refine": 1500, "segmenter": 2400}
 VOLUME_KINDS = ("clean", "full", "low")
 VOLUME_KIND_P = (0.25, 0.35, 0.40)
 
@@ -135,18 +137,29 @@ def _heatmap_target(shape: tuple[int, int, int], origin: np.ndarray, centres: np
     return heat, diam, weight
 
 
-def _detector_batch(items: list[dict], rng: np.random.Generator, batch: int):
+def _detector_batch(items: list[dict], rng: np.random.Generator, batch: int,
+                    hard: dict[str, list[tuple[int, np.ndarray]]] | None = None):
+    """Patches around a nodule (60 %) or anywhere; with ``hard`` (mine_hard_examples), HARD_SHARE of
+    them around a hard negative and as many around a hard positive instead."""
     xs, heats, diams, weights = [], [], [], []
     n = DET_PATCH
     for _ in range(batch):
-        it = items[int(rng.integers(len(items)))]
+        focus = None
+        draw = rng.random()
+        pool = (hard or {}).get("negative" if draw < HARD_SHARE else "positive" if draw < 2 * HARD_SHARE else "")
+        if pool:
+            i, focus = pool[int(rng.integers(len(pool)))]
+            it = items[i]
+        else:
+            it = items[int(rng.integers(len(items)))]
         kind = VOLUME_KINDS[int(rng.choice(3, p=VOLUME_KIND_P))]
         vol = it[f"det_{kind}"]
         shape = np.array(vol.shape)
         centres = it["det_centres"]
-        if len(centres) and rng.random() < 0.6:
-            c = centres[int(rng.integers(len(centres)))]
-            start = np.round(c - n / 2 + rng.uniform(-n / 3, n / 3, 3)).astype(int)
+        if focus is None and len(centres) and rng.random() < 0.6:
+            focus = centres[int(rng.integers(len(centres)))]
+        if focus is not None:
+            start = np.round(focus - n / 2 + rng.uniform(-n / 3, n / 3, 3)).astype(int)
         else:
             start = np.array([rng.integers(0, max(1, s - n + 1)) for s in shape])
         start = np.clip(start, 0, np.maximum(shape - n, 0))
@@ -175,13 +188,18 @@ def centre_focal_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 def train_detector(items: list[dict], steps: int, rng: np.random.Generator) -> DetectorNet:
+    """The base schedule (refine_detector follows it in train_one)."""
     net = DetectorNet()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = _Schedule(opt, 2e-3, steps)
+    _fit_detector(net, opt, _Schedule(opt, 2e-3, steps), lambda: _detector_batch(items, rng, batch=6))
+    return net.eval()
+
+
+def _fit_detector(net: DetectorNet, opt: torch.optim.Optimizer, sched: _Schedule, next_batch) -> None:
     step = 0
     while sched.running():
         sched.step()
-        x, heat, diam, weight = _detector_batch(items, rng, batch=6)
+        x, heat, diam, weight = next_batch()
         logit, diameter = net(x)
         focal = centre_focal_loss(logit, heat)
         size = ((torch.log(diameter + 1.0) - torch.log(diam + 1.0)).abs() * weight).sum() / weight.sum().clamp(min=1)
@@ -192,13 +210,69 @@ def train_detector(items: list[dict], steps: int, rng: np.random.Generator) -> D
         if step % 50 == 0:
             _log(model="ldct_nodule_detector", step=step, focal=round(focal.item(), 4), size=round(size.item(), 4))
         step += 1
+
+
+# Hard-example refinement of the detector: after the base schedule the detector runs over every
+# training volume; its false-positive peaks (vessel crossings, mediastinal edges) and the nodules it
+# scores low (small juxtavascular and faint ground-glass ones) are oversampled in a short second
+# schedule at a lower learning rate.
+HARD_FLOOR = 0.2  # false-positive peaks at or above this score are hard negatives
+HARD_POSITIVE_BELOW = 0.5  # nodules whose heatmap stays below this near their centre are hard positives
+HARD_SHARE = 0.25  # share of refinement patches centred on a hard negative, and again on a hard positive
+REFINE_LR = 5e-4
+
+
+def detector_heatmap(net: DetectorNet, volume: np.ndarray) -> np.ndarray:
+    """Centre probabilities of a windowed 2 mm volume (padded to edges that are multiples of 4)."""
+    pad = (-np.array(volume.shape)) % 4
+    x = np.pad(volume.astype(np.float32), [(0, int(p)) for p in pad], constant_values=-1.0)
+    with torch.no_grad():
+        logit, _ = net.eval()(torch.from_numpy(x)[None, None])
+    d, h, w = volume.shape
+    return torch.sigmoid(logit)[0, 0, :d, :h, :w].numpy()
+
+
+def mine_hard_examples(net: DetectorNet, items: list[dict]) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """(item index, centre on the detector grid) of every hard negative and hard positive, found on
+    the full-dose volumes (at 2 mm the nearest to the denoised volumes the detector is served)."""
+    from scipy import ndimage
+
+    hard: dict[str, list[tuple[int, np.ndarray]]] = {"negative": [], "positive": []}
+    for i, it in enumerate(items):
+        heat = detector_heatmap(net, it["det_full"])
+        centres, diameters = it["det_centres"], it["diameters"]
+        peaks = (heat == ndimage.maximum_filter(heat, size=5, mode="constant")) & (heat >= HARD_FLOOR)
+        for peak in np.argwhere(peaks).astype(np.float32):
+            distance_mm = np.linalg.norm(centres - peak, axis=1) * 2.0  # grid voxels are 2 mm
+            if not (distance_mm <= np.maximum(diameters / 2, 3.0)).any():
+                hard["negative"].append((i, peak))
+        for c in centres:
+            lo = np.maximum(np.round(c).astype(int) - 2, 0)
+            near = heat[lo[0]:lo[0] + 5, lo[1]:lo[1] + 5, lo[2]:lo[2] + 5]
+            if near.size and near.max() < HARD_POSITIVE_BELOW:
+                hard["positive"].append((i, c))
+    _log(model="ldct_nodule_detector", stage="hard examples", volumes=len(items), negatives=len(hard["negative"]),
+         positives=len(hard["positive"]), nodules=int(sum(len(it["det_centres"]) for it in items)))
+    return hard
+
+
+def refine_detector(net: DetectorNet, items: list[dict], steps: int) -> DetectorNet:
+    """Second schedule on hard examples (above); its own seeds, so refining a saved base detector
+    gives what one ``train_one("detector")`` run gives."""
+    hard = mine_hard_examples(net, items)
+    torch.manual_seed(TORCH_SEED + 1)
+    rng = np.random.default_rng([TORCH_SEED, 1])
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=REFINE_LR)
+    sched = _Schedule(opt, REFINE_LR, steps)
+    _fit_detector(net, opt, sched, lambda: _detector_batch(items, rng, batch=6, hard=hard))
     return net.eval()
 
 
 # --- segmenter --------------------------------------------------------------------------------
 
 def _segmenter_batch(items: list[dict], rng: np.random.Generator, batch: int, jitter_mm: float = 5.0):
-    xs, masks, malignant, composition, positive = [], [], [], [], []
+    xs, masks, malignant, composition, margins, positive = [], [], [], [], [], []
     big = ldct_data.BIG_PATCH
     margin = (big - PATCH) // 2
     for j in range(batch):
@@ -224,9 +298,10 @@ def _segmenter_batch(items: list[dict], rng: np.random.Generator, batch: int, ji
         positive.append(want_positive)
         malignant.append(float(it["malignant"][k]) if want_positive else 0.0)
         composition.append(int(it["composition"][k]) if want_positive else 0)
+        margins.append(int(it["margin"][k]) if want_positive and "margin" in it else -1)
     return (torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None])),
             torch.from_numpy(np.ascontiguousarray(np.stack(masks)[:, None])),
-            torch.tensor(malignant)[:, None], torch.tensor(composition), torch.tensor(positive))
+            torch.tensor(malignant)[:, None], torch.tensor(composition), torch.tensor(margins), torch.tensor(positive))
 
 
 def soft_dice_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -242,36 +317,24 @@ def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> 
     step = 0
     while sched.running():
         sched.step()
-        x, mask, malignant, composition, positive = _segmenter_batch(items, rng, batch=8)
-        mask_logit, mal_logit, comp_logits = net(x)
+        x, mask, malignant, composition, margin, positive = _segmenter_batch(items, rng, batch=8)
+        mask_logit, mal_logit, comp_logits, margin_logits = net(x)
         bce = F.binary_cross_entropy_with_logits(mask_logit, mask, pos_weight=torch.tensor(5.0))
         dice = soft_dice_loss(mask_logit[positive], mask[positive])
         mal = F.binary_cross_entropy_with_logits(mal_logit[positive], malignant[positive])
         comp = F.cross_entropy(comp_logits[positive], composition[positive])
-        loss = bce + 2 * dice + 0.5 * mal + 0.5 * comp
+        # auxiliary: the margin (smooth / lobulated / spiculated) the malignancy mostly rests on
+        known = margin >= 0
+        marg = F.cross_entropy(margin_logits[known], margin[known]) if known.any() else mal * 0
+        loss = bce + 2 * dice + 0.5 * mal + 0.5 * comp + 0.5 * marg
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 50 == 0:
             _log(model="ldct_nodule_segmenter", step=step, bce=round(bce.item(), 4), dice=round(dice.item(), 4),
-                 malignancy=round(mal.item(), 4), composition=round(comp.item(), 4))
+                 malignancy=round(mal.item(), 4), composition=round(comp.item(), 4), margin=round(marg.item(), 4))
         step += 1
     return net.eval()
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, multiclass: bool = False) -> float:
-    """Temperature that minimises the validation negative log-likelihood (a 1-D grid search)."""
-    best_t, best_nll = 1.0, float("inf")
-    z = torch.from_numpy(np.asarray(logits, np.float32))
-    y = torch.from_numpy(np.asarray(labels))
-    for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 81)):
-        if multiclass:
-            nll = F.cross_entropy(z / float(t), y.long()).item()
-        else:
-            nll = F.binary_cross_entropy_with_logits(z / float(t), y.float()).item()
-        if nll < best_nll:
-            best_t, best_nll = float(t), nll
-    return best_t
 
 
 def validation_logits(net: SegmenterNet, items: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -290,7 +353,7 @@ def validation_logits(net: SegmenterNet, items: list[dict]) -> tuple[np.ndarray,
     out_mal, out_comp = [], []
     with torch.no_grad():
         for start in range(0, len(xs), 8):
-            _, m, c = net(torch.from_numpy(np.stack(xs[start:start + 8])[:, None]))
+            _, m, c, _ = net(torch.from_numpy(np.stack(xs[start:start + 8])[:, None]))
             out_mal.append(m[:, 0].numpy())
             out_comp.append(c.numpy())
     return np.concatenate(out_mal), np.asarray(mal), np.concatenate(out_comp), np.asarray(comp)
@@ -320,25 +383,6 @@ CALIBRATION_SEEDS = range(96_000, 96_048)
 CALIBRATION_FLOOR = 0.1
 
 
-def fit_platt(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Platt scaling (a, b) of probabilities: calibrated = sigmoid(a * logit(p) + b), by L-BFGS on
-    the negative log-likelihood with a weak pull towards the identity."""
-    p = np.clip(np.asarray(probabilities, np.float64), 1e-6, 1 - 1e-6)
-    z = torch.from_numpy(np.log(p / (1 - p)))
-    y = torch.from_numpy(np.asarray(labels, np.float64))
-    w = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(w[0] * z + w[1], y) + 1e-3 * ((w[0] - 1) ** 2 + w[1] ** 2)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(w[0].detach()), float(w[1].detach())
-
-
 def calibrate_served(segmenter: SegmenterNet, calibration: dict[str, float], seeds: range = CALIBRATION_SEEDS) -> dict[str, float]:
     """Run the exported models the way the pipeline serves them (oncostream.evaluation.ldct) on the
     calibration phantoms; read off the detection score at 1 false positive per scan, rounded down
@@ -362,7 +406,8 @@ def calibrate_served(segmenter: SegmenterNet, calibration: dict[str, float], see
     reported = [(s.hit >= 0) & (s.detection_score >= operating_point) for s in series]
     p = np.concatenate([s.malignancy[r] for s, r in zip(series, reported)])
     y = np.concatenate([s.truth_malignant[s.hit[r]] for s, r in zip(series, reported)])
-    a, b = fit_platt(p, y)
+    # Platt scaling of the served probability, pulled towards leaving it as it is
+    a, b = fit_logistic(logit(np.clip(p, 1e-6, 1 - 1e-6))[:, None], y, prior=np.array([1.0, 0.0]), l2=1e-3)
     _log(stage="served calibration", series=len(series), nodules_ge6mm=n_positive,
          sensitivity_at_1fp=round(sensitivity, 4), score_at_1fp=round(at_1fp, 4), operating_point=operating_point,
          shipped_threshold=DETECTION_THRESHOLD, nodules_for_platt=int(len(p)), malignant=int(y.sum()),
@@ -382,7 +427,7 @@ _TRAINERS = {"denoise": (train_denoise, DenoiseNet), "detector": (train_detector
 
 
 _NEEDS = {"denoise": ("den_", "spacing"), "detector": ("det_", "diameters"),
-          "segmenter": ("seg_", "malignant", "composition", "diameters", "volumes")}
+          "segmenter": ("seg_", "malignant", "composition", "diameters", "volumes")}  # + "margin" (_load_items)
 
 
 def _load_items(split: str, cached_only: bool, prefixes: tuple[str, ...] = ("",)) -> list[dict]:
@@ -390,11 +435,19 @@ def _load_items(split: str, cached_only: bool, prefixes: tuple[str, ...] = ("",)
     extra_from = os.environ.get("ONCOSTREAM_LDCT_EXTRA_ITEMS")
     if extra_from and split == "train":  # items kept from an earlier generator version (interim runs)
         extra = ldct_data.load(sorted(Path(extra_from).glob("*.npz")), prefixes)
+    seeds = ldct_data.TRAIN_SEEDS if split == "train" else ldct_data.VALIDATION_SEEDS
     if cached_only:
-        seeds = ldct_data.TRAIN_SEEDS if split == "train" else ldct_data.VALIDATION_SEEDS
-        paths = [ldct_data.cache_path(s, size) for size, r in seeds.items() for s in r]
-        return ldct_data.load([p for p in paths if p.exists()], prefixes) + extra
-    return ldct_data.load(ldct_data.build_all(split), prefixes) + extra
+        keyed = [(s, ldct_data.cache_path(s, size)) for size, r in seeds.items() for s in r]
+        keyed = [(s, p) for s, p in keyed if p.exists()]
+    else:
+        keyed = list(zip([s for r in seeds.values() for s in r], ldct_data.build_all(split)))
+    items = ldct_data.load([p for _, p in keyed], prefixes)
+    if split == "train" and items and "diameters" in items[0]:
+        for (seed, _), it in zip(keyed, items):
+            it["margin"] = ldct_data.training_margins(seed, it["diameters"])
+    for it in extra:
+        it["margin"] = np.full(len(it["diameters"]), -1, np.int64)
+    return items + extra
 
 
 def train_one(name: str, cached_only: bool = False) -> None:
@@ -405,7 +458,19 @@ def train_one(name: str, cached_only: bool = False) -> None:
     trainer, _ = _TRAINERS[name]
     net = trainer(items, _steps(name), np.random.default_rng([TORCH_SEED, len(name)]))
     CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    if name == "detector":
+        torch.save(net.state_dict(), CHECKPOINTS / "detector_base.pt")
+        net = refine_detector(net, items, _steps("detector_refine"))
     torch.save(net.state_dict(), CHECKPOINTS / f"{name}.pt")
+
+
+def refine_saved_detector(cached_only: bool = False) -> None:
+    """``--refine-detector``: only the hard-example schedule, from the saved base detector."""
+    items = _load_items("train", cached_only, _NEEDS["detector"])
+    net = DetectorNet()
+    net.load_state_dict(torch.load(CHECKPOINTS / "detector_base.pt"))
+    net = refine_detector(net, items, _steps("detector_refine"))
+    torch.save(net.state_dict(), CHECKPOINTS / "detector.pt")
 
 
 def calibrate_and_export(cached_only: bool = False) -> None:
@@ -419,7 +484,7 @@ def calibrate_and_export(cached_only: bool = False) -> None:
     validation = _load_items("validation", cached_only, _NEEDS["segmenter"])
     mal_logits, mal_labels, comp_logits, comp_labels = validation_logits(nets["segmenter"], validation)
     t_mal = fit_temperature(mal_logits, mal_labels) if len(mal_labels) else 1.0
-    t_comp = fit_temperature(comp_logits, comp_labels, multiclass=True) if len(comp_labels) else 1.0
+    t_comp = fit_temperature(comp_logits, comp_labels) if len(comp_labels) else 1.0
     _log(stage="calibration", malignancy_temperature=t_mal, composition_temperature=t_comp,
          validation_nodules=int(len(mal_labels) // 2))
     calibration = {"malignancy_scale": 1.0 / t_mal, "malignancy_bias": 0.0, "composition_temperature": t_comp}
@@ -429,7 +494,8 @@ def calibrate_and_export(cached_only: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """No arguments: build the data, train all three, calibrate, export (what ``make models`` runs).
-    ``--only denoise|detector|segmenter`` trains one; ``--export`` only calibrates and exports;
+    ``--only denoise|detector|segmenter`` trains one; ``--refine-detector`` runs only the detector's
+    hard-example schedule from the saved base; ``--export`` only calibrates and exports;
     ``--cached-only`` uses the phantoms already cached instead of building the missing ones."""
     args = sys.argv[1:] if argv is None else argv
     cached_only = "--cached-only" in args
@@ -437,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if "--only" in args:
         train_one(args[args.index("--only") + 1], cached_only)
+    elif "--refine-detector" in args:
+        refine_saved_detector(cached_only)
     elif "--export" in args:
         calibrate_and_export(cached_only)
     else:

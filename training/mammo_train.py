@@ -2,8 +2,8 @@
 
 Seeds (all training-side, below the evaluation range that starts at 1,000,000):
 - training:    small phantoms TRAIN_SEEDS, full phantoms FULL_TRAIN_SEEDS
-- validation:  small phantoms VALIDATION_SEEDS (the first 200 select the model) plus full phantoms
-               FULL_VALIDATION_SEEDS; together they fit the view Platt scaling, the density
+- validation:  full phantoms FULL_VALIDATION_SEEDS select the classifier (exam AUC) and fit the view
+               Platt scaling; with the small phantoms VALIDATION_SEEDS they fit the density
                temperature and the region threshold;
 - exam calibration: full phantoms EXAM_CALIBRATION_SEEDS fit the exam combination and the
                exam-score decile edges (full size is what screening sends; fitting them on the mostly
@@ -29,17 +29,18 @@ from ingest.mammo import exam_features
 from ingest.steps.mammo import augment, merge_augmented
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 from training import mammo_data
+from training.calibration import fit_logistic, fit_temperature
 from training.mammo_nets import ClassifierNet, DensityNet, ExportedClassifier, ExportedDensity, view_logit
 
 TRAIN_SEEDS = range(0, 1600)
-FULL_TRAIN_SEEDS = range(50_000, 50_040)
+FULL_TRAIN_SEEDS = range(50_000, 50_600)
 VALIDATION_SEEDS = range(90_000, 90_400)
-FULL_VALIDATION_SEEDS = range(95_000, 95_040)
+FULL_VALIDATION_SEEDS = range(95_000, 95_100)
 # full-size exams for the exam combination and the score edges (screening sends full-size views)
 EXAM_CALIBRATION_SEEDS = range(95_100, 95_300)
 TORCH_SEED = 20261128
 OPSET = 17
-FULL_SHARE = 0.2
+FULL_SHARE = 0.5
 
 
 def log(message: str) -> None:
@@ -218,41 +219,6 @@ def cohen_kappa(predicted: np.ndarray, truth: np.ndarray, classes: int = 4) -> f
     return float((observed - expected) / (1 - expected)) if expected < 1 else 1.0
 
 
-def fit_logistic(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Weights (one per feature column, then the bias) of a logistic model, fitted by L-BFGS."""
-    x = torch.from_numpy(np.column_stack([features, np.ones(len(features))])).double()
-    y = torch.from_numpy(labels.astype(np.float64))
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    with torch.no_grad():
-        w[0] = 1.0
-    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(x @ w, y) + 1e-4 * (w[:-1] ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy()
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    z = torch.from_numpy(logits).double()
-    y = torch.from_numpy(labels)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().exp())
-
-
 def export(module: nn.Module, path: Path, outputs: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, 1, *mammo_data.MODEL_SHAPE)
@@ -367,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-exams", type=int, default=len(FULL_TRAIN_SEEDS))
     parser.add_argument("--val-exams", type=int, default=len(VALIDATION_SEEDS))
     parser.add_argument("--full-val-exams", type=int, default=len(FULL_VALIDATION_SEEDS))
-    parser.add_argument("--steps", type=int, default=8000, help="classifier steps of 32 crops")
+    parser.add_argument("--steps", type=int, default=12000, help="classifier steps of 32 crops")
     parser.add_argument("--density-epochs", type=int, default=2)
     parser.add_argument("--keep-density", action="store_true",
                         help="retrain only the classifier; keep mammo_density already in --repository")
@@ -390,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     small_folders = mammo_data.build(train_range, "small", args.workers)
     full_folders = mammo_data.build(full_range, "full", args.workers) if len(full_range) else []
     train = mammo_data.load(small_folders + full_folders)
-    # Full-size views (downsampled 4x, so less noisy than native small ones) make FULL_SHARE of the crops.
+    # Full-size views (what screening sends; downsampled 4x, so less noisy than native small ones and
+    # with finer lesion texture) make FULL_SHARE of the crops.
     n_full = 4 * len(full_range)
     weights = np.full(len(train), (1 - FULL_SHARE) / max(1, len(train) - n_full))
     if n_full:
@@ -398,15 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     weights /= weights.sum()
     val_folders = mammo_data.build(val_range, "small", args.workers)
     full_val_range = range(FULL_VALIDATION_SEEDS.start, FULL_VALIDATION_SEEDS.start + args.full_val_exams)
-    val = mammo_data.load(val_folders + (mammo_data.build(full_val_range, "full", args.workers)
-                                         if len(full_val_range) else []))
-    val_selection = mammo_data.load(val_folders[:2])  # model selection: the first 200 exams
+    full_val_folders = mammo_data.build(full_val_range, "full", args.workers) if len(full_val_range) else []
+    val = mammo_data.load(val_folders + full_val_folders)
+    # model selection and the view Platt scaling on full-size exams (what screening sends)
+    val_selection = mammo_data.load(full_val_folders or val_folders[:2])
     log(f"{len(train)} training views, {len(val)} validation views ready ({time.time() - started:.0f} s)")
 
     classifier = train_classifier(train, val_selection, args.steps, weights)
     repo = args.repository
     # Calibration on the validation split: Platt scaling of the view logit, temperature of density.
-    a, b = fit_logistic(predict_classifier(classifier, val.images)[:, None], val.view_malignant)
+    a, b = fit_logistic(predict_classifier(classifier, val_selection.images)[:, None], val_selection.view_malignant)
     log(f"view Platt a={a:.3f} b={b:.3f}")
     export(ExportedClassifier(classifier, float(a), float(b)), repo / "mammo_classifier" / "1" / "model.onnx",
            ["malignancy", "heatmap"])
