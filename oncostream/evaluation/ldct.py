@@ -24,7 +24,9 @@ hits no nodule is a false positive.
   the noiseless phantom over the body (voxels where the noiseless phantom is above -950 HU, lungs
   included), data range 2000 HU, mean squared error pooled over all series;
 - ``n_ldct``: series; ``ldct_seconds_per_series``: mean wall time of the model steps per series;
-- ``<key>_ci95`` for the sensitivity, AUC and ECE: percentile bootstrap over series (stats.py).
+- ``<key>_ci95`` for the sensitivity, AUC and ECE: percentile bootstrap over series (stats.py);
+- ``ece_nodule_if_calibrated`` (and ``_p95``): the ECE a perfectly calibrated model with these
+  probabilities would show on this many nodules (stats.py ece_if_calibrated): the sampling floor.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ import numpy as np
 from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu
 from ingest.backends.base import LdctRaw
 from ingest.steps import ldct as steps
-from oncostream.evaluation.mammo import expected_calibration_error, roc_auc
-from oncostream.evaluation.stats import bootstrap_ci95
+from oncostream.evaluation.mammo import roc_auc
+from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
 from oncostream.model_contract import onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -180,6 +182,8 @@ def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPO
     series = [score_series(seed, size, run_model) for seed in seeds]
     results = ldct_metrics(series)
     results.update(bootstrap_ci95(len(series), lambda idx: ldct_metrics([series[i] for i in idx]), CI_KEYS))
+    hit = [s.malignancy[s.hit >= 0] for s in series]
+    results.update(ece_if_calibrated(np.concatenate(hit) if hit else np.zeros(0), "ece_nodule"))
     return results
 
 

@@ -11,7 +11,9 @@ scored against its ground truth:
 - ``mammo_view_auc``: per-view AUC; ``mammo_localization_rate``: fraction of views with a malignant
   lesion whose best region's bbox overlaps the lesion's true bbox;
 - ``n_mammo``: exams evaluated; ``mammo_seconds_per_exam``: mean wall time of the model steps;
-- ``<key>_ci95`` for the exam AUC and ECE: percentile bootstrap over exams (stats.py).
+- ``<key>_ci95`` for the exam AUC and ECE: percentile bootstrap over exams (stats.py);
+- ``ece_mammo_if_calibrated`` (and ``_p95``): the ECE a perfectly calibrated model with these
+  probabilities would show on this many exams (stats.py ece_if_calibrated): the sampling floor.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from ingest.mammo import exam_probability, heatmap_regions
 from ingest.steps import mammo as steps
-from oncostream.evaluation.stats import bootstrap_ci95
+from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
 from oncostream.model_contract import load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -68,18 +70,6 @@ def cohen_kappa(predicted: np.ndarray, truth: np.ndarray, classes: int = 4, weig
     expected = np.outer(confusion.sum(1), confusion.sum(0)) / confusion.sum()
     denominator = (w * expected).sum()
     return float(1 - (w * confusion).sum() / denominator) if denominator > 0 else 1.0
-
-
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    probabilities = np.asarray(probabilities, float)
-    labels = np.asarray(labels, float)
-    which = np.minimum((probabilities * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            error += inside.mean() * abs(probabilities[inside].mean() - labels[inside].mean())
-    return float(error)
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -133,6 +123,7 @@ def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REP
         "mammo_localization_rate": localized / malignant_views if malignant_views else float("nan"),
         "mammo_seconds_per_exam": seconds / n if n else float("nan"),
         **bootstrap_ci95(n, exam_figures, ("mammo_exam_auc", "ece_mammo")),
+        **ece_if_calibrated(exam_p, "ece_mammo"),
     }
 
 
