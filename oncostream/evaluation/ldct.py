@@ -18,7 +18,9 @@ hits no nodule is a false positive.
 - ``ldct_seg_dice_ge6mm``: mean Dice of the reported mask (source grid) with the truth label, hit
   nodules >= 6 mm; ``ldct_volume_abs_err_median_ge6mm``: median |V - V_true| / V_true of the same;
 - ``ldct_malignancy_auc`` / ``ece_nodule``: ROC AUC and expected calibration error (10 bins) of the
-  malignancy probability over every hit true nodule;
+  malignancy probability over every hit true nodule; ``ldct_composition_accuracy``: share of the same
+  nodules reported with their true composition (solid / part-solid / ground-glass / calcified: it
+  sets the Lung-RADS category);
 - ``denoise_psnr_gain_db_25pct``: PSNR(denoised 25 % dose) - PSNR(25 % dose input);
   ``denoise_25pct_minus_fulldose_psnr_db``: PSNR(denoised 25 % dose) - PSNR(full dose). PSNR against
   the noiseless phantom over the body (voxels where the noiseless phantom is above -950 HU, lungs
@@ -125,6 +127,7 @@ class SeriesScore:
     hit: np.ndarray  # [R] index of the true nodule it hits, -1: none
     malignancy: np.ndarray  # [R] reported malignancy probability
     truth_malignant: np.ndarray  # [T]
+    composition_correct: list[bool]  # hit nodules (any size): reported composition == true composition
     reportable: np.ndarray  # [T] true diameter >= 6 mm
     dice: list[float]  # hit reportable nodules
     volume_error: list[float]  # same, |V - V_true| / V_true
@@ -165,13 +168,15 @@ def score_series(seed: int, size: str, run_model, threshold: float = steps.DETEC
     det_scores = np.array([c.detection_score for c in nodules], float)
     hits = match_detections(centres, det_scores, truth_centres, truth_diameters)
     dices, volume_errors = [], []
+    composition_correct = [nodule.composition == truth[j].composition for nodule, j in zip(nodules, hits) if j >= 0]
     for nodule, j in zip(nodules, hits):
         if j >= 0 and reportable[j]:
             dices.append(dice(nodule.mask, phantom.labels == j + 1))
             volume_errors.append(abs(nodule.volume_mm3 - truth[j].volume_mm3) / truth[j].volume_mm3)
     return SeriesScore(detection_score=det_scores, hit=hits,
                        malignancy=np.array([c.malignancy_probability for c in nodules], float),
-                       truth_malignant=np.array([t.malignant for t in truth], bool), reportable=reportable,
+                       truth_malignant=np.array([t.malignant for t in truth], bool),
+                       composition_correct=composition_correct, reportable=reportable,
                        dice=dices, volume_error=volume_errors, squared_error=squared_error,
                        body_voxels=int(body.sum()), seconds=seconds)
 
@@ -189,7 +194,7 @@ def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPO
 
 def ldct_metrics(series: list[SeriesScore]) -> dict:
     scores, is_tp, is_fp, malignancy, malignant = [], [], [], [], []
-    dices, volume_errors = [], []
+    dices, volume_errors, composition_correct = [], [], []
     n_positive = 0
     se = {"low": 0.0, "full": 0.0, "denoised": 0.0}
     n_body = 0
@@ -204,6 +209,7 @@ def ldct_metrics(series: list[SeriesScore]) -> dict:
                 malignant.append(s.truth_malignant[j])
         dices += s.dice
         volume_errors += s.volume_error
+        composition_correct += s.composition_correct
         n_body += s.body_voxels
         for k in se:
             se[k] += s.squared_error[k]
@@ -220,6 +226,7 @@ def ldct_metrics(series: list[SeriesScore]) -> dict:
         "ldct_seg_dice_ge6mm": float(np.mean(dices)) if dices else float("nan"),
         "ldct_volume_abs_err_median_ge6mm": float(np.median(volume_errors)) if volume_errors else float("nan"),
         "ldct_malignancy_auc": roc_auc(malignancy, malignant),
+        "ldct_composition_accuracy": float(np.mean(composition_correct)) if composition_correct else float("nan"),
         "denoise_psnr_gain_db_25pct": psnr_db(mse["denoised"]) - psnr_db(mse["low"]),
         "denoise_25pct_minus_fulldose_psnr_db": psnr_db(mse["denoised"]) - psnr_db(mse["full"]),
         "ece_nodule": expected_calibration_error(malignancy, malignant) if len(malignancy) else float("nan"),

@@ -48,6 +48,7 @@ def test_eval_json_has_every_key(eval_json):
     assert not missing
     assert eval_json["n_ldct"] == 12 and eval_json["n_mammo"] == 12
     for key in ("ldct_sensitivity_at_1fp_ge6mm", "ldct_seg_dice_ge6mm", "ldct_malignancy_auc", "ece_nodule",
+                "ldct_composition_accuracy",
                 "mammo_exam_auc", "ece_mammo"):
         value = eval_json[key]
         assert value is None or 0.0 <= value <= 1.0, (key, value)

@@ -84,6 +84,7 @@ def mammo_inference(study: Study, seed: int = 11, *, findings: bool = True, exam
         views.append(MammoViewInference(
             sop_instance_uid=str(ds.SOPInstanceUID), laterality=str(ds.ImageLaterality), view=str(ds.ViewPosition),
             malignancy_probability=0.8 if regions else 0.02, heatmap=heat, regions=regions))
-    return MammoInference(views=views, exam_malignancy_probability=exam_probability if findings else 0.01,
+    # no findings: an exam probability below the first decile edge of the committed calibration (0.0087)
+    return MammoInference(views=views, exam_malignancy_probability=exam_probability if findings else 0.002,
                           density_probabilities=(0.1, 0.2, 0.6, 0.1), uncertainty=uncertainty,
                           model_versions=dict(MAMMO_VERSIONS))
