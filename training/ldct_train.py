@@ -237,14 +237,18 @@ def mine_hard_examples(net: DetectorNet, items: list[dict]) -> dict[str, list[tu
     the full-dose volumes (at 2 mm the nearest to the denoised volumes the detector is served)."""
     from scipy import ndimage
 
+    from ingest.steps.ldct import PEAK_NEIGHBOURHOOD
+    from oncostream.evaluation.ldct import match_radius_mm
+
     hard: dict[str, list[tuple[int, np.ndarray]]] = {"negative": [], "positive": []}
     for i, it in enumerate(items):
         heat = detector_heatmap(net, it["det_full"])
-        centres, diameters = it["det_centres"], it["diameters"]
-        peaks = (heat == ndimage.maximum_filter(heat, size=5, mode="constant")) & (heat >= HARD_FLOOR)
+        centres = it["det_centres"]
+        radius_mm = np.array([match_radius_mm(d) for d in it["diameters"]])
+        peaks = (heat == ndimage.maximum_filter(heat, size=PEAK_NEIGHBOURHOOD, mode="constant")) & (heat >= HARD_FLOOR)
         for peak in np.argwhere(peaks).astype(np.float32):
             distance_mm = np.linalg.norm(centres - peak, axis=1) * 2.0  # grid voxels are 2 mm
-            if not (distance_mm <= np.maximum(diameters / 2, 3.0)).any():
+            if not (distance_mm <= radius_mm).any():
                 hard["negative"].append((i, peak))
         for c in centres:
             lo = np.maximum(np.round(c).astype(int) - 2, 0)

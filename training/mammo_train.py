@@ -27,6 +27,7 @@ from torch import nn
 
 from ingest.mammo import exam_features
 from ingest.steps.mammo import augment, merge_augmented
+from oncostream.evaluation.mammo import cohen_kappa, roc_auc
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 from training import mammo_data
 from training.calibration import fit_logistic, fit_temperature
@@ -79,18 +80,6 @@ def predict_classifier(net: ClassifierNet, images, batch: int = 32) -> np.ndarra
             _, mal = net(torch.from_numpy(images.take(idx))[:, None])
             out.append(view_logit(mal).numpy())
     return np.concatenate(out)
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties averaged)."""
-    from scipy.stats import rankdata
-
-    labels = labels.astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 CROP_CELLS = (16, 13)  # training crops: 256 x 208 pixels, aligned to the 16-pixel heatmap grid
@@ -160,8 +149,8 @@ def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamp
         total += loss.item()
         if step % validate_every == 0 or step == steps:
             logits = predict_classifier(net, val.images)
-            view_auc = auc(logits, val.view_malignant)
-            exam_auc = auc(logits.reshape(-1, 4).max(axis=1), val.exam_malignant)
+            view_auc = roc_auc(logits, val.view_malignant)
+            exam_auc = roc_auc(logits.reshape(-1, 4).max(axis=1), val.exam_malignant)
             log(f"classifier step {step}/{steps}: loss {total / validate_every:.4f} val view AUC {view_auc:.3f} "
                 f"exam AUC (max) {exam_auc:.3f} ({time.time() - t0:.0f} s)")
             total = 0.0
@@ -208,15 +197,6 @@ def predict_density(net: DensityNet, images, batch: int = 64) -> np.ndarray:
             idx = np.arange(start, min(start + batch, len(images)))
             out.append(net(torch.from_numpy(images.take(idx))[:, None]).numpy())
     return np.concatenate(out)
-
-
-def cohen_kappa(predicted: np.ndarray, truth: np.ndarray, classes: int = 4) -> float:
-    confusion = np.zeros((classes, classes))
-    np.add.at(confusion, (truth, predicted), 1)
-    n = confusion.sum()
-    observed = np.trace(confusion) / n
-    expected = (confusion.sum(0) * confusion.sum(1)).sum() / n ** 2
-    return float((observed - expected) / (1 - expected)) if expected < 1 else 1.0
 
 
 def export(module: nn.Module, path: Path, outputs: list[str]) -> None:
@@ -309,7 +289,7 @@ def fit_exam_combination(repository: Path, exams: mammo_data.MammoExamples) -> d
     exam_p = 1 / (1 + np.exp(-(features @ np.array([w_mean, w_max]) + bias)))
     edges = np.quantile(exam_p, np.linspace(0.1, 0.9, 9))
     log(f"exam combination w_mean={w_mean:.3f} w_max={w_max:.3f} bias={bias:.3f} on {len(exam_p)} full-size exams; "
-        f"their exam AUC {auc(exam_p, exams.exam_malignant):.3f}")
+        f"their exam AUC {roc_auc(exam_p, exams.exam_malignant):.3f}")
     return {"exam_weight_breast_mean": float(w_mean), "exam_weight_view_max": float(w_max), "exam_bias": float(bias),
             **{f"exam_score_edge_{k + 1}": float(e) for k, e in enumerate(edges)}}
 
