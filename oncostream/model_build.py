@@ -35,7 +35,8 @@ import yaml
 from google.protobuf import text_format
 
 from oncostream.errors import OncostreamError
-from oncostream.model_contract import MODEL_NAMES, ModelContract, TensorSpec, load_contract, onnx_path
+from oncostream.model_contract import (MODEL_NAMES, WEIGHTS_PARAMETER, ModelContract, TensorSpec, load_contract,
+                                       onnx_path, weights_problem)
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ def _instances(config, kind: str, count: int = 1) -> None:
 def network_config(contract: ModelContract, target: str):
     """A network's ModelConfig on `target`."""
     config = _base_config(contract, contract.max_batch_size)
+    # the served weights name themselves: the client checks them against its contract (TritonBackend)
+    config.parameters[WEIGHTS_PARAMETER].string_value = contract.weights_sha256 or ""
     if target == "cpu":
         config.backend = "python"
         _instances(config, "KIND_CPU")
@@ -311,6 +314,9 @@ def build_repository(target: str, out: Path, source: Path = DEFAULT_MODEL_REPOSI
         if (source / name / "README.md").exists():
             shutil.copy2(source / name / "README.md", model_dir / "README.md")
         if name in MODEL_NAMES:
+            problem = weights_problem(contract, onnx_path(name, source))
+            if problem is not None:
+                raise ModelBuildError(problem)
             config = network_config(contract, target)
             shutil.copy2(onnx_path(name, source), version_dir / "model.onnx")
             if target == "cpu":

@@ -6,6 +6,9 @@ against it; dims of -1 are dynamic.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
+# Triton model-config parameter that carries a network's weights_sha256 (oncostream.model_build)
+WEIGHTS_PARAMETER = "weights_sha256"
 MODEL_NAMES = ("ldct_denoise", "ldct_nodule_detector", "ldct_nodule_segmenter", "mammo_classifier", "mammo_density")
 
 
@@ -35,6 +40,20 @@ class ModelContract(BaseModel):
     preprocessing: str
     max_batch_size: int = Field(ge=0, default=8)
     calibration: dict[str, float] = Field(default_factory=dict)
+    # networks: sha256 of <version>/model.onnx, written by the training export (record_weights)
+    weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @property
+    def release(self) -> str:
+        """The version reported with every result (SR algorithm version, SEG software version, the
+        model fingerprint in output UIDs): the Triton version plus a digest of the weights and of the
+        calibration applied after the model. Retrained weights or a refitted calibration under the
+        same version directory therefore never reuse the outputs' UIDs for different content."""
+        if self.weights_sha256 is None:
+            return self.version
+        calibration = json.dumps(self.calibration, sort_keys=True)
+        digest = hashlib.sha256(f"{self.weights_sha256}\x1f{calibration}".encode()).hexdigest()
+        return f"{self.version}+{digest[:12]}"
 
 
 def load_contract(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> ModelContract:
@@ -45,3 +64,38 @@ def load_contract(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> Mod
 def onnx_path(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> Path:
     contract = load_contract(name, repository)
     return repository / name / contract.version / "model.onnx"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_problem(contract: ModelContract, path: Path) -> str | None:
+    """Why the weights at ``path`` are not the ones ``contract`` names, or None when they are."""
+    if contract.weights_sha256 is None:
+        return f"{contract.name}: contract.yaml names no weights_sha256 (run the training export)"
+    actual = file_sha256(path)
+    if actual != contract.weights_sha256:
+        return (f"{contract.name}: {path} has sha256 {actual[:12]}..., contract.yaml names "
+                f"{contract.weights_sha256[:12]}... (weights replaced without re-recording them)")
+    return None
+
+
+def record_weights(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> str:
+    """Write the sha256 of the network's model.onnx into its contract.yaml (replacing an earlier
+    one; the rest of the file is kept as written). Every export that writes a model.onnx calls it."""
+    path = repository / name / "contract.yaml"
+    digest = file_sha256(onnx_path(name, repository))
+    text = path.read_text()
+    line = f'weights_sha256: "{digest}"'
+    if re.search(r"^weights_sha256:.*$", text, flags=re.M):
+        text = re.sub(r"^weights_sha256:.*$", line, text, flags=re.M)
+    else:
+        text = text.rstrip("\n") + "\n" + line + "\n"
+    path.write_text(text)
+    load_contract(name, repository)  # still valid
+    return digest

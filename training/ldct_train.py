@@ -19,6 +19,7 @@ import torch
 from scipy.special import logit
 from torch.nn import functional as F
 
+from oncostream.model_contract import record_weights
 from training import ldct_data
 from training.calibration import fit_logistic, fit_temperature
 from training.ldct_models import (CalibratedDetector, CalibratedSegmenter, DenoiseNet, DetectorNet,
@@ -370,6 +371,8 @@ def export_all(denoise: DenoiseNet, detector: DetectorNet, segmenter: SegmenterN
     export_onnx(CalibratedDetector(detector), torch.zeros(1, 1, 32, 32, 32),
                 repository / "ldct_nodule_detector" / "1" / "model.onnx", "volume", ["heatmap", "diameter_mm"],
                 dynamic_spatial=True)
+    record_weights("ldct_denoise", repository)
+    record_weights("ldct_nodule_detector", repository)
     export_segmenter(segmenter, segmenter_calibration, repository)
 
 
@@ -377,6 +380,7 @@ def export_segmenter(segmenter: SegmenterNet, calibration: dict[str, float], rep
     export_onnx(CalibratedSegmenter(segmenter, **calibration), torch.zeros(1, 1, PATCH, PATCH, PATCH),
                 repository / "ldct_nodule_segmenter" / "1" / "model.onnx", "patch",
                 ["mask", "malignancy", "composition"], dynamic_spatial=False)
+    record_weights("ldct_nodule_segmenter", repository)
 
 
 # Served-path calibration set: full-size phantoms with the generator's natural nodule draw, never

@@ -28,6 +28,7 @@ from torch import nn
 from ingest.mammo import exam_features
 from ingest.steps.mammo import augment, merge_augmented
 from oncostream.evaluation.mammo import cohen_kappa, roc_auc
+from oncostream.model_contract import record_weights
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 from training import mammo_data
 from training.calibration import fit_logistic, fit_temperature
@@ -273,6 +274,7 @@ def write_contracts(repository: Path, classifier_calibration: dict[str, float],
     for name, contract in contracts.items():
         (repository / name).mkdir(parents=True, exist_ok=True)
         (repository / name / "contract.yaml").write_text(yaml.safe_dump(contract, sort_keys=False))
+        record_weights(name, repository)
 
 
 def _exam_calibration_set(workers: int) -> mammo_data.MammoExamples:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ingest.backends.base import InferenceBackend, LdctRaw, MammoRaw
 from oncostream.errors import BackendUnavailable, ContractMismatch
-from oncostream.model_contract import MODEL_NAMES, load_contract, onnx_path
+from oncostream.model_contract import MODEL_NAMES, load_contract, onnx_path, weights_problem
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
 
@@ -29,6 +29,9 @@ class EmbeddedBackend(InferenceBackend):
         options.intra_op_num_threads = intra_op_threads
         self._sessions = {}
         for name in MODEL_NAMES:
+            problem = weights_problem(self._contracts[name], onnx_path(name, repository))
+            if problem is not None:
+                raise ContractMismatch(name, [problem])
             session = ort.InferenceSession(str(onnx_path(name, repository)), options,
                                            providers=["CPUExecutionProvider"])
             _check_against_contract(session, self._contracts[name])
@@ -53,7 +56,7 @@ class EmbeddedBackend(InferenceBackend):
         return mammo.run(images, lateralities, max_values, self.run_model)
 
     def model_versions(self) -> dict[str, str]:
-        return {n: c.version for n, c in self._contracts.items()}
+        return {n: c.release for n, c in self._contracts.items()}
 
 
 def _check_against_contract(session, contract) -> None:

@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from ingest.backends.base import PATCH_SIZE, InferenceBackend, LdctRaw, MammoRaw
 from ingest.steps.ldct import MAX_CANDIDATES
 from oncostream.errors import BackendUnavailable, ContractMismatch, OncostreamError
-from oncostream.model_contract import MODEL_NAMES, ModelContract, load_contract
+from oncostream.model_contract import MODEL_NAMES, WEIGHTS_PARAMETER, ModelContract, load_contract
 from oncostream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,13 @@ class TritonBackend(InferenceBackend):
                 raise ContractMismatch(name, differences)
             versions = metadata.get("versions") or [contract.version]
             self._versions[name] = str(max(versions, key=int))
+            if name in MODEL_NAMES:  # the served weights must be the contract's; report its release
+                parameters = self._client.get_model_config(name, as_json=True)["config"].get("parameters", {})
+                weights = parameters.get(WEIGHTS_PARAMETER, {}).get("string_value")
+                if weights != contract.weights_sha256:
+                    raise ContractMismatch(name, [f"served weights sha256 {str(weights)[:12]}..., contract.yaml names "
+                                                  f"{str(contract.weights_sha256)[:12]}... (rebuild the Triton repository)"])
+                self._versions[name] = contract.release
 
     # -- inference --------------------------------------------------------------------------------
 

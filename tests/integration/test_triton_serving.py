@@ -156,6 +156,8 @@ def test_same_findings_and_triage_as_embedded(settings, triton, embedded, studie
 def test_model_versions_are_the_served_ones(triton, embedded):
     assert triton.model_versions() == embedded.model_versions()
     assert set(triton.model_versions()) == set(MODEL_NAMES)
+    # the served version directory plus the digest of the weights Triton reports it serves
+    assert triton.model_versions() == {n: load_contract(n).release for n in MODEL_NAMES}
 
 
 @pytest.mark.parametrize("mode", ["system", "none"])
@@ -209,6 +211,20 @@ def test_contract_mismatch_is_reported_at_start_up(tmp_path, triton_grpc):
     with pytest.raises(ContractMismatch, match="nodules") as error:
         TritonBackend(Settings(triton_url=triton_grpc, model_repository=changed))
     assert error.value.model == "ldct_screening"
+
+
+def test_weights_other_than_the_contracts_are_refused_at_start_up(tmp_path, triton_grpc):
+    """A client whose contract names other weights than the server loaded (a retrained repository
+    not yet deployed, or the reverse) must not report results under the contract's version."""
+    changed = tmp_path / "repository"
+    shutil.copytree(Settings().model_repository, changed, ignore=shutil.ignore_patterns("*.onnx"))
+    path = changed / "ldct_nodule_segmenter" / "contract.yaml"
+    card = yaml.safe_load(path.read_text())
+    card["weights_sha256"] = "0" * 64
+    path.write_text(yaml.safe_dump(card))
+    with pytest.raises(ContractMismatch, match="served weights") as error:
+        TritonBackend(Settings(triton_url=triton_grpc, model_repository=changed))
+    assert error.value.model == "ldct_nodule_segmenter"
 
 
 def test_unreachable_server_is_backend_unavailable():

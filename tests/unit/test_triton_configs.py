@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2
 
 from oncostream.model_build import (ENSEMBLES, MANIFEST_NAME, STEPS, ModelBuildError, build_repository,
                                     ensemble_problems, model_names, parse_config, tensorrt_profile)
-from oncostream.model_contract import MODEL_NAMES, ModelContract, TensorSpec, load_contract
+from oncostream.model_contract import MODEL_NAMES, WEIGHTS_PARAMETER, ModelContract, TensorSpec, load_contract
 from oncostream.settings import Settings
 
 TARGETS = ("cpu", "tensorrt")
@@ -169,3 +169,10 @@ def test_models_build_command_writes_a_repository(tmp_path, target):
     assert main(["models", "build", "--target", target, "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(model_names())
     assert (tmp_path / MANIFEST_NAME).exists() == (target == "tensorrt")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_network_config_names_its_weights(built, target, name):
+    config = _configs(built[target])[name]
+    assert config.parameters[WEIGHTS_PARAMETER].string_value == load_contract(name, SOURCE).weights_sha256
