@@ -30,7 +30,7 @@ TORCH_SEED = 20261128
 PATCH = 48
 DET_PATCH = 40
 # steps per model; ONCOSTREAM_LDCT_STEPS_SCALE shortens every schedule (quick smoke runs)
-STEPS = {"denoise": 3600, "detector": 4000, "detector_refine": 1500, "segmenter": 2400}
+STEPS = {"denoise": 3600, "detector": 4000, "detector_refine": 1500, "segmenter": 3200}
 VOLUME_KINDS = ("clean", "full", "low")
 VOLUME_KIND_P = (0.25, 0.35, 0.40)
 
@@ -384,7 +384,7 @@ def export_segmenter(segmenter: SegmenterNet, calibration: dict[str, float], rep
 
 
 # Served-path calibration set: full-size phantoms with the generator's natural nodule draw, never
-# trained on (training seeds 0-47 and 10 000-10 159, validation 90 000-90 139) and below the
+# trained on (training seeds 0-299 and 10 000-10 159, validation 90 000-90 139) and below the
 # evaluation range (1 000 000+). Candidates are taken down to CALIBRATION_FLOOR so that the
 # detector's 1 false positive per scan point can be read off.
 CALIBRATION_SEEDS = range(96_000, 96_048)

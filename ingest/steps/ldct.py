@@ -28,7 +28,7 @@ SEGMENT_BATCH = 8
 # empty masks drop candidates) over the calibration phantoms (48 full-size series, seeds
 # 96 000-96 047; never the evaluation seeds), rounded down to 0.01: training/ldct_train.py
 # calibrate_served logs it as ``operating_point``.
-DETECTION_THRESHOLD = 0.33
+DETECTION_THRESHOLD = 0.34
 MAX_CANDIDATES = 32
 # Two peaks closer than this (in 2 mm detector voxels, per axis) are one candidate.
 PEAK_NEIGHBOURHOOD = 5
