@@ -90,12 +90,8 @@ def record_weights(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> st
     one; the rest of the file is kept as written). Every export that writes a model.onnx calls it."""
     path = repository / name / "contract.yaml"
     digest = file_sha256(onnx_path(name, repository))
-    text = path.read_text()
     line = f'weights_sha256: "{digest}"'
-    if re.search(r"^weights_sha256:.*$", text, flags=re.M):
-        text = re.sub(r"^weights_sha256:.*$", line, text, flags=re.M)
-    else:
-        text = text.rstrip("\n") + "\n" + line + "\n"
-    path.write_text(text)
+    text, replaced = re.subn(r"^weights_sha256:.*$", line, path.read_text(), flags=re.M)
+    path.write_text(text if replaced else text.rstrip("\n") + "\n" + line + "\n")
     load_contract(name, repository)  # still valid
     return digest

@@ -29,10 +29,11 @@ class EmbeddedBackend(InferenceBackend):
         options.intra_op_num_threads = intra_op_threads
         self._sessions = {}
         for name in MODEL_NAMES:
-            problem = weights_problem(self._contracts[name], onnx_path(name, repository))
+            path = onnx_path(name, repository)
+            problem = weights_problem(self._contracts[name], path)
             if problem is not None:
                 raise ContractMismatch(name, [problem])
-            session = ort.InferenceSession(str(onnx_path(name, repository)), options,
+            session = ort.InferenceSession(str(path), options,
                                            providers=["CPUExecutionProvider"])
             _check_against_contract(session, self._contracts[name])
             self._sessions[name] = session

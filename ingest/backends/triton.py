@@ -199,15 +199,16 @@ class TritonBackend(InferenceBackend):
             differences = metadata_differences(metadata, contract)
             if differences:
                 raise ContractMismatch(name, differences)
-            versions = metadata.get("versions") or [contract.version]
-            self._versions[name] = str(max(versions, key=int))
-            if name in MODEL_NAMES:  # the served weights must be the contract's; report its release
-                parameters = self._client.get_model_config(name, as_json=True)["config"].get("parameters", {})
-                weights = parameters.get(WEIGHTS_PARAMETER, {}).get("string_value")
-                if weights != contract.weights_sha256:
-                    raise ContractMismatch(name, [f"served weights sha256 {str(weights)[:12]}..., contract.yaml names "
-                                                  f"{str(contract.weights_sha256)[:12]}... (rebuild the Triton repository)"])
-                self._versions[name] = contract.release
+            if name not in MODEL_NAMES:
+                self._versions[name] = str(max(metadata.get("versions") or [contract.version], key=int))
+                continue
+            # a network's served weights must be the contract's; results then carry its release
+            parameters = self._client.get_model_config(name, as_json=True)["config"].get("parameters", {})
+            weights = parameters.get(WEIGHTS_PARAMETER, {}).get("string_value")
+            if weights != contract.weights_sha256:
+                raise ContractMismatch(name, [f"served weights sha256 {str(weights)[:12]}..., contract.yaml names "
+                                              f"{str(contract.weights_sha256)[:12]}... (rebuild the Triton repository)"])
+            self._versions[name] = contract.release
 
     # -- inference --------------------------------------------------------------------------------
 
