@@ -13,8 +13,9 @@ train on, already through the serving preprocessing's numpy realisation (ingest.
   training crops random 48 mm cubes from them, which equals re-centring the patch by whole mm.
 
 Seeds (never the evaluation's 1,000,000+): see ``TRAIN_SEEDS`` / ``VALIDATION_SEEDS``. The training
-phantoms carry up to five nodules each (two draws of the generator's own nodule distribution) so
-that fewer, slow full-size phantoms hold enough nodules; validation phantoms keep the natural draw.
+phantoms carry up to five nodules each (two draws of the generator's own nodule distribution; up to
+eight from seed ``DENSE_FROM``) so that fewer, slow full-size phantoms hold enough nodules;
+validation phantoms keep the natural draw.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "ldct"
 # (size, seeds): full-size phantoms take ~8 s each on this machine (two builders at once), small
 # ones ~0.5 s. Screening serves full-size series, so most training nodules come from full-size
 # phantoms: the small ones' 2.65 mm pixels blur the margins malignancy rests on.
-TRAIN_SEEDS = {"full": range(0, 300), "small": range(10_000, 10_160)}
+TRAIN_SEEDS = {"full": range(0, 500), "small": range(10_000, 10_160)}
 VALIDATION_SEEDS = {"full": range(90_000, 90_060), "small": range(90_100, 90_140)}
 BIG_PATCH = 64
 DENOISE_CROP = 128
@@ -45,10 +46,18 @@ NEGATIVES_PER_PHANTOM = 6
 VERSION = 2
 
 
+# Seeds from DENSE_FROM on carry up to eight nodules (four draws): the malignancy head learns from
+# nodules, and a phantom's cost is its anatomy and projections, not its nodules. Earlier seeds keep
+# their two draws (and their cached items).
+DENSE_FROM = 300
+
+
 def enriched_specs(seed: int) -> list[dict]:
-    """The nodules of an enriched (training) phantom: two draws of the generator's distribution."""
+    """The nodules of an enriched (training) phantom: two draws of the generator's distribution (up
+    to five nodules), four (up to eight) from DENSE_FROM on."""
     rng = np.random.default_rng([seed, 0x7EA1])
-    return (synth.draw_nodule_specs(rng) + synth.draw_nodule_specs(rng))[:5]
+    draws, cap = (4, 8) if seed >= DENSE_FROM else (2, 5)
+    return [spec for _ in range(draws) for spec in synth.draw_nodule_specs(rng)][:cap]
 
 
 def phantom_for(seed: int, size: str, enriched: bool):

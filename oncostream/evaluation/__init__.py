@@ -13,8 +13,13 @@ import json
 import math
 
 DEFAULT_FIRST_SEED = 1_000_000
-DEFAULT_LDCT_SERIES = 48
-DEFAULT_MAMMO_EXAMS = 200
+# Sized for the power to decide the targets, declared (2026-11-29) before the models it first judged
+# were measured: on 48 series (61 scored nodules) the malignancy AUC's 95 % interval was 0.68-0.90
+# and a perfectly calibrated model's expected ECE 0.11; on 200 exams that ECE was 0.05, the target
+# itself. 150 series (~190 nodules) and 1,000 exams (floor ~0.02) can tell the targets apart. The
+# earlier 48 / 200 are the first seeds of these ranges.
+DEFAULT_LDCT_SERIES = 150
+DEFAULT_MAMMO_EXAMS = 1000
 
 # (key, target, higher is better) from issue 3; None: reported without a target
 TARGETS = {
