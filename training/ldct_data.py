@@ -14,7 +14,7 @@ train on, already through the serving preprocessing's numpy realisation (ingest.
 
 Seeds (never the evaluation's 1,000,000+): see ``TRAIN_SEEDS`` / ``VALIDATION_SEEDS``. The training
 phantoms carry up to five nodules each (two draws of the generator's own nodule distribution; up to
-eight from seed ``DENSE_FROM``) so that fewer, slow full-size phantoms hold enough nodules;
+eight for ``DENSE_SEEDS``) so that fewer, slow full-size phantoms hold enough nodules;
 validation phantoms keep the natural draw.
 """
 
@@ -46,17 +46,17 @@ NEGATIVES_PER_PHANTOM = 6
 VERSION = 2
 
 
-# Seeds from DENSE_FROM on carry up to eight nodules (four draws): the malignancy head learns from
-# nodules, and a phantom's cost is its anatomy and projections, not its nodules. Earlier seeds keep
-# their two draws (and their cached items).
-DENSE_FROM = 300
+# These training seeds carry up to eight nodules (four draws): the malignancy head learns from
+# nodules, and a phantom's cost is its anatomy and projections, not its nodules. The other training
+# seeds keep their two draws (and their cached items).
+DENSE_SEEDS = range(300, 500)
 
 
 def enriched_specs(seed: int) -> list[dict]:
     """The nodules of an enriched (training) phantom: two draws of the generator's distribution (up
-    to five nodules), four (up to eight) from DENSE_FROM on."""
+    to five nodules), four (up to eight) for ``DENSE_SEEDS``."""
     rng = np.random.default_rng([seed, 0x7EA1])
-    draws, cap = (4, 8) if seed >= DENSE_FROM else (2, 5)
+    draws, cap = (4, 8) if seed in DENSE_SEEDS else (2, 5)
     return [spec for _ in range(draws) for spec in synth.draw_nodule_specs(rng)][:cap]
 
 

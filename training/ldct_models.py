@@ -89,6 +89,12 @@ class DetectorNet(nn.Module):
         return out[:, 0:1], F.softplus(out[:, 1:2]) * 8.0
 
 
+def _weighted_mean(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean of [B, C, D, H, W] features under a soft [B, 1, D, H, W] weight (+1 keeps an
+    empty weight finite)."""
+    return (features * weight).sum(dim=(2, 3, 4)) / (weight.sum(dim=(2, 3, 4)) + 1.0)
+
+
 class SegmenterNet(nn.Module):
     """3D U-Net on a 48 mm patch at 1 mm: mask logits, malignancy logit, composition logits and
     margin logits (smooth / lobulated / spiculated: an auxiliary training target, not exported)."""
@@ -100,19 +106,23 @@ class SegmenterNet(nn.Module):
         # most of a patch is background: starting near p = 0.01 keeps the soft Dice gradient on the
         # few nodule voxels large from the first step (at p = 0.5 it drowns in the background sum)
         nn.init.constant_(self.mask_head.bias, -4.5)
-        self.classifier = nn.Sequential(nn.Linear(32 * 2 + 16 + 3, 64), nn.ReLU(inplace=True), nn.Linear(64, 8))
+        self.classifier = nn.Sequential(nn.Linear(32 * 3 + 16 * 2 + 3, 64), nn.ReLU(inplace=True), nn.Linear(64, 8))
 
     def forward(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         d1, d2, e3 = self.trunk(patch)
         mask_logit = self.mask_head(d1)
-        # pool features inside the predicted mask (soft), plus global context and mask statistics
+        # pool features inside the predicted mask (soft), in a 6 mm shell around it (where spicules
+        # and lobes show), over the nodule's neighbourhood in the deepest stage, plus global context
+        # and mask statistics
         weight = torch.sigmoid(mask_logit)
         w2 = F.avg_pool3d(weight, 2)
-        inside = (d2 * w2).sum(dim=(2, 3, 4)) / (w2.sum(dim=(2, 3, 4)) + 1.0)
+        shell = (F.max_pool3d(w2, 7, stride=1, padding=3) - w2).clamp(min=0.0)
+        w3 = F.max_pool3d(F.avg_pool3d(w2, 2), 3, stride=1, padding=1)
         mass = weight.sum(dim=(2, 3, 4)) + 1.0
         intensity = (patch * weight).sum(dim=(2, 3, 4)) / mass
         spread = (patch * patch * weight).sum(dim=(2, 3, 4)) / mass - intensity * intensity
-        pooled = torch.cat([e3.mean(dim=(2, 3, 4)), e3.amax(dim=(2, 3, 4)), inside, intensity, spread,
+        pooled = torch.cat([e3.mean(dim=(2, 3, 4)), e3.amax(dim=(2, 3, 4)), _weighted_mean(e3, w3),
+                            _weighted_mean(d2, w2), _weighted_mean(d2, shell), intensity, spread,
                             torch.log(mass) / 5.0], dim=1)
         logits = self.classifier(pooled)
         return mask_logit, logits[:, 0:1], logits[:, 1:5], logits[:, 5:8]

@@ -30,7 +30,7 @@ TORCH_SEED = 20261128
 PATCH = 48
 DET_PATCH = 40
 # steps per model; ONCOSTREAM_LDCT_STEPS_SCALE shortens every schedule (quick smoke runs)
-STEPS = {"denoise": 3600, "detector": 4000, "detector_refine": 1500, "segmenter": 3200}
+STEPS = {"denoise": 3600, "detector": 4000, "detector_refine": 1500, "segmenter": 4800}
 VOLUME_KINDS = ("clean", "full", "low")
 VOLUME_KIND_P = (0.25, 0.35, 0.40)
 
@@ -280,13 +280,13 @@ def _segmenter_batch(items: list[dict], rng: np.random.Generator, batch: int, ji
     xs, masks, malignant, composition, margins, positive = [], [], [], [], [], []
     big = ldct_data.BIG_PATCH
     margin = (big - PATCH) // 2
+    # every nodule (and every negative cube) equally likely, whatever phantom holds it
+    counts = {want: np.array([np.count_nonzero(it["seg_positive"] == want) for it in items], np.float64)
+              for want in (True, False)}
     for j in range(batch):
         want_positive = j % 2 == 0
-        while True:
-            it = items[int(rng.integers(len(items)))]
-            pool = np.flatnonzero(it["seg_positive"] == want_positive)
-            if len(pool):
-                break
+        it = items[int(rng.choice(len(items), p=counts[want_positive] / counts[want_positive].sum()))]
+        pool = np.flatnonzero(it["seg_positive"] == want_positive)
         k = int(pool[int(rng.integers(len(pool)))])
         kind = VOLUME_KINDS[int(rng.choice(3, p=VOLUME_KIND_P))]
         reach = jitter_mm if want_positive else margin
