@@ -7,6 +7,7 @@ programs differ by configuration, never by code. An invalid file fails loudly at
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -80,6 +81,12 @@ class ProgramPolicy(_Strict):
     ldct: LdctPolicy
     mammo: MammoPolicy
     review: ReviewPolicy = ReviewPolicy()
+
+    @property
+    def fingerprint(self) -> str:
+        """``<name>+<12 hex>`` of every setting: output UIDs derive from it, so a changed policy
+        (a 4X threshold, a priority band) never reissues a report under an earlier report's UIDs."""
+        return f"{self.name}+{hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]}"
 
     @model_validator(mode="after")
     def _recall_is_prioritised(self) -> "ProgramPolicy":

@@ -1,7 +1,7 @@
 """The one entry point the pipeline calls: inference -> TriageEvent + SR (+ SEG, heatmaps).
 
-Every output identifier is derived from the input UIDs, the model versions and a role string
-(oncostream.uids), and every DICOM date/time from the input, so replaying a study after a crash
+Every output identifier is derived from the input UIDs, the model releases, the program policy's
+fingerprint and a role string (oncostream.uids), and every DICOM date/time from the input, so replaying a study after a crash
 gives byte-identical objects: delivery is at-least-once, results are idempotent.
 """
 
@@ -34,9 +34,10 @@ def _clip01(value: float) -> float:
     return min(max(float(value), 0.0), 1.0)
 
 
-def output_uid(study: Study, model_versions: dict[str, str], role: str) -> str:
-    """A derived UID for one output of ``study``; ``role`` says which (``sr``, ``seg-series``, ``nodule/3``...)."""
-    return str(derive_uid(study.study_instance_uid, model_fingerprint(model_versions), role))
+def output_uid(study: Study, model_versions: dict[str, str], policy: ProgramPolicy, role: str) -> str:
+    """A derived UID for one output of ``study``; ``role`` says which (``sr``, ``seg-series``, ``nodule/3``...).
+    Other models or another policy give other UIDs: their outputs differ in content."""
+    return str(derive_uid(study.study_instance_uid, model_fingerprint(model_versions), policy.fingerprint, role))
 
 
 def _patient_id(study: Study, settings: Settings) -> str | None:
@@ -65,7 +66,7 @@ def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
             mean_diameter_mm=diameter, long_axis_mm=_mm(nodule.long_axis_mm), volume_mm3=volume,
             composition=nodule.composition,  # type: ignore[arg-type]
             malignancy_probability=probability, lung_rads=category,
-            tracking_uid=output_uid(study, inference.model_versions, f"nodule/{i}")))
+            tracking_uid=output_uid(study, inference.model_versions, policy, f"nodule/{i}")))
     exam = lungrads.exam_category([f.lung_rads for f in findings], incomplete=study.incomplete)
     uncertainty = max((_clip01(n.uncertainty) for n in inference.nodules), default=0.0)
     return findings, LungRadsCategory(lung_rads=exam), round(1.0 - uncertainty, 4), uncertainty
@@ -98,8 +99,8 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
     versions = dict(inference.model_versions)
     when = ContentTimestamp.from_datasets(study.datasets, study.arrived_at)
     device_uid = str(derive_uid(model_fingerprint(versions), "device"))
-    sr_uid = output_uid(study, versions, "sr")
-    sr_series_uid = output_uid(study, versions, "sr-series")
+    sr_uid = output_uid(study, versions, policy, "sr")
+    sr_series_uid = output_uid(study, versions, policy, "sr-series")
     segs = []
     secondary = []
     if isinstance(inference, LdctInference):
@@ -109,8 +110,8 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         sr = lung_nodule_report(study.datasets, findings, category.lung_rads, versions, sop_instance_uid=sr_uid,
                                 series_instance_uid=sr_series_uid, device_uid=device_uid, when=when)
         seg = nodule_segmentation(study.datasets, inference.nodules, findings, versions,
-                                  sop_instance_uid=output_uid(study, versions, "seg"),
-                                  series_instance_uid=output_uid(study, versions, "seg-series"),
+                                  sop_instance_uid=output_uid(study, versions, policy, "seg"),
+                                  series_instance_uid=output_uid(study, versions, policy, "seg-series"),
                                   device_uid=device_uid, when=when)
         if seg is not None:
             segs.append(seg)
@@ -125,8 +126,8 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         sr = MammographyCadSR(study.datasets, findings, category, versions, sop_instance_uid=sr_uid,
                               series_instance_uid=sr_series_uid, when=when)
         secondary = heatmap_images(study.datasets, inference.views, versions,
-                                   series_instance_uid=output_uid(study, versions, "heatmap-series"),
-                                   uid_for=lambda sop: output_uid(study, versions, f"heatmap/{sop}"), when=when)
+                                   series_instance_uid=output_uid(study, versions, policy, "heatmap-series"),
+                                   uid_for=lambda sop: output_uid(study, versions, policy, f"heatmap/{sop}"), when=when)
 
     event = TriageEvent(
         study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,

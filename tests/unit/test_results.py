@@ -10,8 +10,8 @@ from oncostream.contracts import TriageEvent
 from oncostream.settings import Settings
 from postprocess.lungrads import PriorNodule
 from postprocess.mammo_policy import exam_score_edges
-from postprocess.priority import load_program
-from postprocess.results import build_result
+from postprocess.priority import PROGRAMS_DIR, load_program, parse_program
+from postprocess.results import build_result, output_uid
 from tests.unit import screening_cases as cases
 
 
@@ -88,3 +88,18 @@ def test_priors_switch_to_follow_up_rules() -> None:
 def test_unknown_inference_type_is_refused() -> None:
     with pytest.raises(TypeError, match="inference"):
         build_result(cases.ldct_study(), object(), Settings())  # type: ignore[arg-type]
+
+
+def test_a_changed_program_policy_gives_new_output_uids() -> None:
+    study, inference = cases.ldct_study(), cases.ldct_inference()
+    policy = load_program("default")
+    result = build_result(study, inference, Settings(), now=cases.NOW)
+    assert str(result.sr.SOPInstanceUID) == output_uid(study, inference.model_versions, policy, "sr")
+    assert result.event.seg_sop_instance_uids == [output_uid(study, inference.model_versions, policy, "seg")]
+    # a program that moves its 4X threshold reports other categories: never under the same UIDs
+    stricter = parse_program((PROGRAMS_DIR / "default.yaml").read_text().replace(
+        "four_x_probability: 0.85", "four_x_probability: 0.80"))
+    assert stricter.fingerprint != policy.fingerprint
+    assert stricter.fingerprint == parse_program((PROGRAMS_DIR / "default.yaml").read_text().replace(
+        "four_x_probability: 0.85", "four_x_probability: 0.80")).fingerprint
+    assert output_uid(study, inference.model_versions, stricter, "sr") != result.sr.SOPInstanceUID
