@@ -384,10 +384,10 @@ def export_segmenter(segmenter: SegmenterNet, calibration: dict[str, float], rep
 
 
 # Served-path calibration set: full-size phantoms with the generator's natural nodule draw, never
-# trained on (training seeds 0-299 and 10 000-10 159, validation 90 000-90 139) and below the
+# trained on (training seeds 0-499 and 10 000-10 159, validation 90 000-90 139) and below the
 # evaluation range (1 000 000+). Candidates are taken down to CALIBRATION_FLOOR so that the
 # detector's 1 false positive per scan point can be read off.
-CALIBRATION_SEEDS = range(96_000, 96_048)
+CALIBRATION_SEEDS = range(96_000, 96_096)
 CALIBRATION_FLOOR = 0.1
 
 

@@ -25,8 +25,8 @@ DENOISE_BATCH = 8
 SEGMENT_BATCH = 8
 # Detector operating point: peaks of the centre heatmap at or above this are candidates. It is the
 # score at 1 false positive per scan on the served path (denoiser -> detector -> segmenter, whose
-# empty masks drop candidates) over the calibration phantoms (48 full-size series, seeds
-# 96 000-96 047; never the evaluation seeds), rounded down to 0.01: training/ldct_train.py
+# empty masks drop candidates) over the calibration phantoms (96 full-size series, seeds
+# 96 000-96 095; never the evaluation seeds), rounded down to 0.01: training/ldct_train.py
 # calibrate_served logs it as ``operating_point``.
 DETECTION_THRESHOLD = 0.34
 MAX_CANDIDATES = 32
