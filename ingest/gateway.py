@@ -300,26 +300,37 @@ class Gateway:
             self._server = None
 
     def _on_c_store(self, event) -> Dataset:
+        from oncostream import metrics
+
+        outcome, status = self._store(event)
+        metrics.record(lambda: metrics.GATEWAY_STORES.labels(status=outcome).inc())
+        return status
+
+    def _store(self, event) -> tuple[str, Dataset]:
+        """Hand one C-STORE on: (outcome for the metric, the status to answer)."""
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - the file meta of an odd request may not encode
             log.warning("C-STORE from %s: cannot encode the received data set: %s", calling_ae, exc)
-            return _status(STATUS_CANNOT_UNDERSTAND, f"cannot encode data set: {type(exc).__name__}")
+            return "cannot_encode", _status(STATUS_CANNOT_UNDERSTAND, f"cannot encode data set: {type(exc).__name__}")
         try:
             self.destination.deliver(data, calling_ae)
         except RejectedInstance as exc:
             log.warning("C-STORE of %s from %s rejected: %s", exc.sop_instance_uid or "instance", calling_ae,
                         exc.reason)
-            return _status(STATUS_CANNOT_UNDERSTAND, f"{exc.reason}: {exc.detail}")
+            return "rejected", _status(STATUS_CANNOT_UNDERSTAND, f"{exc.reason}: {exc.detail}")
         except Exception as exc:  # noqa: BLE001 - handlers map every failure to an explicit status
             log.exception("C-STORE from %s: handing on failed", calling_ae)
-            return _status(STATUS_OUT_OF_RESOURCES, f"cannot hand on instance: {type(exc).__name__}")
-        return _status(STATUS_SUCCESS)
+            return "failed", _status(STATUS_OUT_OF_RESOURCES, f"cannot hand on instance: {type(exc).__name__}")
+        return "success", _status(STATUS_SUCCESS)
 
 
 def main(args) -> int:
-    """`oncostream gateway --port P [--ae-title T] (--bootstrap HOST:PORT | --out DIR) [--allow AE ...]`."""
+    """`oncostream gateway --port P [--ae-title T] (--bootstrap HOST:PORT | --out DIR) [--allow AE ...]
+    [--host ADDRESS] [--metrics-port P]`."""
+    from oncostream import metrics
+
     settings = Settings()
     if args.bootstrap:
         try:
@@ -335,11 +346,12 @@ def main(args) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    port = gateway.start(args.port)
+    port = gateway.start(args.port, host=args.host)
     if not args.allow:
         log.warning("no --allow given: any calling AE title may store")
-    # tests and operators read this line to learn the port when --port 0 was given
-    print(f"gateway {args.ae_title} listening on port {port}, feeding {where}", flush=True)
+    served = "" if args.metrics_port is None else f"; metrics on port {metrics.serve(args.metrics_port)}"
+    # tests and operators read this line to learn the ports when 0 was given
+    print(f"gateway {args.ae_title} listening on port {port}, feeding {where}{served}", flush=True)
     try:
         while not stop.wait(0.5):  # a bounded wait lets the signal handler run on this thread
             pass

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     dest.add_argument("--bootstrap", metavar="HOST:PORT")
     dest.add_argument("--out", type=Path)
     p.add_argument("--allow", action="append", default=None, metavar="AE", help="allowed calling AE titles")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port (0: a free one)")
 
     p = sub.add_parser("models", help="model repository tools")
     msub = p.add_subparsers(dest="models_command", required=True)

@@ -17,6 +17,8 @@ STUDIES = Counter("oncostream_studies_total", "Studies finished, by outcome",
                   ["modality", "outcome"])  # outcome: triaged | incomplete | failed
 INSTANCES = Counter("oncostream_instances_total", "DICOM instances received")
 INSTANCE_BYTES = Counter("oncostream_instance_bytes_total", "Bytes of DICOM instances received")
+GATEWAY_STORES = Counter("oncostream_gateway_stores_total", "C-STORE requests the gateway answered, by status",
+                         ["status"])  # status: success | rejected | cannot_encode | failed
 DLQ = Counter("oncostream_dlq_total", "Instances rejected to the dead-letter sink, by reason", ["reason"])
 STUDY_LATENCY = Histogram("oncostream_study_latency_seconds",
                           "Arrival of the first instance to triage event published", ["modality"],

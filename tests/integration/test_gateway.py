@@ -33,6 +33,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
@@ -68,9 +69,10 @@ class GatewayProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "oncostream.cli", "gateway", "--port", "0", "--ae-title", AE_TITLE, *args],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
-        self.port = self._read_port(log_path)
+        self.port, self.metrics_port = self._read_ports(log_path)
 
-    def _read_port(self, log_path: Path | None) -> int:
+    def _read_ports(self, log_path: Path | None) -> tuple[int, int | None]:
+        """(DICOM port, metrics port or None) from the line the gateway prints once it listens."""
         deadline = time.monotonic() + START_TIMEOUT_S
         line = b""
         while time.monotonic() < deadline:
@@ -81,7 +83,9 @@ class GatewayProcess:
             if ready:
                 line = self.process.stdout.readline()
                 if b"listening on port" in line:
-                    return int(line.split(b"listening on port ")[1].split(b",")[0])
+                    metrics = line.split(b"metrics on port ")[1] if b"metrics on port " in line else None
+                    return (int(line.split(b"listening on port ")[1].split(b",")[0]),
+                            int(metrics) if metrics is not None else None)
         pytest.fail(f"gateway did not listen within {START_TIMEOUT_S:.0f} s (last line {line!r})")
 
     def stop(self) -> int:
@@ -255,7 +259,8 @@ def test_storescu_study_is_triaged_by_the_embedded_pipeline(tmp_path):
         ds.save_as(study_dir / f"{i:04d}.dcm", enforce_file_format=True)
     out = tmp_path / "out"
     env = {**os.environ, "ONCOSTREAM_ASSEMBLY_TIMEOUT_S": "5"}
-    gateway = GatewayProcess(["--out", str(out), "--allow", ALLOWED], env=env, log_path=tmp_path / "gateway.log")
+    gateway = GatewayProcess(["--out", str(out), "--allow", ALLOWED, "--host", "127.0.0.1", "--metrics-port", "0"],
+                             env=env, log_path=tmp_path / "gateway.log")
     try:
         sent = _storescu(gateway.port, sorted(study_dir.iterdir()))
         assert sent.returncode == 0, sent.stdout + sent.stderr
@@ -265,6 +270,13 @@ def test_storescu_study_is_triaged_by_the_embedded_pipeline(tmp_path):
             assert gateway.process.poll() is None, (tmp_path / "gateway.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no triage record within 180 s"
             time.sleep(0.5)
+        # what ops watch: every C-STORE answered and counted, none rejected
+        families = {f.name: f for f in text_string_to_metric_families(
+            requests.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).text)}
+        stores = {s.labels["status"]: s.value for s in families["oncostream_gateway_stores"].samples
+                  if s.name.endswith("_total")}
+        assert stores == {"success": len(datasets)}
+        assert [s.value for s in families["oncostream_instances"].samples if s.name.endswith("_total")] == [len(datasets)]
     finally:
         assert gateway.stop() == 0
     events = [json.loads(line) for line in triage.read_text().splitlines() if line.strip()]
