@@ -1,13 +1,15 @@
 """The one entry point the pipeline calls: inference -> TriageEvent + SR (+ SEG, heatmaps).
 
 Every output identifier is derived from the input UIDs, the model releases, the program policy's
-fingerprint and a role string (oncostream.uids), and every DICOM date/time from the input, so replaying a study after a crash
-gives byte-identical objects: delivery is at-least-once, results are idempotent.
+fingerprint and a role string (oncostream.uids), and every DICOM date/time from the input, so
+replaying a study after a crash gives byte-identical objects: delivery is at-least-once, results
+are idempotent.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import partial
 
 from oncostream.contracts import LungRadsCategory, MammoFinding, NoduleFinding, TriageEvent
 from oncostream.settings import Settings
@@ -99,8 +101,9 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
     versions = dict(inference.model_versions)
     when = ContentTimestamp.from_datasets(study.datasets, study.arrived_at)
     device_uid = str(derive_uid(model_fingerprint(versions), "device"))
-    sr_uid = output_uid(study, versions, policy, "sr")
-    sr_series_uid = output_uid(study, versions, policy, "sr-series")
+    uid = partial(output_uid, study, versions, policy)
+    sr_uid = uid("sr")
+    sr_series_uid = uid("sr-series")
     segs = []
     secondary = []
     if isinstance(inference, LdctInference):
@@ -110,8 +113,8 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         sr = lung_nodule_report(study.datasets, findings, category.lung_rads, versions, sop_instance_uid=sr_uid,
                                 series_instance_uid=sr_series_uid, device_uid=device_uid, when=when)
         seg = nodule_segmentation(study.datasets, inference.nodules, findings, versions,
-                                  sop_instance_uid=output_uid(study, versions, policy, "seg"),
-                                  series_instance_uid=output_uid(study, versions, policy, "seg-series"),
+                                  sop_instance_uid=uid("seg"),
+                                  series_instance_uid=uid("seg-series"),
                                   device_uid=device_uid, when=when)
         if seg is not None:
             segs.append(seg)
@@ -126,8 +129,8 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         sr = MammographyCadSR(study.datasets, findings, category, versions, sop_instance_uid=sr_uid,
                               series_instance_uid=sr_series_uid, when=when)
         secondary = heatmap_images(study.datasets, inference.views, versions,
-                                   series_instance_uid=output_uid(study, versions, policy, "heatmap-series"),
-                                   uid_for=lambda sop: output_uid(study, versions, policy, f"heatmap/{sop}"), when=when)
+                                   series_instance_uid=uid("heatmap-series"),
+                                   uid_for=lambda sop: uid(f"heatmap/{sop}"), when=when)
 
     event = TriageEvent(
         study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
