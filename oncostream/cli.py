@@ -24,7 +24,7 @@ _HANDLERS = {
 def _seed_range(text: str) -> range:
     start, _, stop = text.partition(":")
     if not stop:
-        raise argparse.ArgumentTypeError(f"--seeds wants A:B, got {text!r}")
+        raise argparse.ArgumentTypeError(f"a seed range is A:B, got {text!r}")
     return range(int(start), int(stop))
 
 
@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate the committed models on fresh phantoms")
     p.add_argument("--seeds", type=_seed_range, default=None, metavar="A:B")
+    p.add_argument("--pooled-seeds", type=_seed_range, default=None, metavar="A:B",
+                   help="pooled nodule-calibration phantoms (default: 200 from 2,000,000 unless --seeds is given)")
     p.add_argument("--json", type=Path, default=None, dest="json_path", metavar="FILE")
     p.add_argument("--size", choices=["small", "full"], default="full")
     return parser

@@ -57,7 +57,7 @@ def enriched_specs(seed: int) -> list[dict]:
     to five nodules), four (up to eight) for ``DENSE_SEEDS``."""
     rng = np.random.default_rng([seed, 0x7EA1])
     draws, cap = (4, 8) if seed in DENSE_SEEDS else (2, 5)
-    return [spec for _ in range(draws) for spec in synth.draw_nodule_specs(rng)][:cap]
+    return synth.pooled_nodule_specs(rng, draws, cap)
 
 
 def phantom_for(seed: int, size: str, enriched: bool):

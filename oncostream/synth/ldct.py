@@ -353,6 +353,12 @@ def draw_nodule_specs(rng: np.random.Generator) -> list[dict]:
     return specs
 
 
+def pooled_nodule_specs(rng: np.random.Generator, draws: int, cap: int) -> list[dict]:
+    """``draws`` independent draws of draw_nodule_specs, at most ``cap`` nodules: more nodules from
+    the same distribution per phantom (a phantom's cost is its anatomy and projections)."""
+    return [spec for _ in range(draws) for spec in draw_nodule_specs(rng)][:cap]
+
+
 @dataclass
 class _NoduleShape:
     center: np.ndarray  # (x, y, z) mm

@@ -21,6 +21,7 @@ import pytest
 
 ONCOSTREAM = str(Path(sys.executable).parent / "oncostream")
 SEEDS = "1000500:1000512"
+POOLED_SEEDS = "2000500:2000503"  # the pooled nodule-calibration set's code path, 3 small phantoms
 KEYS = ("ldct_sensitivity_at_1fp_ge6mm", "ldct_fp_per_scan", "ldct_seg_dice_ge6mm",
         "ldct_volume_abs_err_median_ge6mm", "ldct_malignancy_auc", "denoise_psnr_gain_db_25pct",
         "denoise_25pct_minus_fulldose_psnr_db", "ece_nodule", "n_ldct",
@@ -36,7 +37,8 @@ BOUNDS = {
 @pytest.fixture(scope="module")
 def eval_json(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("eval") / "eval.json"
-    proc = subprocess.run([ONCOSTREAM, "eval", "--seeds", SEEDS, "--size", "small", "--json", str(out)],
+    proc = subprocess.run([ONCOSTREAM, "eval", "--seeds", SEEDS, "--pooled-seeds", POOLED_SEEDS, "--size", "small",
+                           "--json", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "ldct_sensitivity_at_1fp_ge6mm" in proc.stdout  # the table
@@ -68,7 +70,15 @@ def test_eval_meets_the_ci_bound(eval_json, key, bound, higher):
 
 
 def test_eval_reports_the_sampling_floor_under_each_ece(eval_json):
-    for key in ("ece_nodule", "ece_mammo"):
+    for key in ("ece_nodule", "ece_nodule_pooled", "ece_mammo"):
         floor, p95 = eval_json[f"{key}_if_calibrated"], eval_json[f"{key}_if_calibrated_p95"]
         # 12 small exams / ~15 nodules: even a perfectly calibrated model shows a large ECE here
         assert 0.0 < floor <= p95 <= 1.0, (key, floor, p95)
+
+
+def test_pooled_phantoms_score_several_nodules_each(eval_json):
+    assert eval_json["n_ldct_pooled"] == 3 and eval_json["pooled_seeds"] == [2000500, 2000503]
+    # the three pooled phantoms carry 19 nodules (four draws each); most are found at small size
+    assert eval_json["ldct_nodules_scored_pooled"] >= 9, eval_json["ldct_nodules_scored_pooled"]
+    low, high = eval_json["ece_nodule_pooled_ci95"]
+    assert 0.0 <= low <= eval_json["ece_nodule_pooled"] <= high <= 1.0

@@ -1,0 +1,36 @@
+"""The evaluation sets of `oncostream eval` (oncostream/evaluation): disjoint ranges, and pooled
+nodule-calibration phantoms that carry more nodules of the same distribution."""
+
+import numpy as np
+
+from oncostream import evaluation
+from oncostream.evaluation.ldct import POOLED_CAP, pooled_series_specs
+from oncostream.synth.ldct import draw_nodule_specs
+
+
+def test_the_default_sets_do_not_overlap_each_other_or_training():
+    regular = range(evaluation.DEFAULT_FIRST_SEED,
+                    evaluation.DEFAULT_FIRST_SEED + max(evaluation.DEFAULT_LDCT_SERIES, evaluation.DEFAULT_MAMMO_EXAMS))
+    pooled = range(evaluation.DEFAULT_POOLED_FIRST_SEED,
+                   evaluation.DEFAULT_POOLED_FIRST_SEED + evaluation.DEFAULT_POOLED_SERIES)
+    assert regular.stop <= pooled.start and regular.start >= 1_000_000
+
+
+def _summary(specs: list[dict]) -> tuple[float, float, float]:
+    malignant = np.mean([s["malignant"] for s in specs])
+    reportable = np.mean([s["diameter_mm"] >= 6 for s in specs])
+    spiculated = np.mean([s["margin"] == "spiculated" for s in specs])
+    return malignant, reportable, spiculated
+
+
+def test_pooled_phantoms_hold_several_times_the_nodules_from_the_same_distribution():
+    seeds = range(2_100_000, 2_101_500)
+    pooled = [pooled_series_specs(s) for s in seeds]
+    regular = [draw_nodule_specs(np.random.default_rng([s, 0x1DC7])) for s in seeds]
+    counts = [len(p) for p in pooled]
+    assert max(counts) == POOLED_CAP and np.mean(counts) > 3 * np.mean([len(r) for r in regular])
+    # the same per-nodule mix (malignant share, >= 6 mm share, spiculated share) within sampling noise
+    a = _summary([s for p in pooled for s in p])
+    b = _summary([s for r in regular for s in r])
+    assert np.allclose(a, b, atol=0.04), (a, b)
+    assert pooled_series_specs(2_000_000) == pooled_series_specs(2_000_000)
