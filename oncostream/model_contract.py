@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
 # Triton model-config parameter that carries a network's weights_sha256 (oncostream.model_build)
 WEIGHTS_PARAMETER = "weights_sha256"
 MODEL_NAMES = ("ldct_denoise", "ldct_nodule_detector", "ldct_nodule_segmenter", "mammo_classifier", "mammo_density")
+# calibration every contract of that model must carry, each a probability in (0, 1): the detector's
+# operating point is fitted with its weights (training/ldct_train.py calibrate_served), so a replaced
+# detector brings its own
+REQUIRED_CALIBRATION = {"ldct_nodule_detector": ("detection_threshold",)}
 
 
 class TensorSpec(BaseModel):
@@ -42,6 +46,14 @@ class ModelContract(BaseModel):
     calibration: dict[str, float] = Field(default_factory=dict)
     # networks: sha256 of <version>/model.onnx, written by the training export (record_weights)
     weights_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _required_calibration(self) -> ModelContract:
+        for key in REQUIRED_CALIBRATION.get(self.name, ()):
+            value = self.calibration.get(key)
+            if value is None or not 0.0 < value < 1.0:
+                raise ValueError(f"{self.name}: calibration.{key} must be a probability in (0, 1), got {value!r}")
+        return self
 
     @property
     def release(self) -> str:
@@ -83,6 +95,15 @@ def weights_problem(contract: ModelContract, path: Path) -> str | None:
         return (f"{contract.name}: {path} has sha256 {actual[:12]}..., contract.yaml names "
                 f"{contract.weights_sha256[:12]}... (weights replaced without re-recording them)")
     return None
+
+
+def record_calibration(name: str, calibration: dict[str, float], repository: Path = DEFAULT_MODEL_REPOSITORY) -> None:
+    """Replace the ``calibration`` of the model's contract.yaml (the rest is rewritten as loaded)."""
+    path = repository / name / "contract.yaml"
+    contract = yaml.safe_load(path.read_text())
+    contract["calibration"] = {k: float(v) for k, v in calibration.items()}
+    path.write_text(yaml.safe_dump(contract, sort_keys=False, width=100))
+    load_contract(name, repository)  # still valid
 
 
 def record_weights(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> str:

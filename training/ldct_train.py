@@ -19,7 +19,7 @@ import torch
 from scipy.special import logit
 from torch.nn import functional as F
 
-from oncostream.model_contract import record_weights
+from oncostream.model_contract import record_calibration, record_weights
 from training import ldct_data
 from training.calibration import fit_logistic, fit_temperature
 from training.ldct_models import (CalibratedDetector, CalibratedSegmenter, DenoiseNet, DetectorNet,
@@ -394,11 +394,10 @@ CALIBRATION_FLOOR = 0.1
 def calibrate_served(segmenter: SegmenterNet, calibration: dict[str, float], seeds: range = CALIBRATION_SEEDS) -> dict[str, float]:
     """Run the exported models the way the pipeline serves them (oncostream.evaluation.ldct) on the
     calibration phantoms; read off the detection score at 1 false positive per scan, rounded down
-    to 0.01 (the operating point: ingest/steps/ldct.py DETECTION_THRESHOLD must be set to the logged
-    ``operating_point``), and fold a Platt fit of the served malignancy probability of every true
-    nodule reported at that operating point into the segmenter's calibration; export it again."""
+    to 0.01, as the detector's operating point (its contract's ``calibration.detection_threshold``),
+    and fold a Platt fit of the served malignancy probability of every true nodule reported at that
+    operating point into the segmenter's calibration; export it again."""
     from oncostream.evaluation import ldct as evaluation
-    from ingest.steps.ldct import DETECTION_THRESHOLD
 
     run_model = evaluation.LdctModels(REPOSITORY)
     series = []
@@ -418,10 +417,8 @@ def calibrate_served(segmenter: SegmenterNet, calibration: dict[str, float], see
     a, b = fit_logistic(logit(np.clip(p, 1e-6, 1 - 1e-6))[:, None], y, prior=np.array([1.0, 0.0]), l2=1e-3)
     _log(stage="served calibration", series=len(series), nodules_ge6mm=n_positive,
          sensitivity_at_1fp=round(sensitivity, 4), score_at_1fp=round(at_1fp, 4), operating_point=operating_point,
-         shipped_threshold=DETECTION_THRESHOLD, nodules_for_platt=int(len(p)), malignant=int(y.sum()),
-         platt_a=round(a, 4), platt_b=round(b, 4))
-    if abs(operating_point - DETECTION_THRESHOLD) > 1e-9:
-        _log(stage="served calibration", warning="set ingest/steps/ldct.py DETECTION_THRESHOLD to the operating point")
+         nodules_for_platt=int(len(p)), malignant=int(y.sum()), platt_a=round(a, 4), platt_b=round(b, 4))
+    record_calibration("ldct_nodule_detector", {"detection_threshold": operating_point}, REPOSITORY)
     calibrated = {"malignancy_scale": calibration["malignancy_scale"] * a,
                   "malignancy_bias": calibration["malignancy_bias"] * a + b,
                   "composition_temperature": calibration["composition_temperature"]}

@@ -49,7 +49,8 @@ class EmbeddedBackend(InferenceBackend):
     def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
         from ingest.steps import ldct
 
-        return ldct.run(volume_hu, spacing_mm, self.run_model)
+        return ldct.run(volume_hu, spacing_mm, self.run_model,
+                        ldct.detection_threshold(self._contracts["ldct_nodule_detector"]))
 
     def infer_mammo(self, images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> MammoRaw:
         from ingest.steps import mammo

@@ -18,17 +18,12 @@ from scipy import ndimage
 from ingest.backends.base import LdctRaw
 from ingest.preprocess import ldct as preprocess
 from ingest.preprocess.ldct import DENOISE_SCALE, PATCH_SIZE, ResampleGrid
+from oncostream.model_contract import ModelContract
 
 RunModel = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 DENOISE_BATCH = 8
 SEGMENT_BATCH = 8
-# Detector operating point: peaks of the centre heatmap at or above this are candidates. It is the
-# score at 1 false positive per scan on the served path (denoiser -> detector -> segmenter, whose
-# empty masks drop candidates) over the calibration phantoms (96 full-size series, seeds
-# 96 000-96 095; never the evaluation seeds), rounded down to 0.01: training/ldct_train.py
-# calibrate_served logs it as ``operating_point``.
-DETECTION_THRESHOLD = 0.34
 MAX_CANDIDATES = 32
 # Two peaks closer than this (in 2 mm detector voxels, per axis) are one candidate.
 PEAK_NEIGHBOURHOOD = 5
@@ -51,8 +46,17 @@ def detect(denoised_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel)
     return out["heatmap"][0, 0], out["diameter_mm"][0, 0], grid
 
 
+def detection_threshold(detector: ModelContract) -> float:
+    """The detector's operating point: peaks of the centre heatmap at or above it are candidates. It
+    is part of the detector's calibration (contract.yaml), fitted with its weights: the score at
+    1 false positive per scan on the served path (denoiser -> detector -> segmenter, whose empty
+    masks drop candidates) over calibration phantoms never evaluated on (training/ldct_train.py
+    calibrate_served)."""
+    return detector.calibration["detection_threshold"]
+
+
 def extract_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: ResampleGrid,
-                       threshold: float = DETECTION_THRESHOLD, max_candidates: int = MAX_CANDIDATES) -> np.ndarray:
+                       threshold: float, max_candidates: int = MAX_CANDIDATES) -> np.ndarray:
     """Local maxima of the centre heatmap above ``threshold`` -> float32 [K, 5]:
     z, y, x (voxel index in the source series), diameter_mm, detection score; highest score first."""
     peaks = (heatmap == ndimage.maximum_filter(heatmap, size=PEAK_NEIGHBOURHOOD, mode="constant")) & (heatmap >= threshold)
@@ -95,13 +99,14 @@ def flip_uncertainty(probabilities: np.ndarray) -> np.ndarray:
     return probabilities.std(axis=1).astype(np.float32)
 
 
-def run(volume_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel) -> LdctRaw:
-    """One series (HU [D, H, W], inferior to superior; spacing z, y, x mm) through every LDCT model."""
+def run(volume_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel, threshold: float) -> LdctRaw:
+    """One series (HU [D, H, W], inferior to superior; spacing z, y, x mm) through every LDCT model;
+    ``threshold``: the detector's operating point (detection_threshold)."""
     volume_hu = np.asarray(volume_hu, np.float32)
     spacing_mm = np.asarray(spacing_mm, np.float32)
     denoised = denoise(volume_hu, run_model)
     heatmap, diameter, grid = detect(denoised, spacing_mm, run_model)
-    candidates = extract_candidates(heatmap, diameter, grid)
+    candidates = extract_candidates(heatmap, diameter, grid, threshold)
     masks, malignancy, composition, uncertainty = segment(denoised, spacing_mm, candidates, run_model)
     return LdctRaw(candidates=candidates, masks=masks, malignancy=malignancy,
                    composition=composition, uncertainty=uncertainty)

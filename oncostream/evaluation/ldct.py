@@ -48,7 +48,7 @@ from ingest.backends.base import LdctRaw
 from ingest.steps import ldct as steps
 from oncostream.evaluation.mammo import roc_auc
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
-from oncostream.model_contract import onnx_path
+from oncostream.model_contract import load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
 LDCT_MODELS = ("ldct_denoise", "ldct_nodule_detector", "ldct_nodule_segmenter")
@@ -71,6 +71,7 @@ class LdctModels:
         self._sessions = {name: ort.InferenceSession(str(onnx_path(name, repository)),
                                                      providers=["CPUExecutionProvider"])
                           for name in LDCT_MODELS}
+        self.threshold = steps.detection_threshold(load_contract("ldct_nodule_detector", repository))
 
     def __call__(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[name]
@@ -143,11 +144,12 @@ class SeriesScore:
     seconds: float  # model steps only
 
 
-def score_series(seed: int, size: str, run_model, threshold: float = steps.DETECTION_THRESHOLD,
+def score_series(seed: int, size: str, run_model: LdctModels, threshold: float | None = None,
                  nodules: list[dict] | None = None) -> SeriesScore:
     """The 25 % dose phantom of ``seed`` (``nodules``: make_ldct_phantom's override) written as DICOM,
     read back as the pipeline reads it, run through the serving steps (ingest/steps/ldct.py;
-    ``threshold``: the detector operating point) and matched with its truth (module doc)."""
+    ``threshold``: the detector operating point, default the detector contract's) and matched with
+    its truth (module doc)."""
     from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
 
     phantom = make_ldct_phantom(seed, size=size, nodules=nodules)
@@ -158,7 +160,8 @@ def score_series(seed: int, size: str, run_model, threshold: float = steps.DETEC
     started = time.perf_counter()
     denoised = steps.denoise(volume, run_model)
     heatmap, diameter, grid = steps.detect(denoised, spacing, run_model)
-    candidates = steps.extract_candidates(heatmap, diameter, grid, threshold=threshold)
+    threshold = run_model.threshold if threshold is None else threshold
+    candidates = steps.extract_candidates(heatmap, diameter, grid, threshold)
     masks, mal, composition, uncertainty = steps.segment(denoised, spacing, candidates, run_model)
     raw = LdctRaw(candidates=candidates, masks=masks, malignancy=mal, composition=composition,
                   uncertainty=uncertainty)

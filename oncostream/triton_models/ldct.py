@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ingest.steps import ldct
+from oncostream.model_contract import load_contract
 from oncostream.triton_models.base import StepModel
 
 
@@ -16,10 +17,13 @@ class LdctDenoiseSeries(StepModel):
 
 
 class LdctDetectCandidates(StepModel):
+    def setup(self, args: dict) -> None:
+        self.threshold = ldct.detection_threshold(load_contract("ldct_nodule_detector", self.repository))
+
     def compute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         heatmap, diameter, grid = ldct.detect(inputs["denoised_hu"], np.asarray(inputs["spacing_mm"], np.float32),
                                               self.run_network)
-        return {"candidates": ldct.extract_candidates(heatmap, diameter, grid)}
+        return {"candidates": ldct.extract_candidates(heatmap, diameter, grid, self.threshold)}
 
 
 class LdctCharacteriseNodules(StepModel):

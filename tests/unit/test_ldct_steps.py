@@ -90,7 +90,7 @@ def test_extract_candidates_finds_peaks_in_source_voxels():
     heatmap[30, 10, 5], diameter[30, 10, 5] = 0.5, 12.0
     heatmap[30, 11, 5] = 0.4  # a shoulder of the second peak, not a candidate
     heatmap[5, 5, 5] = 0.05  # below the threshold
-    candidates = steps.extract_candidates(heatmap, diameter, grid)
+    candidates = steps.extract_candidates(heatmap, diameter, grid, threshold=0.1)
     assert candidates.shape == (2, 5)
     np.testing.assert_allclose(candidates[:, 4], [0.9, 0.5])
     np.testing.assert_allclose(candidates[:, 3], [8.0, 12.0])
@@ -100,7 +100,7 @@ def test_extract_candidates_finds_peaks_in_source_voxels():
 
 def test_extract_candidates_on_an_empty_heatmap():
     grid = pre.detector_grid((16, 32, 32), np.ones(3))
-    out = steps.extract_candidates(np.zeros(grid.shape, np.float32), np.zeros(grid.shape, np.float32), grid)
+    out = steps.extract_candidates(np.zeros(grid.shape, np.float32), np.zeros(grid.shape, np.float32), grid, 0.1)
     assert out.shape == (0, 5)
 
 
@@ -170,8 +170,8 @@ def test_nodules_from_raw_geometry_and_empty_masks(small_phantom):
 def test_small_phantom_through_the_committed_models(small_phantom):
     from oncostream.evaluation.ldct import LdctModels
 
-    raw = steps.run(small_phantom.hu_low, np.asarray(small_phantom.spacing_mm, np.float32),
-                    LdctModels(DEFAULT_MODEL_REPOSITORY))
+    models = LdctModels(DEFAULT_MODEL_REPOSITORY)
+    raw = steps.run(small_phantom.hu_low, np.asarray(small_phantom.spacing_mm, np.float32), models, models.threshold)
     k = len(raw.candidates)
     assert raw.candidates.shape == (k, 5) and k <= steps.MAX_CANDIDATES
     assert raw.masks.shape == (k, 48, 48, 48)

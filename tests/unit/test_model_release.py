@@ -79,3 +79,27 @@ def test_repository_build_refuses_weights_the_contract_does_not_name(repository,
     _re_export(repository, "ldct_nodule_detector")
     with pytest.raises(ModelBuildError, match="ldct_nodule_detector"):
         build_repository("cpu", tmp_path / "built", repository)
+
+
+def test_the_detection_operating_point_is_part_of_the_detector_contract(repository):
+    from oncostream.evaluation.ldct import LdctModels
+    from oncostream.model_contract import record_calibration
+
+    before = EmbeddedBackend(repository).model_versions()["ldct_nodule_detector"]
+    record_calibration("ldct_nodule_detector", {"detection_threshold": 0.5}, repository)
+    assert load_contract("ldct_nodule_detector", repository).calibration == {"detection_threshold": 0.5}
+    assert LdctModels(repository).threshold == 0.5
+    # a moved operating point reports different nodules: a new release, so new output UIDs
+    assert EmbeddedBackend(repository).model_versions()["ldct_nodule_detector"] != before
+
+
+@pytest.mark.parametrize("calibration", [{}, {"detection_threshold": 1.5}])
+def test_a_detector_contract_without_a_valid_operating_point_is_refused(repository, calibration):
+    path = repository / "ldct_nodule_detector" / "contract.yaml"
+    text = path.read_text()
+    start = text.index("calibration:")
+    end = text.index("weights_sha256:")
+    replacement = "calibration: {}\n" if not calibration else "calibration:\n  detection_threshold: 1.5\n"
+    path.write_text(text[:start] + replacement + text[end:])
+    with pytest.raises(ValueError, match="detection_threshold must be a probability"):
+        load_contract("ldct_nodule_detector", repository)
