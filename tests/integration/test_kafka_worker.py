@@ -229,6 +229,33 @@ def test_twenty_studies_give_exactly_twenty_events_and_one_dead_letter(kafka_top
     assert fully_committed(kafka_topics) == kafka_topics.end_offsets()
 
 
+def test_a_study_that_fails_goes_to_the_dead_letter_topic_whole_and_the_others_still_publish(
+        kafka_topics_factory, corpus, pipeline, tmp_path):
+    # every slice of this LDCT series is a valid instance, but all share one position: the series has
+    # no geometry, so the study fails at processing (after assembly), not at parsing
+    broken_uid, good_ct = [u for u in corpus.studies if corpus.modality[u] == "CT"][:2]
+    exam = next(u for u in corpus.studies if corpus.modality[u] == "MG")
+    broken = []
+    for path in corpus.studies[broken_uid]:
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [0.0, 0.0, -150.0]
+        broken.append(tmp_path / path.name)
+        ds.save_as(broken[-1])
+    topics = kafka_topics_factory(1)  # one partition: the failing study completes first
+    produce_files([*broken, *corpus.files([exam, good_ct])], topics.settings(), topics.bootstrap)
+    worker = run_in_process(topics, pipeline, max_studies=2)
+    assert worker.published == 2
+    assert {e["study_instance_uid"] for _, e in triage_events(topics)} == {exam, good_ct}
+    dead = topics.read(topics.dlq)
+    assert sorted(r.value for r in dead) == sorted(p.read_bytes() for p in broken)
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert headers["reason"] == "processing_failed"
+        assert "share one position" in headers["detail"]
+    # the failed study's instances are dead-lettered, so they count as done: committed to the end
+    assert fully_committed(topics) == topics.end_offsets()
+
+
 def test_claim_check_gives_the_same_result_as_inline(kafka_topics_factory, corpus, pipeline, tmp_path):
     uid = next(u for u in corpus.studies if corpus.modality[u] == "MG")
     outcomes = []
