@@ -88,6 +88,8 @@ MAMMO_FINDING_CODES: dict[str, Code] = {  # CID 6014 Single Image Finding
     "calcification": codes.SCT.CalcificationCluster,
     "region": Code("111099", "DCM", "Selected region"),
 }
+# TID 4013 Mammography CAD Selected Region: a "Selected region" finding must describe itself
+SELECTED_REGION_DESCRIPTION = codes.DCM.SelectedRegionDescription
 LATERALITY_CODES: dict[str, Code] = {"L": codes.SCT.LeftBreast, "R": codes.SCT.RightBreast}  # CID 6022
 VIEW_CODES: dict[str, Code] = {  # CID 4014 View for Mammography
     "CC": codes.SCT.CranioCaudal,

@@ -251,6 +251,11 @@ def _scoord_on(name: Code, graphic_type: GraphicTypeValues, points_xy: np.ndarra
     return _node(item, [ref])
 
 
+# what a "region" finding (ingest/mammo.py heatmap_regions) is, for the reader of the report
+REGION_DESCRIPTION = ("area where the malignancy classifier's heatmap exceeds its region threshold "
+                      "(explains the view score; not a lesion outline)")
+
+
 def _single_image_finding(finding: MammoFinding, ds: Dataset, algorithm: tuple[str, str]) -> Dataset:  # TID 4006
     # image coordinates put (0, 0) at the top-left corner of the first pixel: the centre of pixel
     # (row, col) is (col + 0.5, row + 0.5), and an end-exclusive box [r0, r1) x [c0, c1) has its
@@ -269,6 +274,9 @@ def _single_image_finding(finding: MammoFinding, ds: Dataset, algorithm: tuple[s
         _scoord_on(codes.CENTER, GraphicTypeValues.POINT, centre, ds),
         _scoord_on(codes.OUTLINE, GraphicTypeValues.POLYLINE, outline, ds),
     ]
+    if finding.type == "region":  # TID 4013 row 1 (M)
+        children.insert(0, TextContentItem(name=codes.SELECTED_REGION_DESCRIPTION, value=REGION_DESCRIPTION,
+                                           relationship_type=_PROPERTIES))
     return _node(item, children)
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: dicom3tools (dciodvfy), DCMTK, Orthanc (+ DICOMweb plugin),
-# Prometheus. Idempotent and quiet; skipped when every tool is already present.
+# Debian packages the tests need: dicom3tools (dciodvfy), DCMTK, PixelMed (DicomSRValidator), Orthanc
+# (+ DICOMweb plugin), Prometheus. Idempotent and quiet; skipped when every tool is already present.
 set -euo pipefail
 need=()
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v dsrdump >/dev/null || need+=(dcmtk)
+[ -e /usr/share/java/pixelmed.jar ] || need+=(pixelmed-apps)
 command -v Orthanc >/dev/null || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v prometheus >/dev/null || need+=(prometheus)

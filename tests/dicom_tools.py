@@ -1,6 +1,7 @@
-"""Checks of DICOM files with tools no one here wrote: dicom3tools ``dciodvfy`` and DCMTK ``dsrdump``.
+"""Checks of DICOM files with tools no one here wrote: dicom3tools ``dciodvfy``, DCMTK ``dsrdump`` and
+PixelMed's ``DicomSRValidator``.
 
-Both are Debian packages the project installs (scripts/install_system_deps.sh). A missing tool is
+All are Debian packages the project installs (scripts/install_system_deps.sh). A missing tool is
 an error, not a skip: the acceptance criteria are stated in terms of these tools.
 """
 
@@ -52,7 +53,7 @@ _XPATH_UNLIMITED = ["-Djdk.xml.xpathExprOpLimit=0", "-Djdk.xml.xpathExprGrpLimit
 
 
 def sr_validator_available() -> bool:
-    """PixelMed's DicomSRValidator (Debian ``pixelmed-apps``) is optional: it checks SR templates row by row."""
+    """PixelMed's DicomSRValidator (Debian ``pixelmed-apps``) checks SR templates row by row."""
     return _PIXELMED_JAR.is_file() and shutil.which("java") is not None
 
 

@@ -65,15 +65,17 @@ def mammo_study(seed: int = 11) -> Study:
 
 
 def mammo_inference(study: Study, seed: int = 11, *, findings: bool = True, exam_probability: float = 0.7,
-                    uncertainty: float = 0.1) -> MammoInference:
-    """One region per truth lesion view (when ``findings``); a coarse 16 x 12 heatmap hot at each region."""
+                    uncertainty: float = 0.1, served_types: bool = False) -> MammoInference:
+    """One region per truth lesion view (when ``findings``); a coarse 16 x 12 heatmap hot at each region.
+    Findings carry the lesion's type (mass, calcification), or with ``served_types`` the "region" type
+    the served classifier reports (ingest/mammo.py heatmap_regions)."""
     truth = mammo_phantom(seed).truth
     by_sop: dict[str, list] = {}
     if findings:
         for lesion in truth.lesions:
             for view in lesion.views:
                 by_sop.setdefault(view.sop_instance_uid, []).append(
-                    (lesion.type, view.center_px, view.bbox_px, 0.8125))
+                    ("region" if served_types else lesion.type, view.center_px, view.bbox_px, 0.8125))
     views = []
     for ds in study.datasets:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -84,7 +86,7 @@ def mammo_inference(study: Study, seed: int = 11, *, findings: bool = True, exam
         views.append(MammoViewInference(
             sop_instance_uid=str(ds.SOPInstanceUID), laterality=str(ds.ImageLaterality), view=str(ds.ViewPosition),
             malignancy_probability=0.8 if regions else 0.02, heatmap=heat, regions=regions))
-    # no findings: an exam probability below the first decile edge of the committed calibration (0.0087)
+    # no findings: an exam probability below the first decile edge of the committed calibration (0.033)
     return MammoInference(views=views, exam_malignancy_probability=exam_probability if findings else 0.002,
                           density_probabilities=(0.1, 0.2, 0.6, 0.1), uncertainty=uncertainty,
                           model_versions=dict(MAMMO_VERSIONS))

@@ -19,7 +19,7 @@ from pydicom import Dataset
 from oncostream.settings import Settings
 from postprocess import codes
 from postprocess.results import build_result
-from postprocess.sr import MAMMOGRAPHY_CAD_SR_STORAGE
+from postprocess.sr import MAMMOGRAPHY_CAD_SR_STORAGE, REGION_DESCRIPTION
 from tests.dicom_tools import dciodvfy_errors, dsrdump_ok, dsrdump_text, sr_validator_available, sr_validator_errors
 from tests.unit import screening_cases as cases
 
@@ -307,9 +307,31 @@ def test_heatmap_shows_the_hot_region(mammo) -> None:
 _KNOWN_PIXELMED_TEMPLATE_CONFLICT = "Template 4007 BreastComposition"
 
 
-@pytest.mark.skipif(not sr_validator_available(), reason="PixelMed DicomSRValidator (Debian pixelmed-apps) absent")
-def test_mammography_cad_sr_template_validates_row_by_row(mammo) -> None:
+@pytest.fixture(scope="module")
+def mammo_served(tmp_path_factory) -> Path:
+    """The SR of the findings the served classifier reports: heatmap regions ("Selected region")."""
+    study = cases.mammo_study()
+    result = build_result(study, cases.mammo_inference(study, served_types=True), SETTINGS, now=cases.NOW)
+    return _save(result.sr, tmp_path_factory.mktemp("mammo-served") / "sr.dcm")
+
+
+@pytest.mark.parametrize("which", ["lesion types", "served regions"])
+def test_mammography_cad_sr_template_validates_row_by_row(mammo, mammo_served, which) -> None:
     # only the hand-built TID 4000 tree: TID 1500 comes from highdicom's template classes, and each
-    # validator run costs about 10-20 s here (checked by hand: the LDCT SRs report no errors)
-    errors = sr_validator_errors(mammo[2])
+    # validator run costs about 10 s here (checked by hand: the LDCT SRs report no errors)
+    path = mammo[2] if which == "lesion types" else mammo_served
+    assert sr_validator_available(), "PixelMed DicomSRValidator (Debian pixelmed-apps) is not installed"
+    errors = sr_validator_errors(path)
     assert [e for e in errors if _KNOWN_PIXELMED_TEMPLATE_CONFLICT not in e] == []
+
+
+def test_a_selected_region_finding_describes_itself(mammo_served) -> None:  # TID 4013 row 1
+    assert dciodvfy_errors(mammo_served) == []
+    sr = pydicom.dcmread(mammo_served)
+    findings = [item for item, _ in _named(sr, codes.SINGLE_IMAGE_FINDING)
+                if item.ConceptCodeSequence[0].CodeValue == codes.MAMMO_FINDING_CODES["region"].value]
+    assert findings
+    for finding in findings:
+        texts = [c.TextValue for c in finding.ContentSequence if c.ValueType == "TEXT"
+                 and c.ConceptNameCodeSequence[0].CodeValue == codes.SELECTED_REGION_DESCRIPTION.value]
+        assert texts == [REGION_DESCRIPTION]
