@@ -4,9 +4,9 @@ Default seeds are 1,000,000 onward (training uses 0-99,999; see training/ldct_da
 training): ``DEFAULT_LDCT_SERIES`` LDCT series and ``DEFAULT_MAMMO_EXAMS`` mammography exams (an exam
 is cheap and one exam is a single unit for the exam AUC, so more of them); ``--seeds A:B`` uses one
 range for both. ``--pooled-seeds A:B`` adds the pooled nodule-calibration set (ldct.py
-evaluate_nodule_calibration; default ``DEFAULT_POOLED_SERIES`` phantoms from ``DEFAULT_POOLED_FIRST_SEED``
-when no ``--seeds`` is given, none otherwise). ``--size`` defaults to ``full`` (cli.py), the size the issue's targets are stated for;
-``small`` is the quick CI set. Rates are fractions, PSNR in dB; ``*_ci95`` are bootstrap intervals.
+evaluate_nodule_calibration; default ``DEFAULT_POOLED_SERIES`` phantoms from
+``DEFAULT_POOLED_FIRST_SEED`` when no ``--seeds`` is given, none otherwise). ``--size`` defaults to
+``full`` (cli.py), the size the issue's targets are stated for; ``small`` is the quick CI set. Rates are fractions, PSNR in dB; ``*_ci95`` are bootstrap intervals.
 """
 
 from __future__ import annotations
