@@ -38,8 +38,9 @@ TRAIN_SEEDS = range(0, 1600)
 FULL_TRAIN_SEEDS = range(50_000, 50_600)
 VALIDATION_SEEDS = range(90_000, 90_400)
 FULL_VALIDATION_SEEDS = range(95_000, 95_100)
-# full-size exams for the exam combination and the score edges (screening sends full-size views)
-EXAM_CALIBRATION_SEEDS = range(95_100, 95_300)
+# full-size exams for the exam combination and the score edges (screening sends full-size views);
+# 200 of them gave a noisy fit (exam ECE 0.079 on the 1,000 evaluation exams), 800 give 0.043
+EXAM_CALIBRATION_SEEDS = range(95_100, 95_900)
 TORCH_SEED = 20261128
 OPSET = 17
 FULL_SHARE = 0.5
