@@ -12,9 +12,13 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import shutil
+import subprocess
+import tempfile
 import threading
 import warnings
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -240,6 +244,42 @@ class DaliJpeg2000Decoder(PixelDecoder):
         return [np.array(output[i])[..., 0].astype(np.uint16, copy=False) for i in range(len(frames))]
 
 
+class DcmtkJpegDecoder(PixelDecoder):
+    """DCMTK's ``dcmdjpeg`` (IJG, 8/12/16-bit) for JPEG Extended with more than 8 bits stored.
+
+    No pydicom plugin that works with NumPy 1 (pinned for Triton's python backend, DESIGN.md)
+    decodes 12-bit lossy JPEG, which older CT and archive exports still send. One subprocess per
+    instance, so it is used for that syntax only, after every pydicom plugin has declined.
+    """
+
+    name = "dcmtk"
+    _TIMEOUT_S = 120
+
+    def supports(self, ds: pydicom.Dataset, tsyntax: UID) -> bool:
+        return tsyntax == pydicom.uid.JPEGExtended12Bit and int(ds.get("BitsStored", 8) or 8) > 8
+
+    def is_available(self) -> bool:
+        return shutil.which("dcmdjpeg") is not None
+
+    def unavailable_reason(self) -> str:
+        return "" if self.is_available() else "missing dcmdjpeg (Debian package dcmtk)"
+
+    def decode(self, ds: pydicom.Dataset) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="oncostream-dcmdjpeg-") as folder:
+            source, target = Path(folder) / "in.dcm", Path(folder) / "out.dcm"
+            ds.save_as(source, enforce_file_format=True)
+            result = subprocess.run(["dcmdjpeg", str(source), str(target)], capture_output=True, text=True,
+                                    timeout=self._TIMEOUT_S)
+            if result.returncode != 0 or not target.exists():
+                reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+                raise RuntimeError(f"dcmdjpeg exited {result.returncode}: {reason}")
+            pixels = pydicom.dcmread(target).pixel_array
+        shape = (int(ds.Rows), int(ds.Columns))
+        if pixels.shape[-2:] != shape:
+            raise ValueError(f"dcmdjpeg decoded {pixels.shape}, expected Rows×Columns {shape}")
+        return pixels
+
+
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -300,7 +340,8 @@ def _missing_plugins(tsyntax: UID) -> str | None:
 
 
 # first success wins: DALI where it is exact, then pydicom's built-in decoder and plugins
-DECODERS: list[PixelDecoder] = [DaliJpeg2000Decoder(), *(PydicomPluginDecoder(name) for name in _pydicom_plugins())]
+DECODERS: list[PixelDecoder] = [DaliJpeg2000Decoder(), *(PydicomPluginDecoder(name) for name in _pydicom_plugins()),
+                                 DcmtkJpegDecoder()]
 
 
 def _read(data: bytes) -> pydicom.Dataset:

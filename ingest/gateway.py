@@ -62,8 +62,8 @@ STORAGE_SOP_CLASSES = (
     DigitalMammographyXRayImageStorageForProcessing,
 )
 # every syntax the decoders (pydicom plugins: pylibjpeg-openjpeg, python-gdcm, pyjpegls; DALI for
-# JPEG 2000) read back pixel-exact or as encoded; uncompressed first, so that a sender that can
-# choose prefers what costs nothing to decode
+# JPEG 2000; DCMTK dcmdjpeg for 12-bit JPEG Extended) read back pixel-exact or as encoded;
+# uncompressed first, so that a sender that can choose prefers what costs nothing to decode
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
