@@ -12,7 +12,9 @@ evaluate_nodule_calibration; default ``DEFAULT_POOLED_SERIES`` phantoms from
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Iterator
 
 DEFAULT_FIRST_SEED = 1_000_000
 # Sized for the power to decide the targets, declared (2026-11-29) before the models it first judged
@@ -29,6 +31,17 @@ DEFAULT_MAMMO_EXAMS = 1000
 # 2026-11-29 before the shipped models were measured on them; ~45 min on 2 cores.
 DEFAULT_POOLED_FIRST_SEED = 2_000_000
 DEFAULT_POOLED_SERIES = 200
+
+log = logging.getLogger(__name__)
+
+
+def with_progress(seeds: range, what: str, every: int = 25) -> Iterator[int]:
+    """The seeds, logging how many of them are done every ``every`` (a full run takes over an hour)."""
+    for done, seed in enumerate(seeds, 1):
+        yield seed
+        if done % every == 0 or done == len(seeds):
+            log.info("%s: %d of %d done", what, done, len(seeds))
+
 
 # (key, target, higher is better) from issue 3; None: reported without a target
 TARGETS = {

@@ -46,6 +46,7 @@ import numpy as np
 from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu
 from ingest.backends.base import LdctRaw
 from ingest.steps import ldct as steps
+from oncostream.evaluation import with_progress
 from oncostream.evaluation.mammo import roc_auc
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
 from oncostream.model_contract import load_contract, onnx_path
@@ -195,7 +196,7 @@ def score_series(seed: int, size: str, run_model: LdctModels, threshold: float |
 def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> dict:
     """Metrics of the committed LDCT models on the 25 % dose phantoms of ``seeds`` (see module doc)."""
     run_model = LdctModels(repository)
-    series = [score_series(seed, size, run_model) for seed in seeds]
+    series = [score_series(seed, size, run_model) for seed in with_progress(seeds, "LDCT series")]
     results = ldct_metrics(series)
     results.update(bootstrap_ci95(len(series), lambda idx: ldct_metrics([series[i] for i in idx]), CI_KEYS))
     results.update(ece_if_calibrated(scored_nodules(series)[0], "ece_nodule"))
@@ -215,7 +216,8 @@ def evaluate_nodule_calibration(seeds: range, size: str, repository: Path = DEFA
     ``ece_nodule_pooled`` with its bootstrap interval over series and its sampling floor,
     ``ldct_malignancy_auc_pooled``, ``n_ldct_pooled``, ``ldct_nodules_scored_pooled``."""
     run_model = LdctModels(repository)
-    series = [score_series(seed, size, run_model, nodules=pooled_series_specs(seed)) for seed in seeds]
+    series = [score_series(seed, size, run_model, nodules=pooled_series_specs(seed))
+              for seed in with_progress(seeds, "pooled LDCT series")]
 
     def metrics(indices) -> dict:
         p, y = scored_nodules([series[i] for i in indices])

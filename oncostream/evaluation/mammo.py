@@ -25,6 +25,7 @@ import numpy as np
 
 from ingest.mammo import exam_probability, heatmap_regions
 from ingest.steps import mammo as steps
+from oncostream.evaluation import with_progress
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
 from oncostream.model_contract import load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
@@ -85,7 +86,7 @@ def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REP
     threshold = calibration.get("region_threshold", 0.5)
     exam_p, exam_y, dens_pred, dens_true, view_p, view_y = [], [], [], [], [], []
     localized, malignant_views, seconds = 0, 0, 0.0
-    for seed in seeds:
+    for seed in with_progress(seeds, "mammography exams", every=100):
         phantom = make_mammo_phantom(seed, size=size)
         truth = phantom.truth
         images = [phantom.views[k].astype(np.float32) for k in VIEW_KEYS]

@@ -34,3 +34,10 @@ def test_pooled_phantoms_hold_several_times_the_nodules_from_the_same_distributi
     b = _summary([s for r in regular for s in r])
     assert np.allclose(a, b, atol=0.04), (a, b)
     assert pooled_series_specs(2_000_000) == pooled_series_specs(2_000_000)
+
+
+def test_progress_is_logged_every_so_many_seeds_and_at_the_end(caplog):
+    caplog.set_level("INFO", logger="oncostream.evaluation")
+    assert list(evaluation.with_progress(range(10, 15), "things", every=2)) == [10, 11, 12, 13, 14]
+    assert [r.getMessage() for r in caplog.records] == [
+        "things: 2 of 5 done", "things: 4 of 5 done", "things: 5 of 5 done"]
