@@ -155,6 +155,23 @@ def wait_for_studies(topics, expected: set[str], workers: list[WorkerProcess], t
                 + "\n".join(w.log_tail() for w in workers))
 
 
+def assigned_partitions(worker: WorkerProcess) -> int:
+    """How many partitions the worker's latest assignment holds (its log), 0 before the first."""
+    lines = [line for line in worker.log_path.read_text(errors="replace").splitlines()
+             if "partitions assigned:" in line]
+    return lines[-1].count("(") if lines else 0
+
+
+def wait_for_assignment(workers: list[WorkerProcess], partitions_each: int, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while [assigned_partitions(w) for w in workers] != [partitions_each] * len(workers):
+        if time.monotonic() > deadline:
+            pytest.fail("workers did not settle on their partitions:\n" + "\n".join(w.log_tail() for w in workers))
+        for worker in workers:
+            worker.assert_alive()
+        time.sleep(0.5)
+
+
 def fully_committed(topics) -> dict[int, int]:
     """Committed offset per input partition; a partition that never held a record counts as 0."""
     return {partition: offset or 0 for partition, offset in topics.committed().items()}
@@ -353,10 +370,13 @@ def test_two_workers_share_six_partitions_and_survive_one_stopping(kafka_topics_
                                                                    spawn_worker):
     topics = kafka_topics_factory(6)
     uids = corpus.subset(mammo=8, ldct=2)
-    produce_files(corpus.files(uids), topics.settings(), topics.bootstrap)
     outs = [tmp_path / "a", tmp_path / "b"]
     a = spawn_worker(topics, tmp_path / "worker-a.log", "--out", str(outs[0]))
     b = spawn_worker(topics, tmp_path / "worker-b.log", "--out", str(outs[1]))
+    # produce only once both have joined the group with three partitions each: a worker that starts
+    # slowly (a loaded machine) would otherwise find the first one done with every study
+    wait_for_assignment([a, b], partitions_each=3)
+    produce_files(corpus.files(uids), topics.settings(), topics.bootstrap)
 
     def published_by(out: Path) -> set[str]:
         path = out / "triage.jsonl"
