@@ -238,20 +238,17 @@ def scored_nodules(series: list[SeriesScore]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ldct_metrics(series: list[SeriesScore]) -> dict:
-    scores, is_tp, is_fp, malignancy, malignant = [], [], [], [], []
+    scores, is_tp, is_fp = [], [], []
     dices, volume_errors, composition_correct = [], [], []
     n_positive = 0
     se = {"low": 0.0, "full": 0.0, "denoised": 0.0}
     n_body = 0
     for s in series:
         n_positive += int(s.reportable.sum())
-        for score, j, p in zip(s.detection_score, s.hit, s.malignancy):
+        for score, j in zip(s.detection_score, s.hit):
             scores.append(score)
             is_tp.append(j >= 0 and s.reportable[j])
             is_fp.append(j < 0)
-            if j >= 0:
-                malignancy.append(p)
-                malignant.append(s.truth_malignant[j])
         dices += s.dice
         volume_errors += s.volume_error
         composition_correct += s.composition_correct
@@ -262,7 +259,7 @@ def ldct_metrics(series: list[SeriesScore]) -> dict:
     is_tp, is_fp = np.array(is_tp, bool), np.array(is_fp, bool)
     mse = {k: v / max(n_body, 1) for k, v in se.items()}
     sensitivity, threshold = sensitivity_at_fp_rate(np.array(scores), is_tp, is_fp, n_positive, n)
-    malignancy, malignant = np.array(malignancy), np.array(malignant)
+    malignancy, malignant = scored_nodules(series)
     return {
         "ldct_sensitivity_at_1fp_ge6mm": sensitivity,
         "ldct_score_at_1fp": threshold,
