@@ -60,3 +60,8 @@ class StudyFailed(OncostreamError):
         self.detail = detail
         self.study_instance_uid = study_instance_uid
         super().__init__(f"{reason}: {detail}")
+
+
+class DeadLetterUnavailable(OncostreamError):
+    """The dead-letter sink (DLQ topic, rejection log) did not durably take a record: nothing it covers
+    may be acknowledged until it does."""

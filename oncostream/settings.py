@@ -26,6 +26,17 @@ class Settings(BaseSettings):
     max_instance_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     assembly_timeout_s: float = Field(default=30.0, gt=0)  # quiet time before an incomplete study closes
     max_in_flight_studies: int = Field(default=8, gt=0)
+    # assembly bounds: past a cap the oldest pending study closes early, marked incomplete (RELIABILITY.md)
+    max_pending_studies: int = Field(default=64, gt=0)
+    max_pending_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
+    max_study_age_s: float = Field(default=1800.0, gt=0)  # since a study's first instance, resends or not
+    finished_memory: int = Field(default=10_000, gt=0)  # finished studies whose late instances are ignored
+    finished_memory_s: float = Field(default=24 * 3600.0, gt=0)
+
+    # failure policy (oncostream.app.lifecycle): retry with exponential backoff
+    retry_initial_s: float = Field(default=1.0, ge=0)
+    retry_max_s: float = Field(default=60.0, ge=0)
+    delivery_attempts: int = Field(default=5, gt=0)  # transient sink failures before a study is dead-lettered
 
     # kafka
     kafka_bootstrap: str | None = None

@@ -12,6 +12,8 @@ from datetime import datetime
 import numpy as np
 from pydicom import Dataset
 
+from oncostream.errors import StudyFailed
+
 
 @dataclass
 class Study:
@@ -27,6 +29,8 @@ class Study:
     # (topic, partition, offset) of every instance, so the worker can advance its watermark
     sources: list[tuple[str, int, int]] = field(default_factory=list)
     assembly_key: str = ""  # "MG:<StudyInstanceUID>" | "CT:<SeriesInstanceUID>" (ingest.assembly.assembly_key)
+    # set when assembly could not make a study of what arrived: it is dead-lettered whole, never processed
+    error: StudyFailed | None = None
 
     @property
     def accession_number(self) -> str | None:
@@ -64,7 +68,7 @@ class MammoViewInference:
     laterality: str  # L | R
     view: str  # CC | MLO
     malignancy_probability: float
-    heatmap: np.ndarray  # coarse, float32 in [0, 1], in the image's own orientation
+    heatmap: np.ndarray  # coarse, float32 in [0, 1], covering the image's own pixel grid
     regions: list[tuple[str, tuple[int, int], tuple[int, int, int, int], float]]  # (type, center, bbox, score)
 
 
@@ -75,6 +79,7 @@ class MammoInference:
     density_probabilities: tuple[float, float, float, float]  # a, b, c, d
     uncertainty: float
     model_versions: dict[str, str]
+    review_reasons: list[str] = field(default_factory=list)  # why a reader must look whatever the score
 
 
 @dataclass
