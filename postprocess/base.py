@@ -19,5 +19,8 @@ class Sink(ABC):
     def flush(self, timeout_s: float = 60.0) -> None:
         """Block until everything added is durably delivered; raise SinkError otherwise."""
 
+    def discard(self, study_instance_uid: str) -> None:  # noqa: B027 - optional hook
+        """Stop trying to deliver a study's outputs (it was dead-lettered); later studies must not wait on it."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -7,12 +7,15 @@ named by SOPInstanceUID, so rewriting one leaves one file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from oncostream.study import StudyResult
 from postprocess.base import Sink
 from postprocess.errors import SinkError
+
+log = logging.getLogger(__name__)
 
 
 class FileSink(Sink):
@@ -25,12 +28,32 @@ class FileSink(Sink):
         self._triage_path = self.out_dir / "triage.jsonl"
         self._seen: set[tuple[str, str | None]] = set()
         if self._triage_path.exists():
-            for line in self._triage_path.read_text().splitlines():
+            self._load_seen()
+        self._triage = self._triage_path.open("a", encoding="utf-8")
+        self._written: list[Path] = []
+
+    def _load_seen(self) -> None:
+        """Read what earlier runs wrote. A crash while writing leaves a torn last line: that study was never
+        flushed (so never acknowledged) and will be processed again, so the torn tail is cut off."""
+        data = self._triage_path.read_bytes()
+        good = 0  # bytes up to the end of the last complete, readable line
+        for line in data.splitlines(keepends=True):
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("no line end")
                 if line.strip():
                     event = json.loads(line)
                     self._seen.add((event["study_instance_uid"], event.get("sr_sop_instance_uid")))
-        self._triage = self._triage_path.open("a", encoding="utf-8")
-        self._written: list[Path] = []
+            except (ValueError, KeyError, TypeError):
+                if good + len(line) < len(data):
+                    raise SinkError(self.name, f"{self._triage_path} has an unreadable line before its end; "
+                                    "it was not written by a crash (refusing to guess)") from None
+                log.warning("cutting a torn last line (%d bytes) off %s", len(line), self._triage_path)
+                with self._triage_path.open("r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+                return
+            good += len(line)
 
     def add(self, result: StudyResult) -> None:
         try:

@@ -3,7 +3,9 @@
 DICOM PS3.4 Annex B (Storage Service Class), PS3.7 9.1.1 (C-STORE).
 
 ``add()`` only queues; ``flush()`` opens one association, sends everything queued, and retries what
-did not get through with exponential backoff. Delivery is idempotent because output UIDs are
+did not get through with exponential backoff. A permanent refusal (a status that sending again will not
+change) drops the refused study's objects from the queue and raises a permanent SinkError naming it, so
+that study is dead-lettered with the reason and later studies are not held behind it. Delivery is idempotent because output UIDs are
 derived from the inputs: a PACS keeps one instance per SOPInstanceUID, so a replay after a crash
 re-sends the same objects and changes nothing.
 """
@@ -98,6 +100,7 @@ class PacsSink(Sink):
         self.backoff = backoff
         self.network_timeout_s = network_timeout_s
         self._queue: dict[str, Dataset] = {}  # SOPInstanceUID -> object; a re-add replaces, never doubles
+        self._study_of: dict[str, str] = {}  # SOPInstanceUID -> StudyInstanceUID of the queued objects
 
     @classmethod
     def from_address(cls, address: str, **kwargs) -> PacsSink:
@@ -110,6 +113,12 @@ class PacsSink(Sink):
     def add(self, result: StudyResult) -> None:
         for ds in result_datasets(result):
             self._queue[str(ds.SOPInstanceUID)] = _with_transfer_syntax(ds)
+            self._study_of[str(ds.SOPInstanceUID)] = result.event.study_instance_uid
+
+    def discard(self, study_instance_uid: str) -> None:
+        for sop in [s for s, study in self._study_of.items() if study == study_instance_uid]:
+            self._queue.pop(sop, None)
+            del self._study_of[sop]
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Send everything queued; retries transient failures until ``timeout_s`` or the attempts run out."""
@@ -120,13 +129,20 @@ class PacsSink(Sink):
             try:
                 self._send_pending(deadline)
             except _Permanent as exc:
-                raise SinkError(self.name, f"{self.called_ae}@{self.host}:{self.port} refused: {exc}") from exc
+                # a refused object's study, or every queued study when the association itself is refused
+                studies = ({self._study_of[exc.sop_uid]} if exc.sop_uid in self._study_of
+                           else set(self._study_of.values()))
+                for study in studies:
+                    self.discard(study)
+                raise SinkError(self.name, f"{self.called_ae}@{self.host}:{self.port} refused: {exc}",
+                                permanent=True, studies=tuple(sorted(studies))) from exc
             except _Transient as exc:
                 last_error = str(exc)
                 delay = next(delays, None)
                 if delay is None or time.monotonic() + delay >= deadline:
                     raise SinkError(self.name, f"{len(self._queue)} object(s) not delivered to "
-                                    f"{self.called_ae}@{self.host}:{self.port}: {last_error}") from exc
+                                    f"{self.called_ae}@{self.host}:{self.port}: {last_error}",
+                                studies=tuple(sorted(set(self._study_of.values())))) from exc
                 log.warning("C-STORE to %s:%d failed (%s); retrying in %.1f s", self.host, self.port, exc, delay)
                 time.sleep(delay)
 
@@ -158,7 +174,7 @@ class PacsSink(Sink):
         try:
             status = assoc.send_c_store(ds)
         except ValueError as exc:  # no accepted presentation context for this SOP class / syntax
-            raise _Permanent(f"{sop_uid}: {exc}") from exc
+            raise _Permanent(f"{sop_uid}: {exc}", sop_uid) from exc
         if not status or "Status" not in status:
             raise _Transient(f"{sop_uid}: no C-STORE response (connection lost or timed out)")
         code = int(status.Status)
@@ -166,10 +182,13 @@ class PacsSink(Sink):
             if code:
                 log.info("C-STORE of %s stored with warning 0x%04X", sop_uid, code)
             del self._queue[sop_uid]
+            self._study_of.pop(sop_uid, None)
             return
         comment = str(status.get("ErrorComment", "")).strip()
         detail = f"{sop_uid}: C-STORE status 0x{code:04X}" + (f" ({comment})" if comment else "")
-        raise (_Transient if _is_transient(code) else _Permanent)(detail)
+        if _is_transient(code):
+            raise _Transient(detail)
+        raise _Permanent(detail, sop_uid)
 
     def _contexts(self):
         """One presentation context per SOP class x transfer syntax queued; uncompressed objects also
@@ -194,4 +213,9 @@ class _Transient(Exception):
 
 
 class _Permanent(Exception):
-    """A failure retrying will not fix (SOP class refused, data set rejected)."""
+    """A failure retrying will not fix (SOP class refused, data set rejected); ``sop_uid`` is the refused
+    object, None when the whole association was refused."""
+
+    def __init__(self, detail: str, sop_uid: str | None = None):
+        self.sop_uid = sop_uid
+        super().__init__(detail)

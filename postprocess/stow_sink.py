@@ -6,8 +6,9 @@ DICOM PS3.18 10.5 (Store Transaction): ``POST {root}/studies`` with a
 ``add()`` only queues; ``flush()`` posts what is queued in one request and retries transient failures
 (connection errors, timeouts, 408/429/5xx) with exponential backoff. A 200/202 answer lists what was
 stored (ReferencedSOPSequence) and what failed (FailedSOPSequence); failed objects whose reason is
-transient stay queued for the next attempt. Idempotent like the C-STORE sink: output UIDs are
-derived from the inputs, and a PACS keeps one instance per SOPInstanceUID.
+transient stay queued for the next attempt; objects refused for good are dropped with their whole study,
+which the permanent SinkError names, so later studies are not held behind them. Idempotent like the
+C-STORE sink: output UIDs are derived from the inputs, and a PACS keeps one instance per SOPInstanceUID.
 """
 
 from __future__ import annotations
@@ -82,10 +83,24 @@ class StowRsSink(Sink):
         if username is not None:
             self._session.auth = (username, password)
         self._queue: dict[str, bytes] = {}  # SOPInstanceUID -> Part 10; a re-add replaces, never doubles
+        self._study_of: dict[str, str] = {}  # SOPInstanceUID -> StudyInstanceUID of the queued objects
 
     def add(self, result: StudyResult) -> None:
         for ds in result_datasets(result):
             self._queue[str(ds.SOPInstanceUID)] = part10_bytes(ds)
+            self._study_of[str(ds.SOPInstanceUID)] = result.event.study_instance_uid
+
+    def discard(self, study_instance_uid: str) -> None:
+        for sop in [s for s, study in self._study_of.items() if study == study_instance_uid]:
+            self._queue.pop(sop, None)
+            del self._study_of[sop]
+
+    def _refuse(self, sops, detail: str) -> SinkError:
+        """Drop the studies of refused objects from the queue: the error names them for the dead-letter sink."""
+        studies = {self._study_of[s] for s in sops if s in self._study_of}
+        for study in studies:
+            self.discard(study)
+        return SinkError(self.name, detail, permanent=True, studies=tuple(sorted(studies)))
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Post everything queued; retries transient failures until ``timeout_s`` or the attempts run out."""
@@ -98,7 +113,8 @@ class StowRsSink(Sink):
                 delay = next(delays, None)
                 if delay is None or time.monotonic() + delay >= deadline:
                     raise SinkError(self.name, f"{len(self._queue)} object(s) not stored at "
-                                    f"{self.studies_url}: {exc}") from exc
+                                    f"{self.studies_url}: {exc}",
+                                studies=tuple(sorted(set(self._study_of.values())))) from exc
                 log.warning("STOW-RS to %s failed (%s); retrying in %.1f s", self.studies_url, exc, delay)
                 time.sleep(delay)
 
@@ -120,19 +136,20 @@ class StowRsSink(Sink):
             raise _Transient(f"HTTP {response.status_code}")
         if response.status_code not in (200, 202, 409):
             # 4xx other than those: the request itself is wrong; sending it again will not help
-            raise SinkError(self.name, f"HTTP {response.status_code} from {self.studies_url}: "
-                            f"{response.text[:300]}")
+            raise self._refuse(sent, f"HTTP {response.status_code} from {self.studies_url}: "
+                                     f"{response.text[:300]}")
         failed = _failed_instances(response)
         if response.status_code == 409 and not failed:
-            raise SinkError(self.name, f"HTTP 409 from {self.studies_url} without a FailedSOPSequence: "
-                            f"{response.text[:300]}")
+            raise self._refuse(sent, f"HTTP 409 from {self.studies_url} without a FailedSOPSequence: "
+                                     f"{response.text[:300]}")
         for uid in sent:
             if uid not in failed:
                 self._queue.pop(uid, None)
+                self._study_of.pop(uid, None)
         permanent = {uid: reason for uid, reason in failed.items() if not _is_transient(reason)}
         if permanent:
             listing = ", ".join(f"{uid} (0x{reason:04X})" for uid, reason in permanent.items())
-            raise SinkError(self.name, f"origin server refused {len(permanent)} object(s): {listing}")
+            raise self._refuse(permanent, f"origin server refused {len(permanent)} object(s): {listing}")
         if failed:
             raise _Transient(f"{len(failed)} object(s) failed with a transient reason")
 
