@@ -1,23 +1,30 @@
 """Parse and validate one DICOM instance, route it by SOP class, and decode its pixels.
 
-Parsing is strict about what the pipeline relies on (a Part 10 file, the identifying UIDs, an
-image pixel module, pixel data long enough for the declared geometry) and rejects anything else
-with a RejectedInstance carrying a machine-readable reason. Decoding is lenient: every available
-decoder is tried in turn, and only when all fail does one UnsupportedTransferSyntax list why each
-failed (the pydicom ``pixels/decoders`` shape).
+Parsing is strict about what the pipeline relies on (a Part 10 file, the identifying UIDs and
+their grammar, an image pixel module within the configured bounds, CT patient geometry, pixel data
+long enough for the declared geometry, compressed frames whose headers match it) and rejects
+anything else with a RejectedInstance carrying a machine-readable reason. The bytes are untrusted:
+a Deflated data set is inflated against the byte cap before pydicom inflates it, and what a
+compressed frame will decode to is bounded by the declared geometry before any decoder allocates.
+Decoding is lenient: every available decoder is tried in turn, and only when all fail does one
+UnsupportedTransferSyntax list why each failed (the pydicom ``pixels/decoders`` shape).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import logging
+import math
 import shutil
 import subprocess
 import tempfile
 import threading
 import warnings
+import zlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +32,20 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID
+from pydicom.pixels.utils import _get_jpg_parameters
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
 
 from oncostream.errors import RejectedInstance, UnsupportedTransferSyntax
+from oncostream.ids import loggable_uid
 
 LOG = logging.getLogger(__name__)
 
@@ -51,27 +68,80 @@ _REQUIRED_ATTRIBUTES = (
     "PixelRepresentation",
 )
 
+# UI attributes that assembly keys on and that are copied into events, SRs and file names
+_IDENTIFYING_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_OPTIONAL_UIDS = ("FrameOfReferenceUID",)
+
 _PIXEL_DATA_TAG = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+# ImageOrientationPatient is written as DS (at most 16 characters a value): unit length and
+# orthogonality hold to about 1e-6 in conformant data; 1e-2 (0.6 degrees) tolerates rounded writers
+# while refusing cosines that would skew the slice normal
+_ORIENTATION_TOLERANCE = 1e-2
+# more slices than any acquisition has; ImagesInAcquisition decides when a series is complete
+_MAX_IMAGES_IN_ACQUISITION = 100_000
+# inflate a Deflated data set in steps of this many bytes, so that checking the cap costs no more
+_INFLATE_STEP = 4 * 1024 * 1024
 
 
-def parse_instance(data: bytes, *, max_bytes: int) -> pydicom.Dataset:
+@dataclass(frozen=True)
+class InstanceLimits:
+    """What one instance may declare (settings ``max_image_dimension``, ``max_frames``,
+    ``max_decoded_bytes``): Rows and Columns, NumberOfFrames, and the bytes its pixels decode to."""
+
+    max_image_dimension: int = 16384
+    max_frames: int = 1024
+    max_decoded_bytes: int = 1024 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_dimension", "max_frames", "max_decoded_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    @classmethod
+    def from_settings(cls, settings) -> InstanceLimits:
+        return cls(settings.max_image_dimension, settings.max_frames, settings.max_decoded_bytes)
+
+
+@functools.cache
+def _configured_limits() -> InstanceLimits:
+    """The limits of the process's settings (environment), for callers that pass none."""
+    from oncostream.settings import Settings
+
+    return InstanceLimits.from_settings(Settings())
+
+
+def parse_instance(data: bytes, *, max_bytes: int, limits: InstanceLimits | None = None) -> pydicom.Dataset:
     """Parse Part 10 bytes into a Dataset that assembly and decoding can rely on.
 
-    Raises RejectedInstance with reason ``oversize``, ``not_dicom``, ``truncated``,
-    ``unknown_sop_class``, ``missing_attribute``, ``missing_pixel_data`` or ``short_pixel_data``.
-    Never raises anything else, whatever the bytes.
+    Raises RejectedInstance with reason ``oversize``, ``not_dicom``, ``truncated``, ``malformed``,
+    ``unknown_sop_class``, ``missing_attribute``, ``invalid_uid``, ``invalid_geometry``,
+    ``geometry_above_limit``, ``missing_pixel_data`` or ``short_pixel_data``.
+    Never raises anything else, whatever the bytes; ``limits`` default to the settings' values.
     """
+    limits = limits or _configured_limits()
     if len(data) > max_bytes:
         raise RejectedInstance("oversize", f"instance is {len(data)} bytes, above the limit of {max_bytes} bytes")
+    _check_inflated_size(data, max_bytes)
     ds = _read(data)
     sop_instance_uid = _text(ds, "SOPInstanceUID")
+    if sop_instance_uid is not None and not UID(sop_instance_uid).is_valid:
+        sop_instance_uid = None  # never carry a malformed identifier into dead letters and logs
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on every odd value of untrusted input
             _check_truncation(ds, len(data), sop_instance_uid)
-            route(ds)
+            modality = route(ds)
             _check_required(ds, sop_instance_uid)
+            _check_uids(ds, sop_instance_uid)
+            _check_image_module(ds, limits, sop_instance_uid)
+            if modality == "CT":
+                _check_ct_geometry(ds, sop_instance_uid)
+            else:
+                _check_mammo_readable(ds)
             _check_pixel_data(ds, sop_instance_uid)
     except RejectedInstance:
         raise
@@ -80,6 +150,17 @@ def parse_instance(data: bytes, *, max_bytes: int) -> pydicom.Dataset:
             "malformed", f"cannot read attribute values: {type(exc).__name__}: {exc}", sop_instance_uid
         ) from exc
     return ds
+
+
+def _check_mammo_readable(ds: pydicom.Dataset) -> None:
+    """Mammography images the screening models cannot read (For Processing, spot compression,
+    magnification, synthesised 2D, rotated...) are refused here, one instance at a time, so the rest
+    of the exam is still read (ingest/canonical/mammo.py says why each is refused)."""
+    from ingest.canonical.mammo import refusal
+
+    problem = refusal(ds)
+    if problem is not None:
+        raise problem
 
 
 def route(ds: pydicom.Dataset) -> str:
@@ -96,21 +177,25 @@ def route(ds: pydicom.Dataset) -> str:
     return pipeline
 
 
-def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
+def decode_pixels(ds: pydicom.Dataset, limits: InstanceLimits | None = None) -> np.ndarray:
     """Stored pixel values, the same shape and dtype as pydicom's ``ds.pixel_array``.
 
     Tries each available decoder that supports the transfer syntax, first success wins; raises
-    UnsupportedTransferSyntax naming the syntax and each decoder's failure.
+    UnsupportedTransferSyntax naming the syntax and each decoder's failure, and RejectedInstance
+    (``geometry_above_limit``, ``invalid_geometry``) before any decoder runs when the declared
+    geometry is above ``limits`` or a compressed frame's header does not match it.
     """
-    return decode_pixels_and_decoder(ds)[0]
+    return decode_pixels_and_decoder(ds, limits)[0]
 
 
-def decode_pixels_and_decoder(ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
+def decode_pixels_and_decoder(ds: pydicom.Dataset, limits: InstanceLimits | None = None) -> tuple[np.ndarray, str]:
     """decode_pixels, also naming the decoder that succeeded (for metrics and conformance tests)."""
     tsyntax = _transfer_syntax(ds)
     if tsyntax is None:
         raise UnsupportedTransferSyntax("", "(absent)", {"file meta": "no Transfer Syntax UID (0002,0010)"},
                                         _text(ds, "SOPInstanceUID"))
+    # a data set may reach here without parse_instance (tests, tools): bound the decoders here too
+    _bound_decoding(ds, tsyntax, limits or _configured_limits())
     failures: dict[str, str] = {}
     for decoder in DECODERS:
         if not decoder.supports(ds, tsyntax):
@@ -122,8 +207,8 @@ def decode_pixels_and_decoder(ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
             return decoder.decode(ds), decoder.name
         except Exception as exc:  # each decoder fails in its own way; all are reported together
             failures[decoder.name] = f"{type(exc).__name__}: {exc}"
-            LOG.debug("decoder %s failed on %s (%s): %s", decoder.name, _text(ds, "SOPInstanceUID"),
-                      tsyntax.name, type(exc).__name__)
+            LOG.debug("decoder %s failed on %s (%s): %s", decoder.name,
+                      loggable_uid(_text(ds, "SOPInstanceUID")), tsyntax.name, type(exc).__name__)
     if missing := _missing_plugins(tsyntax):
         failures["not installed"] = missing
     raise UnsupportedTransferSyntax(str(tsyntax), tsyntax.name if tsyntax.is_valid else "unknown",
@@ -308,13 +393,21 @@ def _j2k_siz(codestream: bytes) -> tuple[bool, int, int]:
 
     Frames may be JP2-wrapped; the codestream starts at the SOC marker FF4F followed by SIZ FF51.
     """
+    signed, precision, components, _rows, _columns = _j2k_header(codestream)
+    return signed, precision, components
+
+
+def _j2k_header(codestream: bytes) -> tuple[bool, int, int, int, int]:
+    """(signed, precision, components, rows, columns) from the SIZ marker (ISO 15444-1 A.5.1):
+    the image area is Xsiz - XOsiz columns by Ysiz - YOsiz rows."""
     start = codestream.find(b"\xff\x4f\xff\x51")
     if start < 0 or len(codestream) < start + 43:
         raise ValueError("no JPEG 2000 SIZ marker in the frame")
     siz = start + 4  # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz, Ssiz...
+    xsiz, ysiz, xosiz, yosiz = (int.from_bytes(codestream[siz + i:siz + i + 4], "big") for i in (4, 8, 12, 16))
     components = int.from_bytes(codestream[siz + 36:siz + 38], "big")
     ssiz = codestream[siz + 38]
-    return bool(ssiz & 0x80), (ssiz & 0x7F) + 1, components
+    return bool(ssiz & 0x80), (ssiz & 0x7F) + 1, components, ysiz - yosiz, xsiz - xosiz
 
 
 def _pydicom_plugins() -> list[str]:
@@ -342,6 +435,44 @@ def _missing_plugins(tsyntax: UID) -> str | None:
 # first success wins: DALI where it is exact, then pydicom's built-in decoder and plugins
 DECODERS: list[PixelDecoder] = [DaliJpeg2000Decoder(), *(PydicomPluginDecoder(name) for name in _pydicom_plugins()),
                                  DcmtkJpegDecoder()]
+
+
+def _check_inflated_size(data: bytes, max_bytes: int) -> None:
+    """A Deflated data set (PS3.5 A.5) must inflate to at most ``max_bytes`` with its file meta.
+
+    pydicom inflates the whole stream in one call, so a 50 kB deflate bomb would become hundreds
+    of megabytes before any check; here it is inflated step by step, keeping nothing, and refused
+    as soon as it passes the cap. Anything that is not a readable Deflated Part 10 file is left to
+    dcmread to diagnose.
+    """
+    stream = io.BytesIO(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_preamble(stream, False)
+            meta = _read_file_meta_info(stream)
+            tsyntax = meta.get("TransferSyntaxUID")
+    except Exception:  # noqa: BLE001 - dcmread gives the reason for files whose meta cannot be read
+        return
+    if tsyntax != DeflatedExplicitVRLittleEndian:
+        return
+    budget = max_bytes - stream.tell()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending: bytes | memoryview = memoryview(data)[stream.tell():]
+    inflated = 0
+    try:
+        while True:
+            chunk = inflater.decompress(pending, _INFLATE_STEP)
+            inflated += len(chunk)
+            if inflated > budget:
+                raise RejectedInstance(
+                    "oversize", f"Deflated data set of {len(data)} bytes inflates past the limit of {max_bytes} "
+                                "bytes (stopped there)")
+            pending = inflater.unconsumed_tail
+            if inflater.eof or (not chunk and not pending):
+                break
+    except zlib.error as exc:
+        raise RejectedInstance("malformed", f"Deflated data set does not inflate: {exc}") from exc
 
 
 def _read(data: bytes) -> pydicom.Dataset:
@@ -392,6 +523,214 @@ def _check_required(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None:
                                sop_instance_uid)
 
 
+def _check_uids(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None:
+    """Identifying UIDs follow the UID grammar (PS3.5 9.1): they become Kafka keys, file names and
+    references in SRs, so ``../../etc`` or a 302-character value must not pass. The value itself is
+    never echoed: it is untrusted and may carry anything."""
+    for keyword in (*_IDENTIFYING_UIDS, *_OPTIONAL_UIDS):
+        value = ds.get(keyword)
+        if value in (None, "") and keyword in _OPTIONAL_UIDS:
+            continue
+        problem = _uid_problem(value)
+        if problem:
+            raise RejectedInstance("invalid_uid", f"{keyword} is not a valid UID (PS3.5 9.1): {problem}",
+                                   sop_instance_uid)
+
+
+def _uid_problem(value) -> str | None:
+    """Why a UI value breaks the UID grammar, or None when it is a valid UID."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return f"{len(value)} values where one is required"
+    text = str(value)
+    if UID(text).is_valid:
+        return None
+    if len(text) > 64:
+        return f"{len(text)} characters, more than 64"
+    if not text or any(c not in "0123456789." for c in text):
+        return "characters other than digits and dots"
+    if any(part == "" for part in text.split(".")):
+        return "an empty component"
+    return "a component with a leading zero"
+
+
+def _check_image_module(ds: pydicom.Dataset, limits: InstanceLimits, sop_instance_uid: str | None) -> None:
+    """Image pixel attributes are sane integers within ``limits``, and what the pixels decode to
+    (Rows × Columns × frames × samples × bytes per sample) is under ``limits.max_decoded_bytes``,
+    so that no decoder is asked to allocate more whatever a compressed frame claims."""
+    rows, columns = _integer(ds, "Rows", sop_instance_uid), _integer(ds, "Columns", sop_instance_uid)
+    bits_allocated = _integer(ds, "BitsAllocated", sop_instance_uid)
+    bits_stored = _integer(ds, "BitsStored", sop_instance_uid)
+    representation = _integer(ds, "PixelRepresentation", sop_instance_uid)
+    samples = _integer(ds, "SamplesPerPixel", sop_instance_uid, default=1)
+    frames = _integer(ds, "NumberOfFrames", sop_instance_uid, default=1)
+    invalid = []
+    if rows <= 0 or columns <= 0:
+        invalid.append(f"Rows={rows}, Columns={columns}")
+    if bits_allocated not in (1, 8, 16, 32, 64):
+        invalid.append(f"BitsAllocated={bits_allocated}")
+    if not 0 < bits_stored <= bits_allocated:
+        invalid.append(f"BitsStored={bits_stored} with BitsAllocated={bits_allocated}")
+    if representation not in (0, 1):
+        invalid.append(f"PixelRepresentation={representation}")
+    if samples not in (1, 3):
+        invalid.append(f"SamplesPerPixel={samples}")
+    if frames <= 0:
+        invalid.append(f"NumberOfFrames={frames}")
+    if invalid:
+        raise RejectedInstance("invalid_geometry", "invalid image pixel module: " + ", ".join(invalid),
+                               sop_instance_uid)
+    _check_declared_size(rows, columns, frames, samples, bits_allocated, limits, sop_instance_uid)
+
+
+def _check_declared_size(rows: int, columns: int, frames: int, samples: int, bits_allocated: int,
+                         limits: InstanceLimits, sop_instance_uid: str | None) -> None:
+    above = []
+    if rows > limits.max_image_dimension or columns > limits.max_image_dimension:
+        above.append(f"Rows×Columns {rows}×{columns} above {limits.max_image_dimension}")
+    if frames > limits.max_frames:
+        above.append(f"NumberOfFrames {frames} above {limits.max_frames}")
+    decoded = rows * columns * frames * samples * math.ceil(bits_allocated / 8)
+    if decoded > limits.max_decoded_bytes:
+        above.append(f"pixels decode to {rows}×{columns}×{frames} frames×{samples} samples×"
+                     f"{math.ceil(bits_allocated / 8)} bytes = {decoded} bytes, above {limits.max_decoded_bytes}")
+    if above:
+        raise RejectedInstance("geometry_above_limit", "declared image geometry is above the limits: "
+                               + "; ".join(above), sop_instance_uid)
+
+
+def _check_ct_geometry(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None:
+    """What slice sorting and the voxel-to-patient mapping rely on (PS3.3 C.7.6.2): two orthogonal
+    unit direction cosines, a finite position, positive pixel spacing, a positive slice count."""
+    orientation = _numbers(ds, "ImageOrientationPatient", 6, sop_instance_uid)
+    _numbers(ds, "ImagePositionPatient", 3, sop_instance_uid)
+    spacing = _numbers(ds, "PixelSpacing", 2, sop_instance_uid)
+    row, column = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    norms = (float(np.linalg.norm(row)), float(np.linalg.norm(column)))
+    if any(abs(n - 1) > _ORIENTATION_TOLERANCE for n in norms):
+        raise RejectedInstance("invalid_geometry", f"ImageOrientationPatient cosines have lengths "
+                               f"{norms[0]:.4g} and {norms[1]:.4g}, not 1", sop_instance_uid)
+    if abs(float(np.dot(row, column))) > _ORIENTATION_TOLERANCE:
+        raise RejectedInstance("invalid_geometry", f"ImageOrientationPatient row and column cosines are not "
+                               f"orthogonal (dot product {float(np.dot(row, column)):.4g})", sop_instance_uid)
+    if any(value <= 0 for value in spacing):
+        raise RejectedInstance("invalid_geometry", f"PixelSpacing {spacing[0]:.4g}\\{spacing[1]:.4g} is not "
+                               "positive", sop_instance_uid)
+    if ds.get("ImagesInAcquisition") not in (None, ""):
+        images = _integer(ds, "ImagesInAcquisition", sop_instance_uid)
+        if not 0 < images <= _MAX_IMAGES_IN_ACQUISITION:
+            raise RejectedInstance("invalid_geometry", f"ImagesInAcquisition {images} is not a slice count "
+                                   f"(1..{_MAX_IMAGES_IN_ACQUISITION})", sop_instance_uid)
+
+
+def _integer(ds: pydicom.Dataset, keyword: str, sop_instance_uid: str | None, default: int | None = None) -> int:
+    """One integer value (US or IS); absent gives ``default``, anything else is invalid_geometry."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - pydicom converts IS lazily and raises on garbage
+        value = "(unreadable)"
+    if value in (None, "") and default is not None:
+        return default
+    if value in (None, ""):
+        raise RejectedInstance("missing_attribute", f"missing required attribute {keyword}", sop_instance_uid)
+    try:
+        if isinstance(value, (MultiValue, list, tuple, bytes)):
+            raise ValueError
+        number = float(value)
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError):
+        raise RejectedInstance("invalid_geometry", f"{keyword} is not an integer", sop_instance_uid) from None
+
+
+def _numbers(ds: pydicom.Dataset, keyword: str, count: int, sop_instance_uid: str | None) -> list[float]:
+    """Exactly ``count`` finite numbers (DS, VM ``count``); absent is missing_attribute."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - pydicom converts DS lazily and raises on garbage
+        value = "(unreadable)"
+    if value in (None, ""):
+        raise RejectedInstance("missing_attribute", f"missing required attribute {keyword}", sop_instance_uid)
+    values = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise RejectedInstance("invalid_geometry", f"{keyword} holds values that are not numbers",
+                               sop_instance_uid) from None
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
+        raise RejectedInstance("invalid_geometry", f"{keyword} must be {count} finite numbers, got "
+                               f"{len(numbers)} value(s)" + ("" if all(math.isfinite(n) for n in numbers)
+                                                            else " with a non-finite one"), sop_instance_uid)
+    return numbers
+
+
+def _bound_decoding(ds: pydicom.Dataset, tsyntax: UID, limits: InstanceLimits) -> None:
+    """Before a decoder runs: the declared geometry is within ``limits`` and, for compressed
+    syntaxes, every frame's own header matches it (a decoder allocates what the header says)."""
+    sop_instance_uid = _text(ds, "SOPInstanceUID")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _check_image_module(ds, limits, sop_instance_uid)
+        except RejectedInstance as exc:
+            if exc.reason == "geometry_above_limit":
+                raise
+            return  # unreadable geometry: every decoder fails on it and says so (lenient decoding)
+        if tsyntax.is_compressed and _PIXEL_DATA_TAG in ds:
+            _check_codestreams(ds, tsyntax, sop_instance_uid)
+
+
+def _check_codestreams(ds: pydicom.Dataset, tsyntax: UID, sop_instance_uid: str | None) -> None:
+    """Each JPEG, JPEG-LS or JPEG 2000 frame's header (SOF / SIZ) declares the data set's Rows,
+    Columns and samples: a 20 kB frame whose header says 60000×60000 would otherwise make the
+    decoder allocate gigabytes. RLE needs no check: pydicom sizes its output from the data set."""
+    if tsyntax in JPEG2000TransferSyntaxes:
+        header = _j2k_frame_shape
+    elif tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes:
+        header = _jpeg_frame_shape
+    else:
+        return
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = _number_of_frames(ds)
+    try:
+        for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
+            if index >= frames:
+                break
+            shape = header(frame)
+            if shape is None:
+                raise RejectedInstance("invalid_geometry", f"frame {index}: no {tsyntax.name} header (SOF/SIZ) "
+                                       "to check against the declared geometry", sop_instance_uid)
+            frame_rows, frame_columns, components = shape
+            if frame_rows == 0 and tsyntax not in JPEG2000TransferSyntaxes:
+                frame_rows = rows  # JPEG may defer the height to a DNL marker (ISO 10918-1 B.2.5)
+            if (frame_rows, frame_columns, components) != (rows, columns, samples):
+                raise RejectedInstance(
+                    "invalid_geometry",
+                    f"frame {index}: {tsyntax.name} header declares {frame_rows}×{frame_columns}×{components}, "
+                    f"the data set Rows×Columns×SamplesPerPixel {rows}×{columns}×{samples}", sop_instance_uid)
+    except RejectedInstance:
+        raise
+    except Exception as exc:  # noqa: BLE001 - broken item tags or offset tables in untrusted data
+        raise RejectedInstance("malformed", f"encapsulated frames cannot be split: {type(exc).__name__}: {exc}",
+                               sop_instance_uid) from exc
+
+
+def _j2k_frame_shape(frame: bytes) -> tuple[int, int, int] | None:
+    try:
+        _signed, _precision, components, rows, columns = _j2k_header(frame)
+    except ValueError:
+        return None
+    return rows, columns, components
+
+
+def _jpeg_frame_shape(frame: bytes) -> tuple[int, int, int] | None:
+    info = _get_jpg_parameters(frame)
+    if "width" not in info:
+        return None
+    return int(info["height"]), int(info["width"]), int(info["components"])
+
+
 def _check_pixel_data(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None:
     """Native pixel data must cover the declared geometry; encapsulated data must hold a fragment."""
     if _PIXEL_DATA_TAG not in ds or not ds.get_item(_PIXEL_DATA_TAG).value:
@@ -412,6 +751,7 @@ def _check_pixel_data(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None
                                sop_instance_uid)
     if tsyntax.is_compressed:
         _check_encapsulated(raw, tsyntax, sop_instance_uid)
+        _check_codestreams(ds, tsyntax, sop_instance_uid)
         return
     pixels = rows * columns * samples * frames
     expected = (pixels + 7) // 8 if bits == 1 else pixels * bits // 8

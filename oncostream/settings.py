@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     retry_initial_s: float = Field(default=1.0, ge=0)
     retry_max_s: float = Field(default=60.0, ge=0)
     delivery_attempts: int = Field(default=5, gt=0)  # transient sink failures before a study is dead-lettered
+    # what one instance may declare; parse_instance refuses more before any decoder allocates it
+    max_image_dimension: int = Field(default=16384, gt=0)  # Rows and Columns
+    max_frames: int = Field(default=1024, gt=0)  # NumberOfFrames
+    max_decoded_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)  # Rows×Columns×frames×samples×bytes
 
     # kafka
     kafka_bootstrap: str | None = None
@@ -46,7 +50,10 @@ class Settings(BaseSettings):
     topic_dlq: str = "oncostream.dlq"
     consumer_group: str = "oncostream-workers"
     inline_limit_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    claim_check_dir: Path = Path("/tmp/oncostream-claims")
+    # claim-checked objects: written 0600 into this directory (created 0700), read back only from it,
+    # deleted once their study is committed or when older than claim_check_max_age_s
+    claim_check_dir: Path = Path(".oncostream/claims")
+    claim_check_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     # outputs
     allow_patient_identifiers: bool = False
