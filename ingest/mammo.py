@@ -17,6 +17,9 @@ import numpy as np
 from scipy import ndimage
 
 from ingest.backends.base import InferenceBackend
+from ingest.canonical.mammo import MODEL_SHAPE, MammoFrame, canonical_frame, review_reasons
+from ingest.preprocess.mammo import frame_vector
+from oncostream.errors import RejectedInstance, StudyFailed
 from oncostream.model_contract import load_contract
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 from oncostream.study import MammoInference, MammoViewInference, Study
@@ -83,23 +86,49 @@ def _pixels(ds) -> np.ndarray:
     return decode_pixels(ds)
 
 
+def heatmap_in_view(heatmap: np.ndarray, frame: MammoFrame) -> np.ndarray:
+    """A canonical-frame heatmap [h, w] -> a heatmap covering the view's own pixel grid, with cells of
+    the same physical size (zero where the canonical field did not reach)."""
+    cell_rows = frame.step[0] * MODEL_SHAPE[0] / heatmap.shape[0]
+    cell_cols = frame.step[1] * MODEL_SHAPE[1] / heatmap.shape[1]
+    rows, cols = frame.source_shape
+    shape = (max(1, int(round(rows / cell_rows))), max(1, int(round(cols / cell_cols))))
+    centre_r = (np.arange(shape[0]) + 0.5) * rows / shape[0] - 0.5
+    centre_c = (np.arange(shape[1]) + 0.5) * cols / shape[1] - 0.5
+    grid_r, grid_c = np.meshgrid(centre_r, centre_c, indexing="ij")
+    model_r, model_c = frame.source_to_model(grid_r, grid_c)
+    cell_r = (model_r + 0.5) * heatmap.shape[0] / MODEL_SHAPE[0] - 0.5
+    cell_c = (model_c + 0.5) * heatmap.shape[1] / MODEL_SHAPE[1] - 0.5
+    return ndimage.map_coordinates(np.asarray(heatmap, np.float32), [cell_r, cell_c], order=1, mode="constant",
+                                   cval=0.0).astype(np.float32)
+
+
 def infer_mammo_study(backend: InferenceBackend, study: Study,
                       repository: Path = DEFAULT_MODEL_REPOSITORY) -> MammoInference:
-    """Run the exam's views (any of LCC, LMLO, RCC, RMLO present) through ``backend``; the exam
-    calibration is read from the classifier's contract in ``repository``."""
+    """Run the exam's views (any of LCC, LMLO, RCC, RMLO present) through ``backend``; each view is
+    first brought to the canonical frame (ingest/canonical/mammo.py); the exam calibration is read
+    from the classifier's contract in ``repository``. A view the models cannot read fails the study
+    with the view's reason (StudyFailed)."""
     if not study.datasets:
         raise ValueError("study: a mammography study needs at least one view")
     calibration = {**DEFAULT_CALIBRATION, **load_contract("mammo_classifier", repository).calibration}
-    images, lateralities, views, max_values = [], [], [], []
+    images, lateralities, views, frames, reasons = [], [], [], [], []
     for ds in study.datasets:
-        images.append(np.asarray(_pixels(ds), np.float32))
-        lateralities.append(str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper())
-        views.append(str(ds.get("ViewPosition", "")).upper())
-        max_values.append(float(2 ** int(ds.BitsStored) - 1))
-    raw = backend.infer_mammo(images, lateralities, max_values)
+        laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
+        view = str(ds.get("ViewPosition", "")).upper()
+        stored = np.asarray(_pixels(ds), np.float32)
+        try:
+            frames.append(canonical_frame(ds, stored, laterality, view))
+        except RejectedInstance as exc:
+            raise StudyFailed(exc.reason, f"view {laterality}{view}: {exc.detail}", study.study_instance_uid) from exc
+        images.append(stored)
+        lateralities.append(laterality)
+        views.append(view)
+        reasons.extend(f"{laterality}{view}: {r}" for r in review_reasons(ds))
+    raw = backend.infer_mammo(images, [frame_vector(f) for f in frames], [f.mask for f in frames])
     view_results = []
     for k, ds in enumerate(study.datasets):
-        heatmap = np.clip(raw.heatmaps[k], 0.0, 1.0).astype(np.float32)
+        heatmap = heatmap_in_view(np.clip(raw.heatmaps[k], 0.0, 1.0), frames[k])
         view_results.append(MammoViewInference(
             sop_instance_uid=str(ds.SOPInstanceUID), laterality=lateralities[k], view=views[k],
             malignancy_probability=float(raw.malignancy[k]), heatmap=heatmap,
@@ -115,5 +144,5 @@ def infer_mammo_study(backend: InferenceBackend, study: Study,
         density_probabilities=tuple(float(d) for d in density),  # type: ignore[arg-type]
         uncertainty=float(raw.uncertainty.max()),
         model_versions={name: versions[name] for name in MODELS if name in versions},
+        review_reasons=reasons,
     )
-

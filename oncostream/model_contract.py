@@ -58,13 +58,15 @@ class ModelContract(BaseModel):
     @property
     def release(self) -> str:
         """The version reported with every result (SR algorithm version, SEG software version, the
-        model fingerprint in output UIDs): the Triton version plus a digest of the weights and of the
-        calibration applied after the model. Retrained weights or a refitted calibration under the
-        same version directory therefore never reuse the outputs' UIDs for different content."""
+        model fingerprint in output UIDs): the Triton version plus a digest of the weights, of the
+        calibration applied after the model and of the preprocessing that feeds it. Retrained weights,
+        a refitted calibration or a changed input convention under the same version directory
+        therefore never reuse the outputs' UIDs for different content."""
         if self.weights_sha256 is None:
             return self.version
         calibration = json.dumps(self.calibration, sort_keys=True)
-        digest = hashlib.sha256(f"{self.weights_sha256}\x1f{calibration}".encode()).hexdigest()
+        digest = hashlib.sha256(
+            f"{self.weights_sha256}\x1f{calibration}\x1f{self.preprocessing or ''}".encode()).hexdigest()
         return f"{self.version}+{digest[:12]}"
 
 

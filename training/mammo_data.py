@@ -1,8 +1,9 @@
 """Training examples for the mammography models, drawn from the synth phantoms.
 
-Each phantom view goes through ``ingest.preprocess.mammo.preprocess_view_reference`` (the numpy twin
-of the serving DALI pipeline, tested equal to it), and its truth becomes targets on the classifier's
-32 x 26 heatmap grid. Examples are cached under ``.cache/mammo/`` as .npy chunks (float16 views,
+Each phantom view is written as DICOM, brought to its canonical frame (ingest/canonical/mammo.py,
+as served) and goes through ``ingest.preprocess.mammo.preprocess_view_reference`` (the numpy twin
+of the serving DALI pipeline, tested equal to it); its truth becomes targets on the classifier's
+32 x 26 heatmap grid, carried into the same frame. Examples are cached under ``.cache/mammo/`` as .npy chunks (float16 views,
 memory-mapped when training), keyed by size and seed range, so a rerun only trains.
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.preprocess.mammo import MODEL_SHAPE, preprocess_view_reference
+from ingest.canonical.mammo import MammoFrame, canonical_frame
+from ingest.preprocess.mammo import MODEL_SHAPE, frame_resample_reference, preprocess_view_reference
 from oncostream.settings import REPO_ROOT
 
 VIEW_KEYS = ("LCC", "LMLO", "RCC", "RMLO")
@@ -24,7 +26,7 @@ DENSITIES = ("a", "b", "c", "d")
 GRID = (MODEL_SHAPE[0] // 16, MODEL_SHAPE[1] // 16)
 CACHE_DIR = REPO_ROOT / ".cache" / "mammo"
 CHUNK = 100  # exams per cache file
-CACHE_VERSION = "1"  # bump when the preprocessing or the targets below change
+CACHE_VERSION = "2"  # bump when the preprocessing or the targets below change
 CELL_COVER = 0.1  # a grid cell counts as lesion when its densest 1/16 row x col sample reaches this
 
 
@@ -44,20 +46,20 @@ class MammoExamples:
         return len(self.view_malignant)
 
 
-def cell_targets(mask: np.ndarray, laterality: str) -> np.ndarray:
+def cell_targets(mask: np.ndarray, frame: MammoFrame) -> np.ndarray:
     """bool [H, W] mask in the view's pixels -> uint8 [32, 26] on the model's heatmap grid."""
-    resized = preprocess_view_reference(mask.astype(np.float32), 1.0, laterality)
+    resized = frame_resample_reference(mask.astype(np.float32), frame)
     cells = resized.reshape(GRID[0], 16, GRID[1], 16).max(axis=(1, 3))
     return (cells >= CELL_COVER).astype(np.uint8)
 
 
 def exam_examples(seed: int, size: str) -> dict[str, np.ndarray]:
     """One phantom exam -> arrays for its 4 views (VIEW_KEYS order)."""
-    from oncostream.synth.mammo import make_mammo_phantom
+    from oncostream.synth.mammo import VIEWS, make_mammo_phantom, mammo_datasets
 
     phantom = make_mammo_phantom(seed, size=size)
     truth = phantom.truth
-    max_value = float(2 ** phantom.bits_stored - 1)
+    datasets = dict(zip(VIEWS, mammo_datasets(phantom)))
     images, lesion, malignant_map, view_malignant = [], [], [], []
     for key in VIEW_KEYS:
         laterality, view = key[0], key[1:]
@@ -72,9 +74,10 @@ def exam_examples(seed: int, size: str) -> dict[str, np.ndarray]:
                     r0, c0, r1, c1 = lesion_view.bbox_px
                     boxes[max(r0, 0):r1, max(c0, 0):c1] = True
                     malignant = True
-        images.append(preprocess_view_reference(phantom.views[key], max_value, laterality).astype(np.float16))
-        lesion.append(cell_targets(mask, laterality))
-        malignant_map.append(cell_targets(mask & boxes if (mask & boxes).any() else boxes, laterality))
+        frame = canonical_frame(datasets[key], phantom.views[key], laterality, view)
+        images.append(preprocess_view_reference(phantom.views[key], frame).astype(np.float16))
+        lesion.append(cell_targets(mask, frame))
+        malignant_map.append(cell_targets(mask & boxes if (mask & boxes).any() else boxes, frame))
         view_malignant.append(malignant)
     return {
         "images": np.stack(images),

@@ -27,7 +27,7 @@ class MammoRaw:
     """What the `mammo_screening` ensemble returns for V views (in the order given)."""
 
     malignancy: np.ndarray  # float32 [V]: calibrated per-view probability
-    heatmaps: np.ndarray  # float32 [V, h, w] in [0, 1], in each view's own orientation (flip undone)
+    heatmaps: np.ndarray  # float32 [V, h, w] in [0, 1], in each view's canonical frame (ingest/canonical/mammo.py)
     density: np.ndarray  # float32 [V, 4]: a, b, c, d
     uncertainty: np.ndarray  # float32 [V]
 
@@ -42,8 +42,9 @@ class InferenceBackend(ABC):
         """volume_hu: float32 [D, H, W] in HU, slices sorted inferior to superior; spacing_mm: float32 [3] (z, y, x)."""
 
     @abstractmethod
-    def infer_mammo(self, images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> MammoRaw:
-        """images: float32 [H, W] per view (MONOCHROME2, raw stored values); max_values: 2**BitsStored - 1."""
+    def infer_mammo(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> MammoRaw:
+        """images: float32 [H, W] per view (raw stored values); frames: float32 [8] per view and masks:
+        uint8 [512, 416] per view, the canonical frame (ingest/preprocess/mammo.py frame_vector)."""
 
     @abstractmethod
     def model_versions(self) -> dict[str, str]:

@@ -52,10 +52,10 @@ class EmbeddedBackend(InferenceBackend):
         return ldct.run(volume_hu, spacing_mm, self.run_model,
                         ldct.detection_threshold(self._contracts["ldct_nodule_detector"]))
 
-    def infer_mammo(self, images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> MammoRaw:
+    def infer_mammo(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> MammoRaw:
         from ingest.steps import mammo
 
-        return mammo.run(images, lateralities, max_values, self.run_model)
+        return mammo.run(images, frames, masks, self.run_model)
 
     def model_versions(self) -> dict[str, str]:
         return {n: c.release for n, c in self._contracts.items()}

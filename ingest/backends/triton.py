@@ -267,21 +267,19 @@ class TritonBackend(InferenceBackend):
                           _LDCT_OUTPUTS, _LDCT_OUTPUT_BOUNDS)
         return LdctRaw(**out)
 
-    def infer_mammo(self, images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> MammoRaw:
-        if not (len(images) == len(lateralities) == len(max_values)):
-            raise ValueError(f"images, lateralities and max_values differ in length: "
-                             f"{len(images)}, {len(lateralities)}, {len(max_values)}")
+    def infer_mammo(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> MammoRaw:
+        if not (len(images) == len(frames) == len(masks)):
+            raise ValueError(f"images, frames and masks differ in length: {len(images)}, {len(frames)}, {len(masks)}")
         views = len(images)
         malignancy = np.zeros(views, np.float32)
         uncertainty = np.zeros(views, np.float32)
         density = np.zeros((views, 4), np.float32)
         heatmaps: list[np.ndarray | None] = [None] * views
         for group in self._view_groups(images):
-            # the same scale and flip the embedded DALI feed computes (ingest/preprocess/mammo.py)
             out = self._infer(MAMMO_ENSEMBLE, {
                 "image": np.ascontiguousarray(np.stack([images[i] for i in group]), np.float32),
-                "scale": np.array([[np.float32(1.0 / max_values[i])] for i in group], np.float32),
-                "flip": np.array([[1 if lateralities[i].upper() == "R" else 0] for i in group], np.int32),
+                "frame": np.ascontiguousarray(np.stack([frames[i] for i in group]), np.float32),
+                "mask": np.ascontiguousarray(np.stack([masks[i] for i in group]), np.uint8),
             }, _MAMMO_OUTPUTS)
             for position, view in enumerate(group):
                 malignancy[view] = out["malignancy"][position]

@@ -1,13 +1,18 @@
 """Mammography preprocessing, the one definition shared by serving and training.
 
-Every view becomes a float32 [512, 416] image: stored value / (2**BitsStored - 1), flipped left-right
-for right-breast views so the chest wall is on the same side (left) for L and R, and resized with an
-antialiased linear (triangle) filter whose borders clamp to the edge, as DALI's ``fn.resize`` does.
+Every view becomes a float32 [512, 416] model input from its stored pixels and its canonical frame
+(ingest/canonical/mammo.py, which decides the numbers): stored * gain + offset (tissue bright,
+[0, 1]), rows and/or columns mirrored (chest wall on the left), the frame's region of interest
+resampled to 512 x 416 with an antialiased linear (triangle) filter whose borders clamp to the edge,
+as DALI's ``fn.resize`` does, and the pixels outside the breast mask set to one background level.
 
 Two realisations compute the same numbers: ``mammo_preprocess_pipeline`` (a DALI pipeline definition,
 built with ``device_id=None`` here and unchanged on a GPU) serves; ``preprocess_view_reference`` (numpy)
 is what training uses, because the training environment needs no DALI. tests/unit/test_mammo_steps.py
 checks that both agree.
+
+A frame travels as one float32 [8] vector (gain, offset, flip_rows, flip_cols, row0, col0, row1, col1)
+plus the uint8 [512, 416] mask, so Triton's ensemble carries it as two tensors per view.
 """
 
 from __future__ import annotations
@@ -17,29 +22,28 @@ from functools import lru_cache
 
 import numpy as np
 
-MODEL_HEIGHT = 512
-MODEL_WIDTH = 416
-# Rows then columns of the model input; the classifier's heatmap has stride 16 on this grid.
-MODEL_SHAPE = (MODEL_HEIGHT, MODEL_WIDTH)
-# The synthetic views (oncostream.synth.mammo) and the usual DICOM display put the left breast's
-# chest wall on the image's left edge and the right breast's on the right edge; R views are mirrored.
-FLIPPED_LATERALITY = "R"
+from ingest.canonical.mammo import CANONICAL_BACKGROUND, MODEL_SHAPE, MammoFrame, canonical_view_reference
+
+MODEL_HEIGHT, MODEL_WIDTH = MODEL_SHAPE
+FRAME_LENGTH = 8
 
 
-def needs_flip(laterality: str) -> bool:
-    """Whether a view is mirrored left-right so its chest wall lands on the model's left edge."""
-    return laterality.upper() == FLIPPED_LATERALITY
+def frame_vector(frame: MammoFrame) -> np.ndarray:
+    """The frame as the float32 [8] vector the pipeline reads."""
+    return np.array([frame.gain, frame.offset, float(frame.flip_rows), float(frame.flip_cols), *frame.roi],
+                    np.float32)
 
 
-@lru_cache(maxsize=32)
-def _resampling_matrix(n_in: int, n_out: int) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _resampling_matrix(n_in: int, n_out: int, start: float, stop: float) -> np.ndarray:
     """Row i holds the weights of output sample i: a triangle of radius max(scale, 1) input pixels
-    centred on the output pixel's centre, indices outside the image clamped to the edge."""
-    scale = n_in / n_out
+    centred on the output pixel's centre within [start, stop) (input pixel edges), indices outside
+    the image clamped to the edge."""
+    scale = (stop - start) / n_out
     support = max(scale, 1.0)
     matrix = np.zeros((n_out, n_in), np.float64)
     for i in range(n_out):
-        centre = (i + 0.5) * scale
+        centre = start + (i + 0.5) * scale
         taps = np.arange(int(np.floor(centre - support)), int(np.ceil(centre + support)) + 1)
         weights = np.maximum(0.0, 1.0 - np.abs((taps + 0.5 - centre) / support))
         np.add.at(matrix[i], np.clip(taps, 0, n_in - 1), weights / weights.sum())
@@ -47,39 +51,61 @@ def _resampling_matrix(n_in: int, n_out: int) -> np.ndarray:
     return matrix
 
 
-def resize_reference(image: np.ndarray, shape: tuple[int, int] = MODEL_SHAPE) -> np.ndarray:
-    """numpy equivalent of DALI's CPU ``fn.resize(interp_type=INTERP_LINEAR, antialias=True)``."""
-    rows = _resampling_matrix(image.shape[0], shape[0])
-    cols = _resampling_matrix(image.shape[1], shape[1])
+def resize_reference(image: np.ndarray, roi: tuple[float, float, float, float],
+                     shape: tuple[int, int] = MODEL_SHAPE) -> np.ndarray:
+    """numpy equivalent of DALI's CPU ``fn.resize(interp_type=INTERP_LINEAR, antialias=True)`` of the
+    region ``roi`` (row0, col0, row1, col1 in input pixel edges)."""
+    row0, col0, row1, col1 = (float(np.float32(v)) for v in roi)
+    rows = _resampling_matrix(image.shape[0], shape[0], row0, row1)
+    cols = _resampling_matrix(image.shape[1], shape[1], col0, col1)
     return (rows @ image.astype(np.float64) @ cols.T).astype(np.float32)
 
 
-def preprocess_view_reference(image: np.ndarray, max_value: float, laterality: str) -> np.ndarray:
+def blend_background(resized: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixels outside the breast mask become the canonical background level."""
+    inside = np.asarray(mask, np.float32)
+    return (resized * inside + np.float32(CANONICAL_BACKGROUND) * (1.0 - inside)).astype(np.float32)
+
+
+def frame_resample_reference(image: np.ndarray, frame: MammoFrame) -> np.ndarray:
+    """Any per-pixel map of a view (a lesion mask, say) carried into the canonical frame the way its
+    pixels are: mirrored and resampled, without the intensity scale or the background."""
+    image = np.asarray(image, np.float32)
+    if frame.flip_rows:
+        image = image[::-1]
+    if frame.flip_cols:
+        image = image[:, ::-1]
+    return resize_reference(image, frame.roi)
+
+
+def preprocess_view_reference(stored: np.ndarray, frame: MammoFrame) -> np.ndarray:
     """One view -> float32 [512, 416] model input (numpy; the training path)."""
-    scaled = np.asarray(image, np.float32) * np.float32(1.0 / max_value)
-    if needs_flip(laterality):
-        scaled = scaled[:, ::-1]
-    return resize_reference(scaled)
+    image = canonical_view_reference(stored, frame)
+    return blend_background(resize_reference(image, frame.roi), frame.mask)
 
 
 def mammo_preprocess_pipeline(batch_size: int, num_threads: int = 1, device_id: int | None = None):
-    """DALI pipeline: external sources ``image`` (float32 HW), ``scale`` (float32 [1], 1 / max value)
-    and ``flip`` (int32 [1], 1 for views to mirror) -> float32 [512, 416, 1]. Per-view inputs are
-    1-element tensors so the same definition serves Triton's ``[-1, 1]`` ensemble inputs."""
+    """DALI pipeline: external sources ``image`` (float32 HW, stored values), ``frame`` (float32 [8],
+    ``frame_vector``) and ``mask`` (uint8 [512, 416]) -> float32 [512, 416, 1]. Per-view inputs are
+    tensors of their own so the same definition serves Triton's ensemble inputs."""
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     def _pipeline():
         image = fn.external_source(name="image", dtype=types.FLOAT, layout="HW", ndim=2)
-        scale = fn.external_source(name="scale", dtype=types.FLOAT, ndim=1)
-        flip = fn.external_source(name="flip", dtype=types.INT32, ndim=1)
+        frame = fn.external_source(name="frame", dtype=types.FLOAT, ndim=1)
+        mask = fn.external_source(name="mask", dtype=types.UINT8, layout="HW", ndim=2)
+        flip_rows = fn.cast(frame[2:3], dtype=types.INT32)
+        flip_cols = fn.cast(frame[3:4], dtype=types.INT32)
         if device_id is not None:
-            image = image.gpu()
-        image = fn.expand_dims(image, axes=[2], new_axis_names="C") * scale
-        image = fn.flip(image, horizontal=flip)
-        return fn.resize(image, size=list(MODEL_SHAPE), interp_type=types.INTERP_LINEAR, antialias=True,
-                         dtype=types.FLOAT)
+            image, mask = image.gpu(), mask.gpu()
+        image = fn.expand_dims(image, axes=[2], new_axis_names="C") * frame[0:1] + frame[1:2]
+        image = fn.flip(image, horizontal=flip_cols, vertical=flip_rows)
+        resized = fn.resize(image, size=list(MODEL_SHAPE), roi_start=frame[4:6], roi_end=frame[6:8],
+                            roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT)
+        inside = fn.cast(fn.expand_dims(mask, axes=[2], new_axis_names="C"), dtype=types.FLOAT)
+        return resized * inside + CANONICAL_BACKGROUND * (1.0 - inside)
 
     return _pipeline()
 
@@ -92,8 +118,8 @@ class MammoPreprocessor:
         self._pipeline = None
         self._lock = threading.Lock()
 
-    def __call__(self, images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> np.ndarray:
-        """-> float32 [V, 1, 512, 416]."""
+    def __call__(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        """Stored views, float32 [8] frame vectors and uint8 [512, 416] masks -> float32 [V, 1, 512, 416]."""
         out = []
         with self._lock:
             if self._pipeline is None:
@@ -102,9 +128,8 @@ class MammoPreprocessor:
             for start in range(0, len(images), self._max_batch):
                 stop = start + self._max_batch
                 self._pipeline.feed_input("image", [np.ascontiguousarray(i, np.float32) for i in images[start:stop]])
-                self._pipeline.feed_input("scale", [np.array([1.0 / m], np.float32) for m in max_values[start:stop]])
-                self._pipeline.feed_input("flip", [np.array([needs_flip(lat)], np.int32)
-                                                   for lat in lateralities[start:stop]])
+                self._pipeline.feed_input("frame", [np.ascontiguousarray(f, np.float32) for f in frames[start:stop]])
+                self._pipeline.feed_input("mask", [np.ascontiguousarray(m, np.uint8) for m in masks[start:stop]])
                 (batch,) = self._pipeline.run()
                 out.extend(np.array(batch[i])[..., 0] for i in range(len(batch)))
         return np.stack(out)[:, None]
@@ -113,9 +138,9 @@ class MammoPreprocessor:
 _shared: MammoPreprocessor | None = None
 
 
-def preprocess_views(images: list[np.ndarray], lateralities: list[str], max_values: list[float]) -> np.ndarray:
+def preprocess_views(images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """The serving path: DALI on the CPU, one pipeline per process. -> float32 [V, 1, 512, 416]."""
     global _shared
     if _shared is None:
         _shared = MammoPreprocessor()
-    return _shared(images, lateralities, max_values)
+    return _shared(images, frames, masks)

@@ -1,15 +1,17 @@
 """Mammography half of ``oncostream eval``: fresh phantoms through the committed models.
 
-Each phantom exam goes through the serving steps (ingest/steps/mammo.py: DALI preprocessing, ONNX
-Runtime, flip test-time augmentation) and the exam-level combination of ingest/mammo.py, and is
-scored against its ground truth:
+Each phantom exam is written as DICOM, optionally re-expressed as another vendor would write it
+(``profile``, oncostream/synth/vendors.py), and goes through the served path (ingest/mammo.py
+``infer_mammo_study`` on the embedded backend: canonical frame, DALI preprocessing, ONNX Runtime,
+flip test-time augmentation, exam combination); it is scored against its ground truth:
 
 - ``mammo_exam_auc``: ROC AUC of the exam malignancy probability vs. "exam holds a malignant lesion";
 - ``mammo_density_kappa``: Cohen's kappa (unweighted) of the exam density (argmax of the mean over
   views) vs. the phantom's category; ``mammo_density_kappa_quadratic`` is the weighted variant;
 - ``ece_mammo``: expected calibration error of the exam probability (10 equal-width bins);
 - ``mammo_view_auc``: per-view AUC; ``mammo_localization_rate``: fraction of views with a malignant
-  lesion whose best region's bbox overlaps the lesion's true bbox;
+  lesion whose best region's bbox overlaps the lesion's true bbox (default profile only: the others
+  move the pixel grid the truth boxes are stated in);
 - ``n_mammo``: exams evaluated; ``mammo_seconds_per_exam``: mean wall time of the model steps;
 - ``<key>_ci95`` for the exam AUC and ECE: percentile bootstrap over exams (stats.py);
 - ``ece_mammo_if_calibrated`` (and ``_p95``): the ECE a perfectly calibrated model with these
@@ -23,31 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.mammo import exam_probability, heatmap_regions
-from ingest.steps import mammo as steps
+from ingest.mammo import infer_mammo_study
 from oncostream.evaluation import with_progress
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
-from oncostream.model_contract import load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
 VIEW_KEYS = ("LCC", "LMLO", "RCC", "RMLO")
 DENSITIES = ("a", "b", "c", "d")
-
-
-class _Models:
-    """The two mammography ONNX models in ONNX Runtime, as ``run_model`` for the steps."""
-
-    def __init__(self, repository: Path):
-        import onnxruntime as ort
-
-        self._sessions = {name: ort.InferenceSession(str(onnx_path(name, repository)),
-                                                     providers=["CPUExecutionProvider"])
-                          for name in (steps.CLASSIFIER, steps.DENSITY)}
-
-    def __call__(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self._sessions[name]
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds)))
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -77,37 +61,43 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> dict:
+def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY,
+                   profile: str = "default") -> dict:
     """Metrics of the committed mammography models on the phantoms of ``seeds`` (see module doc)."""
-    from oncostream.synth.mammo import make_mammo_phantom
+    from datetime import datetime, timezone
 
-    run_model = _Models(repository)
-    calibration = load_contract("mammo_classifier", repository).calibration
-    threshold = calibration.get("region_threshold", 0.5)
+    from ingest.backends.embedded import EmbeddedBackend
+    from oncostream.study import Study
+    from oncostream.synth.mammo import make_mammo_phantom, mammo_datasets
+    from oncostream.synth.vendors import MAMMO_PROFILES
+
+    transform = MAMMO_PROFILES[profile]
+    backend = EmbeddedBackend(repository)
     exam_p, exam_y, dens_pred, dens_true, view_p, view_y = [], [], [], [], [], []
     localized, malignant_views, seconds = 0, 0, 0.0
-    for seed in with_progress(seeds, "mammography exams", every=100):
+    for seed in with_progress(seeds, f"mammography exams ({profile})", every=100):
         phantom = make_mammo_phantom(seed, size=size)
         truth = phantom.truth
-        images = [phantom.views[k].astype(np.float32) for k in VIEW_KEYS]
-        lateralities = [k[0] for k in VIEW_KEYS]
+        study = Study(study_instance_uid=truth.study_instance_uid, modality="MG",
+                      datasets=transform(mammo_datasets(phantom)), arrived_at=datetime.now(timezone.utc))
         started = time.perf_counter()
-        raw = steps.run(images, lateralities, [float(2 ** phantom.bits_stored - 1)] * 4, run_model)
+        inference = infer_mammo_study(backend, study, repository)
         seconds += time.perf_counter() - started
-        exam_p.append(exam_probability([float(p) for p in raw.malignancy], lateralities, calibration))
+        exam_p.append(inference.exam_malignancy_probability)
         exam_y.append(truth.malignant)
-        dens_pred.append(int(raw.density.mean(axis=0).argmax()))
+        dens_pred.append(int(np.argmax(inference.density_probabilities)))
         dens_true.append(DENSITIES.index(truth.density))
-        for k, key in enumerate(VIEW_KEYS):
-            boxes = [tuple(v.bbox_px) for lesion in truth.lesions if lesion.malignant and lesion.laterality == key[0]
-                     for v in lesion.views if v.view == key[1:]]
-            view_p.append(float(raw.malignancy[k]))
+        for view in inference.views:
+            boxes = [tuple(v.bbox_px) for lesion in truth.lesions
+                     if lesion.malignant and lesion.laterality == view.laterality
+                     for v in lesion.views if v.view == view.view]
+            view_p.append(view.malignancy_probability)
             view_y.append(bool(boxes))
-            if boxes:
+            if boxes and profile == "default":
                 malignant_views += 1
-                regions = heatmap_regions(raw.heatmaps[k], images[k].shape, threshold)
-                if regions and any(_overlaps(regions[0][2], box) for box in boxes):
+                if view.regions and any(_overlaps(view.regions[0][2], box) for box in boxes):
                     localized += 1
+    backend.close()
     exam_p, exam_y = np.array(exam_p), np.array(exam_y)
 
     def exam_figures(idx: np.ndarray) -> dict[str, float]:

@@ -119,22 +119,33 @@ def test_ldct_ensemble_equals_embedded(triton, embedded):
     _assert_raw_equal(served, reference)
 
 
+def _canonical_views(phantom) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The phantom's views with their canonical frames (ingest/canonical/mammo.py), as the client sends them."""
+    from ingest.canonical.mammo import canonical_frame
+    from ingest.preprocess.mammo import frame_vector
+    from oncostream.synth.mammo import VIEWS, mammo_datasets
+
+    images, frames, masks = [], [], []
+    for name, ds in zip(VIEWS, mammo_datasets(phantom)):
+        frame = canonical_frame(ds, phantom.views[name], name[0], name[1:])
+        images.append(phantom.views[name].astype(np.float32))
+        frames.append(frame_vector(frame))
+        masks.append(frame.mask)
+    return images, frames, masks
+
+
 def test_mammo_ensemble_equals_embedded(triton, embedded):
     from oncostream.synth.mammo import make_mammo_phantom
 
-    phantom = make_mammo_phantom(SEED, size="small")
-    names = sorted(phantom.views)
-    images = [phantom.views[n].astype(np.float32) for n in names]
-    lateralities = [n[0] for n in names]
-    max_values = [float(2**phantom.bits_stored - 1)] * len(names)
-    reference = embedded.infer_mammo(images, lateralities, max_values)
-    served = triton.infer_mammo(images, lateralities, max_values)
+    images, frames, masks = _canonical_views(make_mammo_phantom(SEED, size="small"))
+    reference = embedded.infer_mammo(images, frames, masks)
+    served = triton.infer_mammo(images, frames, masks)
     assert isinstance(served, MammoRaw)
     _assert_raw_equal(served, reference)
     # views of different sizes go in separate requests and come back in the caller's order
     mixed = [images[0], images[1][: images[1].shape[0] // 2 * 2, :], images[2][:-8, :-8]]
-    reference = embedded.infer_mammo(mixed, lateralities[:3], max_values[:3])
-    _assert_raw_equal(triton.infer_mammo(mixed, lateralities[:3], max_values[:3]), reference)
+    reference = embedded.infer_mammo(mixed, frames[:3], masks[:3])
+    _assert_raw_equal(triton.infer_mammo(mixed, frames[:3], masks[:3]), reference)
 
 
 def test_same_findings_and_triage_as_embedded(settings, triton, embedded, studies):
@@ -190,9 +201,7 @@ def test_shared_memory_and_plain_grpc_agree(triton_grpc, triton, mode):
 def test_triton_metrics_count_inferences(triton_server, triton):
     from oncostream.synth.mammo import make_mammo_phantom
 
-    phantom = make_mammo_phantom(SEED + 2, size="small")
-    images = [v.astype(np.float32) for v in phantom.views.values()]
-    triton.infer_mammo(images, [k[0] for k in phantom.views], [float(2**phantom.bits_stored - 1)] * len(images))
+    triton.infer_mammo(*_canonical_views(make_mammo_phantom(SEED + 2, size="small")))
     text = requests.get(triton_server.extra["metrics_url"], timeout=10).text
     success = {m.group(1): float(m.group(2)) for m in
                re.finditer(r'^nv_inference_request_success\{model="([^"]+)",version="1"\} (\S+)$', text, re.M)}

@@ -1,5 +1,6 @@
-"""Mammography steps: DALI preprocessing vs. its numpy twin, TTA merge, orientation, regions, the
-committed models against their contracts, and one phantom exam through the embedded backend."""
+"""Mammography steps: DALI preprocessing vs. its numpy twin, TTA merge, heatmaps back onto the view,
+regions, the committed models against their contracts, and one phantom exam through the embedded
+backend."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ingest.mammo import exam_probability, heatmap_regions, infer_mammo_study
-from ingest.preprocess.mammo import MODEL_SHAPE, needs_flip, preprocess_view_reference, preprocess_views
+from ingest.canonical.mammo import MammoFrame
+from ingest.mammo import exam_probability, heatmap_in_view, heatmap_regions, infer_mammo_study
+from ingest.preprocess.mammo import MODEL_SHAPE, frame_vector, preprocess_view_reference, preprocess_views
 from ingest.steps import mammo as steps
 from oncostream.model_contract import load_contract, onnx_path
 from oncostream.study import Study
 
-VIEW_SHAPES = {
-    "small-same-size": ((512, 416), 4095.0, "L"),
-    "full-4x-down": ((2048, 1664), 16383.0, "R"),
-    "odd-down": ((1000, 777), 8191.0, "R"),
-    "up": ((300, 200), 4095.0, "L"),
+# (shape, max value, flip_rows, flip_cols, roi as fractions of the image, MONOCHROME1)
+VIEW_CASES = {
+    "small-same-size": ((512, 416), 4095.0, False, False, (0.0, 0.0, 1.0, 1.0), False),
+    "full-4x-down-mirrored": ((2048, 1664), 16383.0, False, True, (0.0, 0.0, 1.0, 1.0), False),
+    "odd-down-upside-down-inverted": ((1000, 777), 8191.0, True, False, (0.1, 0.0, 0.9, 0.8), True),
+    "roi-past-the-edges": ((1200, 900), 65535.0, True, True, (-0.2, 0.0, 1.1, 1.3), False),
+    "up": ((300, 200), 4095.0, False, False, (0.0, 0.0, 1.0, 1.0), False),
 }
 
 
@@ -30,24 +34,36 @@ def _image(shape: tuple[int, int], max_value: float, seed: int) -> np.ndarray:
     return image
 
 
-@pytest.mark.parametrize("case", list(VIEW_SHAPES), ids=list(VIEW_SHAPES))
+def _frame(shape, max_value, flip_rows, flip_cols, roi, inverted, seed) -> MammoFrame:
+    mask = np.zeros(MODEL_SHAPE, np.uint8)
+    mask[:, : MODEL_SHAPE[1] * 2 // 3] = 1
+    mask[np.random.default_rng(seed).random(MODEL_SHAPE) < 0.05] = 0
+    gain, offset = (-1.0 / max_value, 1.0) if inverted else (1.0 / max_value, 0.0)
+    return MammoFrame(gain=gain, offset=offset, flip_rows=flip_rows, flip_cols=flip_cols,
+                      roi=(roi[0] * shape[0], roi[1] * shape[1], roi[2] * shape[0], roi[3] * shape[1]),
+                      mask=mask, source_shape=shape, orientation_source="PatientOrientation")
+
+
+@pytest.mark.parametrize("case", list(VIEW_CASES), ids=list(VIEW_CASES))
 def test_dali_preprocessing_equals_numpy_reference(case):
-    shape, max_value, laterality = VIEW_SHAPES[case]
+    shape, max_value, *rest = VIEW_CASES[case]
     image = _image(shape, max_value, seed=len(case))
-    served = preprocess_views([image], [laterality], [max_value])
+    frame = _frame(shape, max_value, *rest, seed=len(case))
+    served = preprocess_views([image], [frame_vector(frame)], [frame.mask])
     assert served.shape == (1, 1, *MODEL_SHAPE) and served.dtype == np.float32
-    reference = preprocess_view_reference(image, max_value, laterality)
+    reference = preprocess_view_reference(image, frame)
     np.testing.assert_allclose(served[0, 0], reference, atol=5e-5)  # DALI accumulates in float32; < one 14-bit step
 
 
-@pytest.mark.parametrize("laterality,chest_wall_left", [("L", True), ("R", False)], ids=["left", "right"])
-def test_laterality_flip_puts_chest_wall_on_the_left(laterality, chest_wall_left):
-    # A view whose tissue (bright) sits on the image's left half, as an L view of the synth phantoms.
+def test_the_frame_mirrors_inverts_and_masks():
+    # tissue (bright in MONOCHROME2) on the image's right half: a view stored with the chest wall right
     image = np.zeros((512, 416), np.float32)
-    image[:, :208] = 4095.0
-    out = preprocess_views([image if chest_wall_left else image[:, ::-1]], [laterality], [4095.0])[0, 0]
-    assert needs_flip(laterality) is (laterality == "R")
+    image[:, 208:] = 4095.0
+    frame = _frame((512, 416), 4095.0, False, True, (0.0, 0.0, 1.0, 1.0), True, seed=1)
+    out = preprocess_views([4095.0 - image], [frame_vector(frame)], [np.ones(MODEL_SHAPE, np.uint8)])[0, 0]
     assert out[:, :200].min() == pytest.approx(1.0) and out[:, 216:].max() == pytest.approx(0.0)
+    masked = preprocess_views([4095.0 - image], [frame_vector(frame)], [np.zeros(MODEL_SHAPE, np.uint8)])[0, 0]
+    assert np.allclose(masked, 0.03), "outside the breast the model sees the canonical background"
 
 
 def test_merge_augmented_undoes_the_mirror_and_measures_spread():
@@ -63,11 +79,21 @@ def test_merge_augmented_undoes_the_mirror_and_measures_spread():
     np.testing.assert_allclose(dens.sum(axis=1), 1.0, atol=1e-6)
 
 
-def test_heatmaps_return_to_each_views_orientation():
-    heatmaps = np.zeros((2, 32, 26), np.float32)
-    heatmaps[:, 5, 0] = 1.0  # next to the chest wall in model orientation
-    out = steps.to_view_orientation(heatmaps, ["L", "R"])
-    assert out[0, 5, 0] == 1.0 and out[1, 5, 25] == 1.0
+@pytest.mark.parametrize("flip_cols", [False, True], ids=["chest-wall-left", "chest-wall-right"])
+def test_heatmaps_return_to_each_views_own_pixel_grid(flip_cols):
+    heatmap = np.zeros((32, 26), np.float32)
+    heatmap[5, 0] = 1.0  # next to the chest wall in the canonical frame
+    # a 0.1 mm view whose canonical field starts 200 rows above the image (the breast sits low)
+    frame = MammoFrame(gain=1.0, offset=0.0, flip_rows=False, flip_cols=flip_cols, roi=(-200.0, 0.0, 1848.0, 1664.0),
+                       mask=np.ones(MODEL_SHAPE, np.uint8), source_shape=(2048, 1664),
+                       orientation_source="PatientOrientation")
+    in_view = heatmap_in_view(heatmap, frame)
+    assert in_view.shape == (32, 26)
+    row, col = np.unravel_index(int(np.argmax(in_view)), in_view.shape)
+    assert col == (25 if flip_cols else 0)
+    # canonical cell 5 spans model rows 80-96 = source rows 120-184 after the 200-row offset: view cell 2
+    assert row == 2
+    assert in_view[-1].max() == 0.0, "below the canonical field nothing is reported"
 
 
 @pytest.mark.parametrize("image_shape", [(512, 416), (2048, 1664)], ids=["small", "full"])
