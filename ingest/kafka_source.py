@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
 from ingest.base import Source, SourceMessage
+from oncostream.claim_store import ClaimStore
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
 from oncostream.errors import OncostreamError, RejectedInstance
 
@@ -51,22 +52,51 @@ def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
 class ClaimCheckResolver:
     """Fetches the object a claim check points at and verifies its size and SHA-256.
 
-    Resolvers are registered per URI scheme; `file` is built in. A WADO-RS resolver registers
-    `http`/`https` with a function `uri -> bytes` and nothing else changes.
+    ``file`` URIs are read only from the claim store (oncostream.claim_store.ClaimStore: regular
+    files directly in the configured directory, size checked before reading, SHA-256 after); the
+    claim check comes in an untrusted record, so ``file:///etc/passwd``, ``/dev/zero`` or a FIFO are
+    refused without being read. Other schemes are registered with a function ``uri -> bytes`` (a
+    WADO-RS resolver registers ``http``/``https``) and nothing else changes.
+
+    Objects of studies that were committed are deleted through ``committed``; objects of dead-
+    lettered instances stay until the store collects them by age, so that the dead-letter record's
+    claim check can still be followed.
     """
 
-    def __init__(self, max_bytes: int):
+    _COLLECT_INTERVAL_S = 3600.0
+
+    def __init__(self, max_bytes: int, store: ClaimStore | None = None):
+        if store is None:  # the process's settings; callers that hold a Settings pass its store
+            from oncostream.settings import Settings
+
+            settings = Settings()
+            store = ClaimStore(settings.claim_check_dir, settings.claim_check_max_age_s)
         self.max_bytes = max_bytes
-        self._fetchers: dict[str, Callable[[str], bytes]] = {"file": self._fetch_file}
+        self.store = store
+        self._fetchers: dict[str, Callable[[str], bytes]] = {}
+        self._resolved: dict[tuple, ClaimCheck] = {}  # source (topic, partition, offset) -> its claim
+        self._last_collect = float("-inf")
 
     def register(self, scheme: str, fetch: Callable[[str], bytes]) -> None:
+        if scheme == "file":
+            raise ValueError("scheme: file URIs are always read from the claim store")
         self._fetchers[scheme] = fetch
 
-    def resolve(self, claim: ClaimCheck) -> bytes:
+    def resolve(self, claim: ClaimCheck, source: tuple | None = None) -> bytes:
+        """The object's bytes; ``source`` (topic, partition, offset) lets ``committed`` delete it later."""
         if claim.size > self.max_bytes:
             raise RejectedInstance("oversize", f"claim check refers to {claim.size} bytes, above the limit of "
                                                f"{self.max_bytes} bytes")
         scheme = urlparse(claim.uri).scheme
+        if scheme == "file":
+            data = self.store.read(claim)
+        else:
+            data = self._fetch_registered(scheme, claim)
+        if source is not None and None not in source:
+            self._resolved[source] = claim
+        return data
+
+    def _fetch_registered(self, scheme: str, claim: ClaimCheck) -> bytes:
         fetch = self._fetchers.get(scheme)
         if fetch is None:
             raise RejectedInstance("claim_check_unresolvable", f"no resolver for URI scheme {scheme!r}")
@@ -76,16 +106,32 @@ class ClaimCheckResolver:
             raise RejectedInstance("claim_check_unresolvable", f"cannot fetch claim-checked object: "
                                                                f"{type(exc).__name__}") from exc
         if len(data) != claim.size or hashlib.sha256(data).hexdigest() != claim.sha256:
-            raise RejectedInstance("claim_check_mismatch", f"claim-checked object is {len(data)} bytes with a "
-                                                           f"different size or SHA-256 than its claim check")
+            raise RejectedInstance("claim_check_mismatch", "claim-checked object differs in size or SHA-256 "
+                                                           "from its claim check")
         return data
 
-    @staticmethod
-    def _fetch_file(uri: str) -> bytes:
-        parsed = urlparse(uri)
-        if parsed.netloc not in ("", "localhost"):
-            raise FileNotFoundError(f"file URI on another host: {parsed.netloc}")
-        return Path(unquote(parsed.path)).read_bytes()
+    def committed(self, offsets: dict[TopicPartitionKey, int], published: Iterable[tuple] = ()) -> int:
+        """Offsets were committed (the next offset to read, per partition): delete the claim-checked
+        objects of ``published`` sources below them, forget every other claim below them, and collect
+        old objects once an hour. Returns how many objects were deleted. Never raises: a file left
+        behind is collected by age."""
+        published = set(published)
+        deleted = 0
+        for source in [s for s in self._resolved if s[2] < offsets.get((s[0], s[1]), -1)]:
+            claim = self._resolved.pop(source)
+            if source in published and urlparse(claim.uri).scheme == "file":
+                try:
+                    deleted += self.store.delete(claim)
+                except OSError:
+                    log.warning("cannot delete a committed claim-checked object; age collection will", exc_info=True)
+        now = time.monotonic()
+        if now - self._last_collect >= self._COLLECT_INTERVAL_S:
+            self._last_collect = now
+            try:
+                self.store.collect()
+            except OSError:
+                log.warning("claim store collection failed", exc_info=True)
+        return deleted
 
 
 def instance_bytes(message: SourceMessage, resolver: ClaimCheckResolver) -> bytes:
@@ -97,7 +143,7 @@ def instance_bytes(message: SourceMessage, resolver: ClaimCheckResolver) -> byte
         except ValidationError as exc:
             raise RejectedInstance("claim_check_invalid", f"value is not a valid claim check: "
                                                           f"{exc.error_count()} validation errors") from exc
-        return resolver.resolve(claim)
+        return resolver.resolve(claim, source=(message.topic, message.partition, message.offset))
     if content_type != CONTENT_TYPE_DICOM:
         raise RejectedInstance("unsupported_content_type", f"content-type {content_type!r} is neither "
                                                            f"{CONTENT_TYPE_DICOM} nor {CONTENT_TYPE_CLAIM_CHECK}")

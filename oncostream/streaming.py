@@ -230,15 +230,11 @@ def study_key(data: bytes) -> str | None:
 
 
 def write_claim_check(data: bytes, claim_dir: Path) -> ClaimCheck:
-    """Store `data` under its SHA-256 in `claim_dir` (content-addressed: rewriting is harmless)."""
-    digest = hashlib.sha256(data).hexdigest()
-    claim_dir.mkdir(parents=True, exist_ok=True)
-    path = (claim_dir / f"{digest}.dcm").resolve()
-    if not path.exists() or path.stat().st_size != len(data):
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return ClaimCheck(uri=path.as_uri(), sha256=digest, size=len(data))
+    """Store `data` under its SHA-256 in `claim_dir` (content-addressed: rewriting is harmless), 0600 in a
+    0700 directory (oncostream.claim_store.ClaimStore)."""
+    from oncostream.claim_store import ClaimStore
+
+    return ClaimStore(claim_dir).write(data)
 
 
 def instance_files(path: Path) -> list[Path]:
@@ -379,7 +375,10 @@ class Worker:
         self.watermark = Watermark()
         self.ahead = PublishedAhead()
         self._ahead_loaded: set[TopicPartitionKey] = set()
-        self.resolver = ClaimCheckResolver(settings.max_instance_bytes)
+        from oncostream.claim_store import ClaimStore
+
+        self.resolver = ClaimCheckResolver(settings.max_instance_bytes,
+                                           ClaimStore(settings.claim_check_dir, settings.claim_check_max_age_s))
         self._producer = make_producer(bootstrap, client_id="oncostream-worker")
         self.dlq = KafkaDeadLetter(self._producer, settings.topic_dlq)
         from postprocess.kafka_sink import KafkaSink

@@ -8,11 +8,16 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from ingest.kafka_source import ClaimCheckResolver, KafkaMessage, instance_bytes
+from oncostream.claim_store import ClaimStore
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
 from oncostream.errors import RejectedInstance
 from oncostream.streaming import study_key, write_claim_check
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
+
+
+def _resolver(store_dir: Path) -> ClaimCheckResolver:
+    return ClaimCheckResolver(max_bytes=1 << 20, store=ClaimStore(store_dir))
 
 
 def _claim_message(claim: ClaimCheck) -> KafkaMessage:
@@ -27,7 +32,7 @@ def test_claim_check_round_trip_is_content_addressed(tmp_path):
     assert first == second
     assert first.uri == (tmp_path / f"{first.sha256}.dcm").resolve().as_uri()
     assert [p.name for p in tmp_path.iterdir()] == [f"{first.sha256}.dcm"]
-    assert instance_bytes(_claim_message(first), ClaimCheckResolver(max_bytes=1 << 20)) == data
+    assert instance_bytes(_claim_message(first), _resolver(tmp_path)) == data
 
 
 @pytest.mark.parametrize(("tamper", "reason"), [
@@ -40,7 +45,7 @@ def test_broken_claim_check_is_rejected(tmp_path, tamper, reason):
     claim = write_claim_check(CT_SMALL.read_bytes(), tmp_path)
     tamper(Path(claim.uri.removeprefix("file://")))
     with pytest.raises(RejectedInstance) as err:
-        instance_bytes(_claim_message(claim), ClaimCheckResolver(max_bytes=1 << 20))
+        instance_bytes(_claim_message(claim), _resolver(tmp_path))
     assert err.value.reason == reason
 
 
@@ -54,9 +59,9 @@ def test_broken_claim_check_is_rejected(tmp_path, tamper, reason):
     pytest.param(KafkaMessage(data=b"x", origin="t/0/2", headers={"content-type": "text/plain"}),
                  "unsupported_content_type", id="other-content-type"),
 ])
-def test_unusable_values_are_rejected_with_a_reason(message, reason):
+def test_unusable_values_are_rejected_with_a_reason(tmp_path, message, reason):
     with pytest.raises(RejectedInstance) as err:
-        instance_bytes(message, ClaimCheckResolver(max_bytes=1 << 20))
+        instance_bytes(message, _resolver(tmp_path))
     assert err.value.reason == reason
 
 
@@ -64,15 +69,15 @@ def test_registered_scheme_resolver_is_used(tmp_path):
     data = CT_SMALL.read_bytes()
     claim = write_claim_check(data, tmp_path)
     remote = ClaimCheck(uri="https://pacs.example/wado/instances/1", sha256=claim.sha256, size=claim.size)
-    resolver = ClaimCheckResolver(max_bytes=1 << 20)
+    resolver = _resolver(tmp_path)
     resolver.register("https", lambda uri: data)
     assert instance_bytes(_claim_message(remote), resolver) == data
 
 
-def test_inline_value_is_the_instance():
+def test_inline_value_is_the_instance(tmp_path):
     data = CT_SMALL.read_bytes()
     message = KafkaMessage(data=data, origin="t/0/3", headers={"content-type": CONTENT_TYPE_DICOM})
-    assert instance_bytes(message, ClaimCheckResolver(max_bytes=1 << 20)) is data
+    assert instance_bytes(message, _resolver(tmp_path)) is data
 
 
 def test_study_key_reads_the_study_uid_or_gives_none():
