@@ -12,10 +12,10 @@ from pathlib import Path
 # command -> "module:function"; each handler takes the parsed argparse.Namespace and returns an exit code
 _HANDLERS = {
     "synth": "oncostream.synth.command:main",
-    "run": "oncostream.pipeline:main_run",
+    "run": "oncostream.app.run:main_run",
     "produce": "oncostream.streaming:main_produce",
-    "worker": "oncostream.streaming:main_worker",
-    "gateway": "ingest.gateway:main",
+    "worker": "oncostream.app.worker:main_worker",
+    "gateway": "oncostream.app.gateway:main",
     "models": "oncostream.model_build:main",
     "eval": "oncostream.evaluation:main",
 }
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     dest.add_argument("--bootstrap", metavar="HOST:PORT")
     dest.add_argument("--out", type=Path)
     p.add_argument("--allow", action="append", default=None, metavar="AE", help="allowed calling AE titles")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: loopback only; 0.0.0.0 for every interface)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port (0: a free one)")
 
     p = sub.add_parser("models", help="model repository tools")

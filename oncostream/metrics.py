@@ -29,9 +29,16 @@ IN_FLIGHT = Gauge("oncostream_in_flight_studies", "Studies being assembled or pr
 PRIORITY = Counter("oncostream_triage_priority_total", "Triage events by priority", ["modality", "priority"])
 
 
-def serve(port: int) -> int:
-    """Start the /metrics endpoint; port 0 picks a free one. Returns the bound port."""
-    server, _thread = start_http_server(port, addr="0.0.0.0")
+def serve(port: int, host: str | None = None) -> int:
+    """Start the /metrics endpoint; port 0 picks a free one. Returns the bound port.
+
+    ``host`` defaults to settings ``metrics_host`` (loopback): exposing every interface is a choice a
+    deployment makes (ONCOSTREAM_METRICS_HOST=0.0.0.0 where Prometheus scrapes the pod address)."""
+    if host is None:
+        from oncostream.settings import Settings
+
+        host = Settings().metrics_host
+    server, _thread = start_http_server(port, addr=host)
     return server.server_port
 
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_frames: int = Field(default=1024, gt=0)  # NumberOfFrames
     max_decoded_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)  # Rows×Columns×frames×samples×bytes
 
+    # listeners bind loopback unless a deployment opts in to more
+    metrics_host: str = "127.0.0.1"
+
     # kafka
     kafka_bootstrap: str | None = None
     topic_dicom: str = "oncostream.dicom"
