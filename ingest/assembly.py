@@ -1,8 +1,9 @@
 """Assembly: instances in, studies out.
 
 - Mammography exam = the 4 standard screening views (LCC, LMLO, RCC, RMLO) of one StudyInstanceUID.
-- LDCT = one axial series (SeriesInstanceUID): complete at ImagesInAcquisition (0020,1002) slices,
-  localizers dropped, sorted along the slice normal, spacing checked.
+- LDCT = one CT study (StudyInstanceUID) with every series it carries, complete when each series seen
+  has its ImagesInAcquisition (0020,1002) slices; localizers dropped; on closing, the series to read
+  is chosen (ingest/canonical/ldct.py select_series), sorted along the slice normal, spacing checked.
 A study that stays quiet for ``settings.assembly_timeout_s`` closes anyway, marked incomplete with what
 was missing. Redelivered instances (same SOPInstanceUID) are ignored, which is what makes Kafka replays safe.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from datetime import datetime, timezone
 import numpy as np
 from pydicom import Dataset
 
+from ingest.canonical.ldct import select_series
 from oncostream.errors import RejectedInstance, StudyFailed
 from oncostream.settings import Settings
 from oncostream.study import Study
@@ -50,7 +52,7 @@ class _Pending:
     created: float = 0.0
     by_sop: dict[str, Dataset] = field(default_factory=dict)
     sources: list[Source] = field(default_factory=list)
-    expected: int | None = None  # CT: ImagesInAcquisition
+    expected: dict[str, int] = field(default_factory=dict)  # CT: ImagesInAcquisition per series
     nbytes: int = 0
     failure: StudyFailed | None = None  # an instance assembly could not use: the study fails whole
     closed_early: str | None = None  # why a bound closed it before it completed or went quiet
@@ -69,10 +71,11 @@ def is_localizer(ds: Dataset) -> bool:
 
 
 def assembly_key(ds: Dataset, modality: str) -> str | None:
-    """The unit an instance is assembled into ("MG:<study>" or "CT:<series>"); None when it is ignored."""
+    """The unit an instance is assembled into ("MG:<study>" or "CT:<study>", every series of it: the
+    series read is chosen when the study closes); None when it is ignored."""
     if modality == "MG":
         return f"MG:{ds.StudyInstanceUID}" if mammo_view_key(ds) is not None else None
-    return None if is_localizer(ds) else f"CT:{ds.SeriesInstanceUID}"
+    return None if is_localizer(ds) else f"CT:{ds.StudyInstanceUID}"
 
 
 def _instance_problem(ds: Dataset, modality: str) -> tuple[str, str] | None:
@@ -166,7 +169,7 @@ class Assembler:
         else:
             expected = ds.get("ImagesInAcquisition")
             if expected not in (None, ""):
-                pending.expected = int(expected)
+                pending.expected[str(ds.SeriesInstanceUID)] = int(expected)
         pending.by_sop[sop] = ds
         pending.nbytes += _instance_bytes(ds) if nbytes is None else nbytes
         closed = [self._close(pending)] if self._complete(pending) else []
@@ -220,6 +223,10 @@ class Assembler:
             if any((t, p) in partitions for t, p, _ in pending.sources):
                 del self._pending[key]
 
+    def holds(self, source: Source) -> bool:
+        """Whether a pending study holds the instance that came from `source`."""
+        return any(source in p.sources for p in self._pending.values())
+
     def pending_offsets(self) -> dict[tuple[str, int], int]:
         """Lowest offset still held by an unfinished study, per partition (the commit watermark)."""
         low: dict[tuple[str, int], int] = {}
@@ -234,13 +241,18 @@ class Assembler:
             return False
         if pending.modality == "MG":
             return len(pending.by_sop) == len(MAMMO_VIEWS)
-        return pending.expected is not None and len(pending.by_sop) >= pending.expected
+        # every series seen so far complete: a study's series usually arrive together, and one that
+        # comes after the study closed is ignored as late (logged), so wait for what has begun
+        counts = Counter(str(d.SeriesInstanceUID) for d in pending.by_sop.values())
+        return all(series in pending.expected and count >= pending.expected[series]
+                   for series, count in counts.items())
 
     def _close(self, pending: _Pending) -> Study:
         """Never raises: a study that cannot be closed comes out with ``error`` set (it fails alone)."""
         del self._pending[pending.key]
         datasets = list(pending.by_sop.values())
         missing: list[str] = []
+        series_uid, skipped_series = None, []
         error = pending.failure
         if error is None:
             try:
@@ -249,7 +261,11 @@ class Assembler:
                     missing = [v for v in MAMMO_VIEWS if v not in present]
                     datasets.sort(key=lambda d: MAMMO_VIEWS.index(mammo_view_key(d)))
                 else:
-                    datasets, missing = sort_ct_series(datasets, pending.expected)
+                    choice = select_series(datasets, pending.study_instance_uid)
+                    series_uid, skipped_series = choice.series_instance_uid, choice.skipped
+                    datasets, missing = sort_ct_series(choice.datasets, pending.expected.get(series_uid))
+            except StudyFailed as exc:
+                error = exc
             except Exception as exc:  # noqa: BLE001 - one study's odd instances must not take the others
                 error = StudyFailed("assembly_failed", f"{type(exc).__name__}: {exc}", pending.study_instance_uid)
         if pending.closed_early:
@@ -261,7 +277,8 @@ class Assembler:
         return Study(study_instance_uid=pending.study_instance_uid, modality=pending.modality,
                      datasets=datasets, arrived_at=pending.arrived_at, program=pending.program,
                      incomplete=bool(missing), missing=missing, sources=list(pending.sources),
-                     assembly_key=pending.key, error=error)
+                     assembly_key=pending.key, error=error, series_instance_uid=series_uid,
+                     skipped_series=skipped_series)
 
 
 def sort_ct_series(datasets: list[Dataset], expected: int | None) -> tuple[list[Dataset], list[str]]:

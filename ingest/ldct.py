@@ -14,6 +14,7 @@ from pydicom import Dataset
 from scipy import ndimage
 
 from ingest.backends.base import InferenceBackend, LdctRaw
+from ingest.canonical.ldct import CanonicalOrientation
 from ingest.decode import decode_pixels
 from ingest.preprocess.ldct import PATCH_SIZE, PATCH_SPACING_MM, patch_to_source_index, source_to_patch_index
 from oncostream.errors import OncostreamError
@@ -85,12 +86,44 @@ def series_volume_hu(datasets: list[Dataset]) -> np.ndarray:
     return np.stack(slices)
 
 
+def canonical_geometry(geometry: SeriesGeometry, orientation: CanonicalOrientation) -> SeriesGeometry:
+    """The geometry of the canonical volume: the same voxels in patient space, its axes reordered."""
+    shape = orientation.canonical_shape
+    slices = np.zeros((shape[0], 3))
+    slices[:, 0] = np.arange(shape[0])
+    positions = geometry.to_patient_mm(orientation.stored_index(slices))
+    origin = geometry.to_patient_mm(orientation.stored_index(np.zeros(3)))
+    row_direction = geometry.to_patient_mm(orientation.stored_index(np.array([0.0, 0.0, 1.0]))) - origin
+    column_direction = geometry.to_patient_mm(orientation.stored_index(np.array([0.0, 1.0, 0.0]))) - origin
+    spacing = np.array([geometry.spacing_mm[a] for a in orientation.order])
+    return SeriesGeometry(positions, row_direction / np.linalg.norm(row_direction),
+                          column_direction / np.linalg.norm(column_direction), spacing)
+
+
+def series_orientation(geometry: SeriesGeometry, volume_shape: tuple[int, int, int],
+                       study_instance_uid: str) -> CanonicalOrientation:
+    """How this series' stored volume becomes the canonical one (StudyFailed: oblique or tilted)."""
+    normal = np.cross(geometry.row_direction, geometry.column_direction)
+    directions = np.stack([normal, geometry.column_direction, geometry.row_direction])
+    step = geometry.positions[-1] - geometry.positions[0] if len(geometry.positions) > 1 else None
+    return CanonicalOrientation.from_directions(directions, step, volume_shape, study_instance_uid)
+
+
 def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
-    """Run the LDCT models on one assembled series and express every nodule in patient space."""
+    """Run the LDCT models on one assembled series, brought to the canonical orientation
+    (ingest/canonical/ldct.py), and express every nodule in patient space and every mask on the
+    series' own pixel grid."""
     geometry = SeriesGeometry.from_datasets(study.datasets)
     volume = series_volume_hu(study.datasets)
-    raw = backend.infer_ldct(volume, geometry.spacing_mm.astype(np.float32))
-    nodules = nodules_from_raw(raw, geometry, volume.shape)
+    orientation = series_orientation(geometry, volume.shape, study.study_instance_uid)
+    canonical = orientation.to_canonical(volume)
+    del volume
+    frame = canonical_geometry(geometry, orientation)
+    raw = backend.infer_ldct(canonical, frame.spacing_mm.astype(np.float32))
+    nodules = nodules_from_raw(raw, frame, canonical.shape)
+    for nodule in nodules:
+        if nodule.mask is not None:
+            nodule.mask = orientation.to_stored(nodule.mask)
     return LdctInference(nodules=nodules, model_versions=backend.model_versions())
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 Priority = Literal["URGENT", "HIGH", "ROUTINE", "LOW"]
 Modality = Literal["MG", "CT"]
@@ -65,7 +65,7 @@ class MammoCategory(_Frozen):
 class TriageEvent(_Frozen):
     """Published to ``oncostream.triage`` (key StudyInstanceUID) and written to ``triage.jsonl``."""
 
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: Literal["1.1"] = SCHEMA_VERSION
     study_instance_uid: str
     accession_number: str | None = None
     program: str
@@ -75,8 +75,11 @@ class TriageEvent(_Frozen):
     findings: list[Finding]
     confidence: float = Field(ge=0, le=1)
     needs_human_review: bool
+    review_reasons: list[str] = Field(default_factory=list)  # e.g. "LCC: breast implant"; 1.1
     incomplete: bool = False
     missing: list[str] = Field(default_factory=list)
+    series_instance_uid: str | None = None  # CT: the series read, when the study carried several; 1.1
+    skipped_series: list[str] = Field(default_factory=list)  # CT: "<series uid>: <why not read>"; 1.1
     model_versions: dict[str, str]
     sr_sop_instance_uid: str | None
     seg_sop_instance_uids: list[str] = Field(default_factory=list)

@@ -28,9 +28,11 @@ class Study:
     missing: list[str] = field(default_factory=list)
     # (topic, partition, offset) of every instance, so the worker can advance its watermark
     sources: list[tuple[str, int, int]] = field(default_factory=list)
-    assembly_key: str = ""  # "MG:<StudyInstanceUID>" | "CT:<SeriesInstanceUID>" (ingest.assembly.assembly_key)
+    assembly_key: str = ""  # "MG:<StudyInstanceUID>" | "CT:<StudyInstanceUID>" (ingest.assembly.assembly_key)
     # set when assembly could not make a study of what arrived: it is dead-lettered whole, never processed
     error: StudyFailed | None = None
+    series_instance_uid: str | None = None  # CT: the series read (ingest/canonical/ldct.py select_series)
+    skipped_series: list[str] = field(default_factory=list)  # CT: "<series uid>: <why not read>"
 
     @property
     def accession_number(self) -> str | None:

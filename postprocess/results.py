@@ -132,12 +132,15 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
                                    series_instance_uid=uid("heatmap-series"),
                                    uid_for=lambda sop: uid(f"heatmap/{sop}"), when=when)
 
+    reasons = list(getattr(inference, "review_reasons", []))
     event = TriageEvent(
         study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
         program=study.program or settings.program, modality=modality, priority=priority, category=category,
         findings=findings, confidence=confidence,
-        needs_human_review=needs_human_review(confidence, uncertainty, study.incomplete, policy),
-        incomplete=study.incomplete, missing=list(study.missing), model_versions=versions,
+        needs_human_review=needs_human_review(confidence, uncertainty, study.incomplete, policy) or bool(reasons),
+        review_reasons=reasons, incomplete=study.incomplete, missing=list(study.missing),
+        series_instance_uid=study.series_instance_uid, skipped_series=list(study.skipped_series),
+        model_versions=versions,
         sr_sop_instance_uid=str(sr.SOPInstanceUID), seg_sop_instance_uids=[str(s.SOPInstanceUID) for s in segs],
         arrived_at=study.arrived_at, triaged_at=triaged_at, patient_id=_patient_id(study, settings))
     return StudyResult(study=study, event=event, sr=sr, segs=segs, secondary=secondary)

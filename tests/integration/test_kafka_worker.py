@@ -21,7 +21,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from oncostream.streaming import Worker, produce_files
+from oncostream.app.worker import Worker
+from oncostream.streaming import produce_files
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def corpus(tmp_path_factory) -> Corpus:
 
 @pytest.fixture(scope="module")
 def pipeline():
-    from oncostream.pipeline import Pipeline, make_backend
+    from oncostream.app.pipeline import Pipeline, make_backend
     from oncostream.settings import Settings
 
     settings = Settings()
@@ -227,7 +228,7 @@ def test_twenty_studies_give_exactly_twenty_events_and_one_dead_letter(kafka_top
     assert {key.decode() for key, _ in events} == set(corpus.studies)
     assert {e["study_instance_uid"] for _, e in events} == set(corpus.studies)
     assert {e["modality"] for _, e in events} == {"MG", "CT"}
-    assert all(e["schema_version"] == "1.0" and not e["incomplete"] for _, e in events)
+    assert all(e["schema_version"] == "1.1" and not e["incomplete"] for _, e in events)
 
     srs = sr_references(kafka_topics)
     assert set(srs) == set(corpus.studies)
