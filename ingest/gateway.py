@@ -287,6 +287,8 @@ class Gateway:
             if not isinstance(title, str) or not 0 < len(title.strip()) <= 16:
                 raise ValueError(f"allow: {title!r} is not an AE title of 1..16 characters")
         self.destination = destination
+        if max_instance_bytes is None:  # the destination's settings bound what it would parse anyway
+            max_instance_bytes = getattr(getattr(destination, "settings", None), "max_instance_bytes", None)
         self.max_instance_bytes = max_instance_bytes
         # data sets go to a temporary file as their P-DATA arrives, not into memory: process-wide in
         # pynetdicom, and the gateway is its own process
