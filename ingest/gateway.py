@@ -3,14 +3,13 @@
 DICOM PS3.4 Annex B (Storage Service Class, SCP role), PS3.7 9.1.1 (C-STORE), PS3.8 (associations).
 
 Modalities and PACS push studies here as they always do; each instance is kept as Part 10 bytes
-exactly as received (file meta included, pixel data never re-encoded) and either produced to Kafka
-(``--bootstrap``: topic ``settings.topic_dicom``, key StudyInstanceUID, the same headers and claim
-checks as ``oncostream produce``) or handed to the embedded pipeline (``--out``: assembly, inference
-and the file sink in this process).
+exactly as received (file meta included, pixel data never re-encoded) and handed to a ``Destination``:
+``KafkaDestination`` here (topic ``settings.topic_dicom``, key StudyInstanceUID, the same headers and
+claim checks as ``oncostream produce``), or the embedded study lifecycle (oncostream.app.gateway).
 
 The C-STORE response tells the sender the truth, so that it keeps or retries the instance itself:
-0x0000 once the instance is durably handed on (Kafka acknowledged it, or the assembler holds it);
-0xC000 "cannot understand" with an ErrorComment when the instance cannot be parsed or routed (sending
+0x0000 once the instance is durable (Kafka acknowledged it, or it is fsync'd in the embedded spool);
+0xC000 "cannot understand" with an ErrorComment when the instance is refused (RejectedInstance: sending
 it again will not help); 0xA700 "out of resources" when handing it on failed (it may work later).
 Associations from calling AE titles outside ``--allow`` are rejected before any data moves.
 
@@ -23,13 +22,8 @@ without being read. The gateway listens on loopback unless ``--host`` says other
 from __future__ import annotations
 
 import logging
-import queue
-import signal
-import threading
-import time
 import uuid
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import (
@@ -90,7 +84,6 @@ TRANSFER_SYNTAXES = (
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
-_BACKEND_ATTEMPTS = 5
 _ERROR_COMMENT_MAX = 64  # ErrorComment is LO (PS3.5 6.2)
 # how long one C-STORE may wait for Kafka before answering "out of resources": below the 60 s DIMSE
 # timeout modalities commonly use, so the sender hears a status instead of timing out itself
@@ -149,121 +142,6 @@ class KafkaDestination(Destination):
     def close(self) -> None:
         self._producer.flush(timeout=self.produce_timeout_s)
         self._producer.close(timeout=self.produce_timeout_s)
-
-
-class PipelineDestination(Destination):
-    """The embedded pipeline: assembly under a lock (C-STORE handlers run on one thread per
-    association), inference and the file sink on one worker thread, and a timer thread that closes
-    studies quiet for ``settings.assembly_timeout_s``."""
-
-    def __init__(self, settings: Settings, out: Path):
-        from ingest.assembly import Assembler
-        from oncostream.pipeline import Pipeline, RejectionLog, make_backend
-        from postprocess.file_sink import FileSink
-
-        self.settings = settings
-        out.mkdir(parents=True, exist_ok=True)
-        self._backend = make_backend(settings)
-        self._pipeline = Pipeline(settings, self._backend)
-        self._sink = FileSink(out)
-        self._rejections = RejectionLog(out / "rejected.jsonl")
-        self._assembler = Assembler(settings)
-        self._lock = threading.Lock()
-        self._studies: queue.Queue = queue.Queue()
-        self._stop = threading.Event()
-        self._expiry_interval_s = min(1.0, settings.assembly_timeout_s / 4)
-        self._worker = threading.Thread(target=self._process_loop, name="gateway-pipeline", daemon=True)
-        self._expirer = threading.Thread(target=self._expire_loop, name="gateway-expiry", daemon=True)
-        self._worker.start()
-        self._expirer.start()
-
-    def deliver(self, data: bytes, calling_ae: str) -> None:
-        from ingest.decode import parse_instance, route
-        from oncostream import metrics
-
-        metrics.record(metrics.INSTANCES.inc)
-        metrics.record(metrics.INSTANCE_BYTES.inc, len(data))
-        try:
-            ds = parse_instance(data, max_bytes=self.settings.max_instance_bytes)
-            modality = route(ds)
-        except RejectedInstance as exc:
-            self._rejections.add(exc.reason, exc.detail, f"c-store from {calling_ae}", exc.sop_instance_uid)
-            raise
-        with self._lock:
-            studies = self._assembler.add(ds, modality=modality)
-        for study in studies:
-            self._studies.put(study)
-        self._record_in_flight()
-
-    def _record_in_flight(self) -> None:
-        from oncostream import metrics
-
-        metrics.record(lambda: metrics.IN_FLIGHT.set(len(self._assembler) + self._studies.qsize()))
-
-    def close(self) -> None:
-        """Stop taking time-outs, close every pending study (incomplete ones say so) and finish them."""
-        self._stop.set()
-        self._expirer.join(timeout=10)
-        with self._lock:
-            for study in self._assembler.flush_all():
-                self._studies.put(study)
-        self._studies.put(None)
-        self._worker.join()
-        self._sink.close()
-        self._backend.close()
-
-    def _expire_loop(self) -> None:
-        while not self._stop.wait(self._expiry_interval_s):
-            try:
-                with self._lock:
-                    expired = self._assembler.expire()
-            except Exception:  # noqa: BLE001 - the timer must outlive one bad study
-                log.exception("assembly expiry failed")
-                continue
-            for study in expired:
-                self._studies.put(study)
-
-    def _process_loop(self) -> None:
-        from oncostream import metrics
-        from oncostream.errors import StudyFailed
-        from oncostream.pipeline import record_published
-
-        while (study := self._studies.get()) is not None:
-            try:
-                result = self._process_with_retry(study)
-                self._sink.add(result)
-                self._sink.flush()
-            except StudyFailed as exc:
-                metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
-                self._rejections.add(exc.reason, exc.detail, "study", study.study_instance_uid)
-                continue
-            except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the gateway
-                log.exception("study %s failed", loggable_uid(study.study_instance_uid))
-                metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
-                self._rejections.add("publish_failed", f"{type(exc).__name__}: {exc}", "study",
-                                     study.study_instance_uid)
-                continue
-            finally:
-                self._record_in_flight()
-            record_published(result)
-            log.info("study %s triaged: %s", loggable_uid(study.study_instance_uid), result.event.priority)
-
-    def _process_with_retry(self, study):
-        """The backend may be briefly unavailable (BackendUnavailable.retry_after); the instances are
-        already acknowledged to the sender, so wait for it a few times before giving the study up."""
-        from oncostream.errors import BackendUnavailable
-
-        attempt = 1
-        while True:
-            try:
-                return self._pipeline.process(study)
-            except BackendUnavailable as exc:
-                if attempt >= _BACKEND_ATTEMPTS:
-                    raise
-                log.warning("backend unavailable for study %s (%s); retrying in %.0f s",
-                            loggable_uid(study.study_instance_uid), exc, exc.retry_after)
-                time.sleep(exc.retry_after)
-                attempt += 1
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -339,7 +217,8 @@ class Gateway:
             return "rejected", _status(STATUS_CANNOT_UNDERSTAND, f"{exc.reason}: {exc.detail}")
         except Exception as exc:  # noqa: BLE001 - handlers map every failure to an explicit status
             log.exception("C-STORE from %s: handing on failed", calling_ae)
-            return "failed", _status(STATUS_OUT_OF_RESOURCES, f"cannot hand on instance: {type(exc).__name__}")
+            why = str(exc) if isinstance(exc, OncostreamError) else type(exc).__name__
+            return "failed", _status(STATUS_OUT_OF_RESOURCES, f"cannot hand on instance: {why}")
         return "success", _status(STATUS_SUCCESS)
 
     def _received(self, event) -> bytes:
@@ -358,40 +237,3 @@ class Gateway:
         if self.max_instance_bytes is not None and size > self.max_instance_bytes:
             raise RejectedInstance("oversize", f"instance is {size} bytes, above the limit of "
                                                f"{self.max_instance_bytes} bytes")
-
-
-def main(args) -> int:
-    """`oncostream gateway --port P [--ae-title T] (--bootstrap HOST:PORT | --out DIR) [--allow AE ...]
-    [--host ADDRESS] [--metrics-port P]`."""
-    from oncostream import metrics
-
-    settings = Settings()
-    if args.bootstrap:
-        try:
-            destination: Destination = KafkaDestination(settings, args.bootstrap)
-        except GatewayError as exc:
-            log.error("%s", exc)
-            return 2
-        where = f"Kafka {args.bootstrap} topic {settings.topic_dicom}"
-    else:
-        destination = PipelineDestination(settings, args.out)
-        where = f"the embedded pipeline, outputs in {args.out}"
-    gateway = Gateway(destination, ae_title=args.ae_title, allow=args.allow,
-                      max_instance_bytes=settings.max_instance_bytes)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    port = gateway.start(args.port, host=args.host)
-    if not args.allow:
-        log.warning("no --allow given: any calling AE title may store")
-    served = "" if args.metrics_port is None else f"; metrics on port {metrics.serve(args.metrics_port)}"
-    # tests and operators read this line to learn the ports when 0 was given
-    print(f"gateway {args.ae_title} listening on port {port}, feeding {where}{served}", flush=True)
-    try:
-        while not stop.wait(0.5):  # a bounded wait lets the signal handler run on this thread
-            pass
-    finally:
-        log.info("stopping: no new associations; finishing accepted instances")
-        gateway.stop()
-        destination.close()
-    return 0

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from ingest.base import Source, SourceMessage
 from oncostream.claim_store import ClaimStore
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
-from oncostream.errors import OncostreamError, RejectedInstance
+from oncostream.errors import DeadLetterUnavailable, RejectedInstance
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _MAX_FETCH_BYTES = 72 * 1024 * 1024
 TopicPartitionKey = tuple[str, int]
 
 
-class DeadLetterError(OncostreamError):
+class DeadLetterError(DeadLetterUnavailable):
     """The dead-letter topic did not acknowledge a record; offsets must not move past it."""
 
 
@@ -287,6 +287,8 @@ class KafkaDeadLetter:
 
     Headers: `reason`, `detail`, `source-topic`, `source-partition`, `source-offset`, plus the record's
     own headers (content-type, program, trace-id). Like a sink: add() then flush() before committing.
+    A record is forgotten only once the broker acknowledged it: a refused one stays pending (its offset
+    held, see ``pending_offsets``) and is sent again by the next flush, which raises until it succeeds.
     """
 
     name = "dlq"
@@ -294,25 +296,50 @@ class KafkaDeadLetter:
     def __init__(self, producer, topic: str):
         self._producer = producer
         self.topic = topic
-        self._futures: list = []
+        # source (topic, partition, offset) -> (message, error, future or None when it must be sent again)
+        self._pending: dict[tuple, tuple[SourceMessage, RejectedInstance, object]] = {}
+        self.failing = False  # the last flush raised: the worker pauses consumption until one succeeds
 
     def add(self, message: SourceMessage, error: RejectedInstance) -> None:
+        source = (message.topic, message.partition, message.offset)
+        self._pending[source] = (message, error, self._send(message, error))
+
+    def _send(self, message: SourceMessage, error: RejectedInstance):
         headers = {k: v for k, v in message.headers.items()
                    if k not in ("reason", "detail", "source-topic", "source-partition", "source-offset")}
         headers.update({"reason": error.reason, "detail": error.detail, "source-topic": str(message.topic),
                         "source-partition": str(message.partition), "source-offset": str(message.offset)})
         key = message.key if isinstance(message, KafkaMessage) else None
-        self._futures.append(self._producer.send(self.topic, key=key, value=message.data,
-                                                 headers=encode_headers(headers)))
+        try:
+            return self._producer.send(self.topic, key=key, value=message.data, headers=encode_headers(headers))
+        except Exception:  # noqa: BLE001 - the producer may refuse at once (buffer full); flush sends again
+            log.warning("dead-letter record not queued; it will be sent again at the next flush", exc_info=True)
+            return None
+
+    def pending_offsets(self) -> dict[TopicPartitionKey, int]:
+        """Lowest offset per partition whose dead-letter record is not acknowledged yet (the watermark)."""
+        low: dict[TopicPartitionKey, int] = {}
+        for topic, partition, offset in self._pending:
+            if topic is not None and partition is not None and offset is not None:
+                low[(topic, partition)] = min(offset, low.get((topic, partition), offset))
+        return low
 
     def flush(self, timeout_s: float = 60.0) -> None:
+        for source, (message, error, future) in list(self._pending.items()):
+            if future is None or (future.is_done and future.failed()):
+                self._pending[source] = (message, error, self._send(message, error))
+        self.failing = True
         try:
             self._producer.flush(timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001 - kafka-python raises KafkaTimeoutError among others
             raise DeadLetterError(f"dead-letter flush failed: {type(exc).__name__}: {exc}") from exc
-        futures, self._futures = self._futures, []
-        for future in futures:
-            if not future.is_done:
-                raise DeadLetterError(f"dead-letter publish not acknowledged within {timeout_s:.0f} s")
-            if future.failed():
-                raise DeadLetterError(f"dead-letter publish failed: {future.exception}")
+        problem = None
+        for source, (message, error, future) in list(self._pending.items()):
+            if future is not None and future.is_done and not future.failed():
+                del self._pending[source]
+            elif problem is None:
+                problem = ("not acknowledged" if future is None or not future.is_done
+                           else f"refused: {future.exception}")
+        if problem is not None:
+            raise DeadLetterError(f"{len(self._pending)} dead-letter record(s) {problem}")
+        self.failing = False

@@ -12,10 +12,10 @@ from pathlib import Path
 # command -> "module:function"; each handler takes the parsed argparse.Namespace and returns an exit code
 _HANDLERS = {
     "synth": "oncostream.synth.command:main",
-    "run": "oncostream.pipeline:main_run",
+    "run": "oncostream.app.run:main_run",
     "produce": "oncostream.streaming:main_produce",
-    "worker": "oncostream.streaming:main_worker",
-    "gateway": "ingest.gateway:main",
+    "worker": "oncostream.app.worker:main_worker",
+    "gateway": "oncostream.app.gateway:main",
     "models": "oncostream.model_build:main",
     "eval": "oncostream.evaluation:main",
 }

@@ -29,7 +29,7 @@ def _embedded(data_dir: Path, out: Path) -> tuple[float, int, int, int]:
     from ingest.assembly import Assembler
     from ingest.decode import parse_instance, route
     from ingest.directory import DirectorySource
-    from oncostream.pipeline import Pipeline, make_backend
+    from oncostream.app.pipeline import Pipeline, make_backend
     from oncostream.settings import Settings
     from postprocess.file_sink import FileSink
 

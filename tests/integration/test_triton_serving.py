@@ -149,7 +149,7 @@ def test_mammo_ensemble_equals_embedded(triton, embedded):
 
 
 def test_same_findings_and_triage_as_embedded(settings, triton, embedded, studies):
-    from oncostream.pipeline import Pipeline
+    from oncostream.app.pipeline import Pipeline
 
     volatile = {"triaged_at"}
     findings = 0

@@ -1,0 +1,272 @@
+"""The study lifecycle, written once: receive -> validate -> assemble -> process -> publish to every sink
+-> acknowledge, with one failure policy.
+
+`oncostream run`, `worker` and `gateway` differ only in their source, their dead-letter sink (the DLQ
+topic, or `rejected.jsonl`) and how they acknowledge (nothing, a Kafka commit, a DIMSE status). Each
+hands its assembled studies to ``StudyLifecycle.finish``, which ends every study in exactly one way:
+published to every sink, dead-lettered with a reason covering every instance it was made of, or
+abandoned unacknowledged at shutdown (replayed from Kafka or the gateway's spool). ``FAILURE_POLICY`` is
+the whole policy; docs/RELIABILITY.md is its reading with the test that covers each row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+
+from oncostream import metrics
+from oncostream.errors import BackendUnavailable, DeadLetterUnavailable, StudyFailed
+from oncostream.settings import Settings
+from oncostream.study import Study, StudyResult
+
+log = logging.getLogger(__name__)
+
+
+class Failure(str, Enum):
+    BAD_INSTANCE = "bad_instance"  # parse, route or assembly refused one instance
+    BAD_STUDY = "bad_study"  # assembly could not close it, or processing failed it
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    SINK_TRANSIENT = "sink_transient"  # a sink may accept later (network, broker, PACS busy)
+    SINK_REFUSED = "sink_refused"  # a sink refused for good (SinkError.permanent)
+    DEAD_LETTER_UNAVAILABLE = "dead_letter_unavailable"  # DLQ topic or rejection log refused a record
+    NOT_DURABLE = "not_durable"  # the gateway could not make an instance durable (disk full, spool unwritable)
+    LATE_INSTANCE = "late_instance"  # an instance of a study already published or dead-lettered
+    ASSEMBLY_BOUND = "assembly_bound"  # pending studies, pending bytes or a study's age at its cap
+    SHUTDOWN = "shutdown"
+
+
+class Action(str, Enum):
+    DEAD_LETTER = "dead-letter with the reason and every source of what failed"
+    RETRY = "retry with exponential backoff; nothing it covers is acknowledged meanwhile"
+    PAUSE = "pause: refuse or stop consuming new input, retry with backoff until it works"
+    IGNORE = "ignore and log (the published result stands)"
+    CLOSE_EARLY = "close the oldest pending study early, marked incomplete with the reason"
+    ABANDON = "leave unacknowledged: replayed after restart"
+
+
+@dataclass(frozen=True)
+class Policy:
+    action: Action
+    dimse_status: int | None  # what the gateway answers the C-STORE this failure meets (PS3.4 B.2.3)
+
+
+# PS3.4 B.2.3: 0xC000 "cannot understand" (resending will not help), 0xA700 "out of resources" (may clear)
+STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+
+FAILURE_POLICY: dict[Failure, Policy] = {
+    Failure.BAD_INSTANCE: Policy(Action.DEAD_LETTER, STATUS_CANNOT_UNDERSTAND),
+    Failure.BAD_STUDY: Policy(Action.DEAD_LETTER, None),
+    Failure.BACKEND_UNAVAILABLE: Policy(Action.RETRY, None),
+    Failure.SINK_TRANSIENT: Policy(Action.RETRY, None),  # settings.delivery_attempts, then dead-letter
+    Failure.SINK_REFUSED: Policy(Action.DEAD_LETTER, None),
+    Failure.DEAD_LETTER_UNAVAILABLE: Policy(Action.PAUSE, STATUS_OUT_OF_RESOURCES),
+    Failure.NOT_DURABLE: Policy(Action.PAUSE, STATUS_OUT_OF_RESOURCES),
+    Failure.LATE_INSTANCE: Policy(Action.IGNORE, STATUS_SUCCESS),
+    Failure.ASSEMBLY_BOUND: Policy(Action.CLOSE_EARLY, None),
+    Failure.SHUTDOWN: Policy(Action.ABANDON, None),
+}
+
+
+class Outcome(str, Enum):
+    PUBLISHED = "published"
+    DEAD_LETTERED = "dead_lettered"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class Finished:
+    outcome: Outcome
+    result: StudyResult | None = None
+    reason: str | None = None
+
+
+def validate(data: bytes, settings: Settings):
+    """Parse and route one received instance: (dataset, modality); RejectedInstance when unusable."""
+    from ingest.decode import parse_instance, route
+
+    ds = parse_instance(data, max_bytes=settings.max_instance_bytes)
+    return ds, route(ds)
+
+
+def record_published(result: StudyResult) -> None:
+    """Metrics once a study's outputs are durably published."""
+    event = result.event
+    outcome = "incomplete" if event.incomplete else "triaged"
+    latency = (event.triaged_at - event.arrived_at).total_seconds()
+    metrics.record(lambda: metrics.STUDIES.labels(modality=event.modality, outcome=outcome).inc())
+    metrics.record(lambda: metrics.STUDY_LATENCY.labels(modality=event.modality).observe(max(latency, 0.0)))
+    metrics.record(lambda: metrics.PRIORITY.labels(modality=event.modality, priority=event.priority).inc())
+
+
+class DeadLetter(ABC):
+    """Where failed studies and rejected instances go, with a reason. add() then flush(), like a sink;
+    flush() raises DeadLetterUnavailable until everything added is durable."""
+
+    @abstractmethod
+    def add_study(self, study: Study, reason: str, detail: str) -> None:
+        """Dead-letter every instance the study was assembled from."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Make everything added durable, or raise DeadLetterUnavailable (and keep it for the next flush)."""
+
+
+class RejectionLog(DeadLetter):
+    """The file dead-letter sink: `rejected.jsonl`, one line per rejected instance (failed studies: one
+    line per instance, each naming its origin). Lines are written and fsync'd by flush(); thread-safe
+    (the gateway adds from its C-STORE threads and its pipeline thread)."""
+
+    def __init__(self, path: Path, origin_of: Callable[[tuple], str] = str):
+        self.path = Path(path)
+        self.origin_of = origin_of  # source -> a file name or spool entry, for the line's `origin`
+        self.count = 0
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        try:  # surface an unwritable log at start, not at the first rejection
+            self.path.open("a", encoding="utf-8").close()
+        except OSError as exc:
+            raise DeadLetterUnavailable(f"cannot write the rejection log {self.path}: {exc}") from exc
+
+    def add_instance(self, reason: str, detail: str, origin: str, uid: str | None) -> None:
+        metrics.record(lambda: metrics.DLQ.labels(reason=reason).inc())
+        line = json.dumps({"reason": reason, "detail": detail, "origin": origin, "uid": uid,
+                           "at": datetime.now(timezone.utc).isoformat()})
+        with self._lock:
+            self.count += 1
+            self._lines.append(line)
+
+    def add_study(self, study: Study, reason: str, detail: str) -> None:
+        study_uid = study.study_instance_uid
+        if not study.sources:
+            self.add_instance(reason, detail, "study", study_uid)
+        for source in study.sources:
+            self.add_instance(reason, detail, self.origin_of(source), study_uid)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._lines:
+                return
+            try:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write("".join(line + "\n" for line in self._lines))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise DeadLetterUnavailable(f"cannot write the rejection log {self.path}: {exc}") from exc
+            self._lines.clear()
+
+
+def backoff_delay(settings: Settings, attempt: int) -> float:
+    """Exponential backoff: retry_initial_s * 2**attempt, capped at retry_max_s."""
+    return min(settings.retry_initial_s * 2 ** min(attempt, 32), settings.retry_max_s)
+
+
+class StudyLifecycle:
+    """Process -> publish to every sink -> (caller acknowledges), under FAILURE_POLICY.
+
+    ``wait(seconds)`` backs off the caller's way (the worker keeps polling paused partitions so it stays in
+    its group) and returns False once the caller is shutting down. ``paused`` is True while the dead-letter
+    sink is unavailable: the caller must not acknowledge new input meanwhile (the gateway answers 0xA700).
+    """
+
+    def __init__(self, settings: Settings, pipeline, sinks: list, dead_letter: DeadLetter,
+                 wait: Callable[[float], bool], assembler=None):
+        self.settings = settings
+        self.pipeline = pipeline
+        self.sinks = list(sinks)
+        self.dead_letter = dead_letter
+        self.wait = wait
+        self.assembler = assembler  # told which studies are finished, so late instances are ignored
+        self.paused = False
+
+    def finish(self, study: Study) -> Finished:
+        if study.error is not None:
+            return self._dead_letter(study, study.error.reason, study.error.detail)
+        attempt = 0
+        while True:
+            try:
+                result = self.pipeline.process(study)
+                break
+            except BackendUnavailable as exc:
+                delay = max(exc.retry_after, backoff_delay(self.settings, attempt))
+                log.warning("backend unavailable (%s); retrying in %.0f s", exc, delay)
+                if not self.wait(delay):
+                    return Finished(Outcome.ABANDONED, reason=Failure.SHUTDOWN.value)
+                attempt += 1
+            except StudyFailed as exc:
+                return self._dead_letter(study, exc.reason, exc.detail)
+        return self._publish(study, result)
+
+    def _publish(self, study: Study, result: StudyResult) -> Finished:
+        from postprocess.errors import SinkError
+
+        for attempt in range(self.settings.delivery_attempts):
+            try:
+                for sink in self.sinks:
+                    sink.add(result)
+                for sink in self.sinks:
+                    sink.flush()
+            except Exception as exc:  # noqa: BLE001 - no sink error may escape: each maps to a policy row
+                error = exc if isinstance(exc, SinkError) else SinkError(
+                    getattr(exc, "sink", "sink"), f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, SinkError) and error.permanent:
+                    self._discard(study)
+                    return self._dead_letter(study, "delivery_refused", str(error))
+                if attempt + 1 >= self.settings.delivery_attempts:
+                    self._discard(study)
+                    return self._dead_letter(study, "delivery_failed", f"after {attempt + 1} attempts: {error}")
+                delay = backoff_delay(self.settings, attempt)
+                log.warning("delivery failed (%s); retrying in %.1f s", error, delay)
+                if not self.wait(delay):
+                    self._discard(study)
+                    return Finished(Outcome.ABANDONED, reason=Failure.SHUTDOWN.value)
+                continue
+            record_published(result)
+            self._finished(study)
+            return Finished(Outcome.PUBLISHED, result=result)
+        raise AssertionError("unreachable: the last attempt dead-letters")
+
+    def _discard(self, study: Study) -> None:
+        for sink in self.sinks:
+            try:
+                sink.discard(study.study_instance_uid)
+            except Exception:  # noqa: BLE001 - a sink that cannot forget resends an idempotent result
+                log.exception("sink %s could not discard a study", getattr(sink, "name", sink))
+
+    def _dead_letter(self, study: Study, reason: str, detail: str) -> Finished:
+        log.error("a %s study goes to the dead-letter sink: %s", study.modality, reason)
+        metrics.record(lambda: metrics.STUDIES.labels(modality=study.modality, outcome="failed").inc())
+        self.dead_letter.add_study(study, reason, detail)
+        if not self.flush_dead_letter():
+            return Finished(Outcome.ABANDONED, reason=Failure.SHUTDOWN.value)
+        self._finished(study)
+        return Finished(Outcome.DEAD_LETTERED, reason=reason)
+
+    def flush_dead_letter(self) -> bool:
+        """Flush the dead-letter sink, pausing (and retrying with backoff) while it refuses; False when the
+        caller shut down first (what it covers stays unacknowledged)."""
+        attempt = 0
+        while True:
+            try:
+                self.dead_letter.flush()
+                self.paused = False
+                return True
+            except (DeadLetterUnavailable, OSError) as exc:
+                self.paused = True
+                delay = backoff_delay(self.settings, attempt)
+                log.error("dead-letter sink unavailable (%s); pausing, retrying in %.1f s", exc, delay)
+                if not self.wait(delay):
+                    return False
+                attempt += 1
+
+    def _finished(self, study: Study) -> None:
+        if self.assembler is not None and study.assembly_key:
+            self.assembler.finished(study.assembly_key)

@@ -1,0 +1,69 @@
+"""Composition of one study's processing: assembled study -> backend -> postprocess (a StudyResult)."""
+
+from __future__ import annotations
+
+import logging
+
+from oncostream import metrics
+from oncostream.errors import BackendUnavailable, OncostreamError, StudyFailed
+from oncostream.settings import Settings
+from oncostream.study import Study, StudyResult
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(settings: Settings):
+    """The configured InferenceBackend: embedded (default) or Triton over gRPC."""
+    if settings.backend == "triton":
+        from ingest.backends.triton import TritonBackend
+
+        return TritonBackend(settings)
+    from ingest.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(settings.model_repository)
+
+
+def delivery_sinks(settings: Settings) -> list:
+    """PACS delivery configured in the settings: C-STORE SCU and/or DICOMweb STOW-RS."""
+    sinks = []
+    if settings.pacs_address:
+        from postprocess.pacs_sink import PacsSink
+
+        sinks.append(PacsSink.from_address(settings.pacs_address, called_ae=settings.pacs_called_ae))
+    if settings.stow_rs_url:
+        from postprocess.stow_sink import StowRsSink
+
+        password = settings.stow_rs_password.get_secret_value() if settings.stow_rs_password else None
+        sinks.append(StowRsSink(settings.stow_rs_url, username=settings.stow_rs_username, password=password))
+    return sinks
+
+
+class Pipeline:
+    """Processes one assembled study at a time; a failing study raises StudyFailed and fails alone."""
+
+    def __init__(self, settings: Settings, backend):
+        self.settings = settings
+        self.backend = backend
+
+    def process(self, study: Study) -> StudyResult:
+        from postprocess.results import build_result
+
+        kind = "ldct" if study.modality == "CT" else "mammo"
+        try:
+            with metrics.timed(metrics.INFERENCE_SECONDS, model=f"{kind}_screening"):
+                if study.modality == "CT":
+                    from ingest.ldct import infer_ldct_study
+
+                    inference = infer_ldct_study(self.backend, study)
+                else:
+                    from ingest.mammo import infer_mammo_study
+
+                    inference = infer_mammo_study(self.backend, study, repository=self.settings.model_repository)
+            return build_result(study, inference, self.settings)
+        except (BackendUnavailable, StudyFailed):
+            raise
+        except OncostreamError as exc:
+            raise StudyFailed("processing_failed", str(exc), study.study_instance_uid) from exc
+        except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
+            log.exception("a %s study failed in processing", study.modality)
+            raise StudyFailed("processing_failed", f"{type(exc).__name__}: {exc}", study.study_instance_uid) from exc

@@ -1,0 +1,336 @@
+"""`oncostream worker`: a Kafka consumer-group member driving the study lifecycle.
+
+Poll, validate, assemble, then `StudyLifecycle.finish` each completed study (process, publish to every
+sink, or dead-letter it whole), and only then commit. The commit rule is `Watermark` (oncostream.streaming):
+a partition's committed offset never passes an instance whose study is unfinished or whose dead-letter
+record the broker has not acknowledged. A crash replays unfinished studies; output UIDs are deterministic,
+so replays republish identical results.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from datetime import datetime, timezone
+
+from oncostream.app.lifecycle import DeadLetter, Outcome, StudyLifecycle, validate
+from oncostream.errors import RejectedInstance
+from oncostream.settings import Settings
+from oncostream.streaming import (
+    PublishedAhead,
+    TopicPartitionKey,
+    Watermark,
+    lowest_offsets,
+    make_producer,
+    merge_lowest,
+    quiet_kafka_client_logs,
+)
+
+log = logging.getLogger(__name__)
+
+_COMMIT_INTERVAL_S = 1.0
+_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class _TopicDeadLetter(DeadLetter):
+    """A failed study's instances to the DLQ topic: each held record with its reason and source offset."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+
+    def add_study(self, study, reason: str, detail: str) -> None:
+        for source in sorted(set(study.sources)):
+            message = self._worker._held.get(source)
+            if message is not None:
+                self._worker.dlq.add(message, RejectedInstance(reason, detail))
+
+    def flush(self) -> None:
+        self._worker.dlq.flush()
+
+
+class Worker:
+    """One consumer-group member: poll, parse, assemble, finish studies, commit.
+
+    Single-threaded on purpose: the commit rule is easiest to trust when one loop owns every offset.
+    (Rebalance callbacks run on kafka-python's I/O thread, but only while this loop is blocked in poll.)
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, topic: str, pipeline, sinks: list,
+                 max_studies: int | None = None, producer=None):
+        from ingest.assembly import Assembler
+        from ingest.kafka_source import ClaimCheckResolver, KafkaDeadLetter, KafkaSource
+        from oncostream.claim_store import ClaimStore
+        from postprocess.kafka_sink import KafkaSink
+
+        self.settings = settings
+        self.max_studies = max_studies
+        self.published = 0
+        self.dead_lettered = 0
+        self.stopping = False
+        self.assembler = Assembler(settings)
+        self.watermark = Watermark()
+        self.ahead = PublishedAhead()
+        self._ahead_loaded: set[TopicPartitionKey] = set()
+        self.resolver = ClaimCheckResolver(settings.max_instance_bytes,
+                                           ClaimStore(settings.claim_check_dir, settings.claim_check_max_age_s))
+        self._producer = producer or make_producer(bootstrap, client_id="oncostream-worker")
+        self.dlq = KafkaDeadLetter(self._producer, settings.topic_dlq)
+        self.sinks = [KafkaSink(self._producer, settings.topic_triage, settings.topic_results), *sinks]
+        self.lifecycle = StudyLifecycle(settings, pipeline, self.sinks, _TopicDeadLetter(self), self._wait,
+                                        assembler=self.assembler)
+        self._queue: list = []  # completed studies not yet finished
+        self._held: dict[tuple[str, int, int], object] = {}  # messages of unfinished studies, by source
+        self._last_commit = time.monotonic()
+        self.source = KafkaSource(bootstrap, topic, settings.consumer_group,
+                                  on_revoked=self._on_revoked, on_assigned=self._on_assigned)
+
+    # -- rebalance
+    def _on_revoked(self, partitions: set[TopicPartitionKey]) -> None:
+        """Send a last commit of what is finished, then forget the rest: the partitions' new owner replays it.
+
+        Runs on kafka-python's I/O thread, hence the asynchronous commit; everything finished was already
+        flushed and committed synchronously by the loop, so this only saves replays, never data.
+        """
+        try:
+            # held offsets include unacknowledged dead-letter records, so this never passes one
+            offsets = self.watermark.to_commit(self._held_offsets())
+            if offsets:
+                self.source.commit_async(offsets, self._commit_metadata(offsets))
+        except Exception:  # noqa: BLE001 - the new owner replays from the last commit either way
+            log.exception("commit on revoke failed; partitions will be replayed from the last commit")
+        self.assembler.drop_partitions(partitions)
+        self._queue = [s for s in self._queue if not any((t, p) in partitions for t, p, _ in s.sources)]
+        self._held = {k: v for k, v in self._held.items() if (k[0], k[1]) not in partitions}
+        self.watermark.forget(partitions)
+        self.ahead.forget(partitions)
+        self._ahead_loaded -= set(partitions)
+
+    def _on_assigned(self, partitions: set[TopicPartitionKey]) -> None:
+        # the consumer resumes from each partition's committed offset by itself; nothing is paused now
+        log.info("resuming %d partitions from their committed offsets", len(partitions))
+
+    # -- the loop
+    def run(self) -> int:
+        """Returns 0 when stopped or done; 1 when the loop met an error no policy row covers (logged,
+        nothing committed past it)."""
+        from oncostream import metrics
+
+        status = 0
+        try:
+            while not self.stopping and not self._done():
+                messages = self.source.poll(timeout_s=0.5)
+                for message in messages:
+                    self._accept(message)
+                    if self.stopping:
+                        break
+                self._queue.extend(self.assembler.expire())
+                self._finish_queue()
+                self._commit()
+                self._apply_backpressure()
+                metrics.record(metrics.IN_FLIGHT.set, len(self.assembler) + len(self._queue))
+        except Exception:  # noqa: BLE001 - the commit rule still holds: unfinished studies are replayed
+            log.exception("worker loop failed; stopping without committing past unfinished studies")
+            status = 1
+        finally:
+            self._shutdown()
+        return status
+
+    def _done(self) -> bool:
+        return self.max_studies is not None and self.published >= self.max_studies
+
+    def _accept(self, message) -> None:
+        from ingest.assembly import assembly_key
+        from ingest.kafka_source import instance_bytes
+        from oncostream import metrics
+
+        source = (message.topic, message.partition, message.offset)
+        self.watermark.consumed((message.topic, message.partition), message.offset)
+        metrics.record(metrics.INSTANCES.inc)
+        try:
+            data = instance_bytes(message, self.resolver)
+            metrics.record(metrics.INSTANCE_BYTES.inc, len(data))
+            ds, modality = validate(data, self.settings)
+        except RejectedInstance as exc:
+            log.warning("rejected an instance (%s): %s", message.origin, exc.reason)
+            self._dead_letter(message, exc)
+            return
+        partition = (message.topic, message.partition)
+        if partition not in self._ahead_loaded:
+            self.ahead.load(partition, self.source.committed_metadata(partition))
+            self._ahead_loaded.add(partition)
+        key = assembly_key(ds, modality)
+        if key is not None and self.ahead.already_published(partition, key, message.offset):
+            log.info("skipping %s: its study was published before the last commit", message.origin)
+            return
+        self._held[source] = message
+        program = message.headers.get("program") or None
+        try:
+            completed = self.assembler.add(ds, source=source, modality=modality, program=program,
+                                           nbytes=len(data))
+        except RejectedInstance as exc:
+            self._held.pop(source, None)
+            self._dead_letter(message, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - one odd instance must not stop the worker
+            log.exception("cannot assemble %s", message.origin)
+            self._held.pop(source, None)
+            self._dead_letter(message, RejectedInstance("assembly_failed", f"{type(exc).__name__}: {exc}"))
+            return
+        self._queue.extend(completed)
+
+    def _dead_letter(self, message, exc: RejectedInstance) -> None:
+        from oncostream import metrics
+
+        self.dlq.add(message, exc)
+        metrics.record(lambda: metrics.DLQ.labels(reason=exc.reason).inc())
+
+    def _finish_queue(self) -> None:
+        """Finish completed studies in order; a study the lifecycle abandons (shutdown) stays queued, held."""
+        finished = 0
+        while self._queue and not self.stopping and not self._done():
+            study = self._queue[0]
+            study.arrived_at = self._arrival(study)
+            outcome = self.lifecycle.finish(study)
+            if outcome.outcome is Outcome.ABANDONED:
+                break
+            self._queue.pop(0)
+            if outcome.outcome is Outcome.PUBLISHED:
+                self.ahead.published(study.assembly_key, study.sources)
+                self.published += 1
+            else:
+                self.dead_lettered += 1
+            self._release(study)
+            finished += 1
+        if finished:
+            log.info("finished %d studies (%d published in total)", finished, self.published)
+            self._commit(force=True)
+
+    def _arrival(self, study) -> datetime:
+        """When the study's first instance reached Kafka: the same on every replay, unlike wall time."""
+        stamps = [self._held[s].timestamp_ms for s in study.sources if s in self._held and self._held[s].timestamp_ms]
+        if not stamps:
+            return study.arrived_at
+        return datetime.fromtimestamp(min(stamps) / 1000, tz=timezone.utc)
+
+    def _release(self, study) -> None:
+        for source in study.sources:
+            self._held.pop(source, None)
+
+    def _held_offsets(self) -> dict[TopicPartitionKey, int]:
+        """Lowest offset per partition of any study not yet finished (assembling or queued), and of any
+        instance whose dead-letter record is not acknowledged yet."""
+        return merge_lowest(self.assembler.pending_offsets(),
+                            lowest_offsets(s for study in self._queue for s in study.sources),
+                            self.dlq.pending_offsets())
+
+    def _commit(self, force: bool = False, timeout_s: float = 60.0) -> None:
+        from oncostream.errors import DeadLetterUnavailable
+
+        if not force and time.monotonic() - self._last_commit < _COMMIT_INTERVAL_S:
+            return
+        self._last_commit = time.monotonic()
+        try:
+            self.dlq.flush(timeout_s)  # a dead-lettered instance counts as done only once the DLQ acknowledged it
+        except DeadLetterUnavailable as exc:
+            log.error("dead-letter topic unavailable (%s); offsets stay before its records", exc)
+        offsets = self.watermark.to_commit(self._held_offsets(), refresh=self.ahead.changed)
+        if not offsets:
+            return
+        try:
+            self.source.commit(offsets, self._commit_metadata(offsets), timeout_s=min(timeout_s, 30.0))
+        except Exception as exc:  # noqa: BLE001 - an uncommitted offset means a replay, never a loss
+            log.warning("commit failed, retrying with the next commit: %s: %s", type(exc).__name__, exc)
+            return
+        self.watermark.committed(offsets)
+        self.ahead.committed(offsets)
+        # messages below a committed offset belong to no unfinished study (ignored views, localizers)
+        self._held = {k: v for k, v in self._held.items() if k[2] >= offsets.get((k[0], k[1]), -1)}
+        log.debug("committed %s", offsets)
+
+    def _commit_metadata(self, offsets: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, str]:
+        return {partition: self.ahead.metadata(partition, offset) for partition, offset in offsets.items()}
+
+    def _apply_backpressure(self) -> None:
+        """Bound in-flight studies by pausing partitions instead of buffering; pause everything while the
+        dead-letter topic refuses records (FAILURE_POLICY: dead-letter sink unavailable -> pause).
+
+        At the bound, only partitions that hold an unfinished study keep flowing: pausing those too would
+        starve the very studies whose completion frees capacity (a study lives on one partition).
+        """
+        if self.dlq.failing:
+            if self.source.assignment() - self.source.paused:
+                log.warning("dead-letter records not acknowledged: pausing consumption")
+            self.source.pause()
+            return
+        in_flight = len(self.assembler) + len(self._queue)
+        if in_flight >= self.settings.max_in_flight_studies:
+            busy = set(self._held_offsets())
+            idle = self.source.assignment() - busy
+            if idle - self.source.paused:
+                log.info("%d studies in flight: pausing %d partitions", in_flight, len(idle))
+            self.source.pause_only(idle)
+        elif self.source.paused:
+            log.info("%d studies in flight: resuming consumption", in_flight)
+            self.source.resume()
+
+    def _wait(self, seconds: float) -> bool:
+        """Back off without leaving the group: poll paused partitions (heartbeats continue). False once
+        stopping, which tells the lifecycle to abandon (leave unacknowledged) what it was retrying."""
+        self.source.pause()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stopping:
+            self.source.poll(timeout_s=min(0.5, max(deadline - time.monotonic(), 0.0)))
+        self.source.resume()
+        return not self.stopping
+
+    def _shutdown(self) -> None:
+        """Commit what was finished; abandon (do not commit) anything still assembling or queued."""
+        try:
+            if self._queue or len(self.assembler):
+                log.info("stopping with %d studies unfinished; they will be replayed",
+                         len(self._queue) + len(self.assembler))
+            # bounded, so that SIGTERM ends the process within an orchestrator's grace period
+            self._commit(force=True, timeout_s=_SHUTDOWN_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - nothing committed means a replay, never a loss
+            log.exception("final commit failed; uncommitted studies will be replayed")
+        finally:
+            self.source.close()
+            for sink in self.sinks[1:]:
+                sink.close()
+            self._producer.close(timeout=_SHUTDOWN_TIMEOUT_S)
+
+    def stop(self, *_args) -> None:
+        self.stopping = True
+
+
+def main_worker(args) -> int:
+    """`oncostream worker --bootstrap HOST:PORT [--topic T] [--triton HOST:PORT] [--max-studies N] [--out DIR]`."""
+    from oncostream import metrics
+    from oncostream.app.pipeline import Pipeline, delivery_sinks, make_backend
+
+    quiet_kafka_client_logs()
+    settings = Settings()
+    settings = settings.model_copy(update={"kafka_bootstrap": args.bootstrap})
+    if args.triton:
+        settings = settings.model_copy(update={"backend": "triton", "triton_url": args.triton})
+    if args.metrics_port is not None:
+        log.info("metrics on port %d", metrics.serve(args.metrics_port))
+    sinks = []
+    if args.out is not None:
+        from postprocess.file_sink import FileSink
+
+        sinks.append(FileSink(args.out))
+    sinks.extend(delivery_sinks(settings))  # PACS by C-STORE / STOW-RS when the settings name one
+    backend = make_backend(settings)
+    worker = Worker(settings, args.bootstrap, args.topic or settings.topic_dicom, Pipeline(settings, backend),
+                    sinks, max_studies=args.max_studies)
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    try:
+        status = worker.run()
+    finally:
+        backend.close()
+    log.info("worker stopped after publishing %d studies (%d dead-lettered)", worker.published,
+             worker.dead_lettered)
+    return status
