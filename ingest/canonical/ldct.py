@@ -26,6 +26,9 @@ from pydicom import Dataset
 from oncostream.errors import StudyFailed
 
 MAX_OBLIQUE_DEG = 0.5
+# a thin-section series (screening protocols ask for <= 1.0-1.25 mm): once one is complete, the study
+# need not wait for its quiet timeout in case a better series is still coming
+THIN_SERIES_MM = 1.5
 # ConvolutionKernel values (or parts of them) that vendors use for lung / sharp reconstructions
 _LUNG_KERNELS = ("LUNG", "SHARP", "BONE", "DETAIL", "B50", "B60", "B70", "BR5", "BR6", "BL5", "BL6", "I50",
                  "I70", "FC5", "YB", "YC", "YD", "RAMLAK")
@@ -70,6 +73,14 @@ def _thickness_mm(members: list[Dataset]) -> float:
 def is_lung_kernel(ds: Dataset) -> bool:
     kernel = " ".join(str(v).upper() for v in np.atleast_1d(ds.get("ConvolutionKernel", "") or ""))
     return any(k in kernel for k in _LUNG_KERNELS)
+
+
+def has_thin_series(datasets: list[Dataset]) -> bool:
+    """Whether an eligible series of at most ``THIN_SERIES_MM`` is among ``datasets``."""
+    by_series: dict[str, list[Dataset]] = defaultdict(list)
+    for ds in datasets:
+        by_series[str(ds.SeriesInstanceUID)].append(ds)
+    return any(_series_problem(m) is None and _thickness_mm(m) <= THIN_SERIES_MM for m in by_series.values())
 
 
 @dataclass(frozen=True)

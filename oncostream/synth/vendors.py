@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 Transform = Callable[[list[Dataset]], list[Dataset]]
@@ -34,6 +35,11 @@ def _with_pixels(ds: Dataset, pixels: np.ndarray) -> Dataset:
     dtype = np.int16 if int(out.PixelRepresentation) == 1 else np.uint16
     out.PixelData = pixels.astype(dtype).tobytes()
     return out
+
+
+def derived_uid(uid: str, role: str) -> str:
+    """A new UID for an object derived from ``uid`` (deterministic, valid length)."""
+    return str(generate_uid(entropy_srcs=[str(uid), role]))
 
 
 def _swap_letters(value: str) -> str:
@@ -191,8 +197,8 @@ def ct_thick_slices(datasets: list[Dataset], factor: int = 2) -> list[Dataset]:
         new.SliceThickness = f"{thickness:g}"
         new.SpacingBetweenSlices = f"{thickness:g}"
         new.ImagesInAcquisition = len(ordered) // factor
-        new.SOPInstanceUID = group[0].SOPInstanceUID + ".2"
-        new.SeriesInstanceUID = group[0].SeriesInstanceUID + ".2"
+        new.SOPInstanceUID = derived_uid(group[0].SOPInstanceUID, "thick")
+        new.SeriesInstanceUID = derived_uid(group[0].SeriesInstanceUID, "thick")
         new.InstanceNumber = start // factor + 1
         out.append(new)
     return out

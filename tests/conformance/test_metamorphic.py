@@ -1,0 +1,224 @@
+"""Metamorphic conformance: the same anatomy, written the way other vendors write it, gets the same answer.
+
+Every study goes the way the pipeline takes it: Part 10 bytes -> parse_instance -> Assembler -> the
+served inference path (canonical frame, embedded backend) -> build_result. Exact re-expressions
+(oncostream/synth/vendors.py: inversion, mirroring with the orientation updated, bit depth, display
+attributes, transposition, reordering) must give the same priority, category and findings (positions
+mapped into the new pixel grid); resampling ones (a larger detector, another pixel pitch, 2.5 mm
+slices) the same priority and category and the same nodules >= 6 mm, volumes within
+``THICK_SLICE_VOLUME_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from datetime import datetime, timezone
+
+import numpy as np
+import pydicom
+import pytest
+
+from ingest.assembly import Assembler
+from ingest.backends.embedded import EmbeddedBackend
+from ingest.decode import parse_instance
+from ingest.ldct import infer_ldct_study
+from ingest.mammo import infer_mammo_study
+from oncostream.settings import Settings
+from oncostream.synth import vendors
+from postprocess.results import build_result
+
+# relative volume change allowed when 1.25 mm slices are averaged in pairs into 2.5 mm slices
+# (measured on seeds 1-7: at most +6 %, see README "Vendor conformance")
+THICK_SLICE_VOLUME_TOLERANCE = 0.10
+MAMMO_SEEDS = {"normal": 1, "malignant": 2}
+LDCT_SEED = 1
+AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="module")
+def backend():
+    backend = EmbeddedBackend()
+    yield backend
+    backend.close()
+
+
+def _part10(datasets: list) -> list[bytes]:
+    out = []
+    for ds in datasets:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _read(datasets: list) -> list:
+    return [pydicom.dcmread(io.BytesIO(data)) for data in _part10(datasets)]
+
+
+def triage(datasets: list, settings: Settings, backend):
+    """Bytes through parse, assembly and the served path -> (Study, TriageEvent)."""
+    assembler = Assembler(settings)
+    studies = []
+    for data in _part10(datasets):
+        ds = parse_instance(data, max_bytes=settings.max_instance_bytes)
+        studies += assembler.add(ds)
+    studies += assembler.flush_all()
+    assert len(studies) == 1, f"one study expected, got {len(studies)}"
+    study = studies[0]
+    assert study.error is None, study.error
+    infer = infer_ldct_study if study.modality == "CT" else (
+        lambda b, s: infer_mammo_study(b, s, repository=settings.model_repository))
+    return study, build_result(study, infer(backend, study), settings, now=AT).event
+
+
+@pytest.fixture(scope="module")
+def mammo_exams():
+    from oncostream.synth.mammo import make_mammo_phantom, mammo_datasets
+
+    return {name: _read(mammo_datasets(make_mammo_phantom(seed, size="full")))
+            for name, seed in MAMMO_SEEDS.items()}
+
+
+@pytest.fixture(scope="module")
+def mammo_baseline(mammo_exams, settings, backend):
+    return {name: triage(exam, settings, backend)[1] for name, exam in mammo_exams.items()}
+
+
+def _mammo_answer(event) -> tuple:
+    return event.priority, event.category.exam_score, event.category.density
+
+
+def _finding_positions(event, original: list, transformed: list, name: str) -> list[tuple]:
+    """(view, centre in the ORIGINAL pixel grid, score) of each finding of ``event``."""
+    by_sop = {str(t.SOPInstanceUID): (o, t) for o, t in zip(original, transformed)}
+    out = []
+    for f in event.findings:
+        o, t = by_sop[f.sop_instance_uid]
+        row, col = f.center_px
+        if name == "mirror_columns":
+            col = int(t.Columns) - 1 - col
+        elif name == "mirror_rows":
+            row = int(t.Rows) - 1 - row
+        out.append((f.laterality + f.view, (row, col), f.score))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("exam", list(MAMMO_SEEDS))
+@pytest.mark.parametrize("name", list(vendors.MAMMO_EXACT))
+def test_mammo_exact_re_expression_keeps_the_answer(name, exam, mammo_exams, mammo_baseline, settings, backend):
+    original = mammo_exams[exam]
+    transformed = _read(vendors.MAMMO_EXACT[name](copy.deepcopy(original)))
+    _, event = triage(transformed, settings, backend)
+    baseline = mammo_baseline[exam]
+    assert _mammo_answer(event) == _mammo_answer(baseline)
+    assert event.category.malignancy_probability == pytest.approx(baseline.category.malignancy_probability, abs=1e-3)
+    got = _finding_positions(event, original, transformed, name)
+    want = _finding_positions(baseline, original, original, "default")
+    assert [g[0] for g in got] == [w[0] for w in want]
+    for (_, (r, c), score), (_, (r0, c0), score0) in zip(got, want):
+        assert abs(r - r0) <= 1 and abs(c - c0) <= 1 and score == pytest.approx(score0, abs=0.01)
+
+
+@pytest.mark.parametrize("exam", list(MAMMO_SEEDS))
+@pytest.mark.parametrize("name", list(vendors.MAMMO_RESAMPLING))
+def test_mammo_resampled_re_expression_keeps_priority_and_category(name, exam, mammo_exams, mammo_baseline,
+                                                                   settings, backend):
+    transformed = _read(vendors.MAMMO_RESAMPLING[name](copy.deepcopy(mammo_exams[exam])))
+    _, event = triage(transformed, settings, backend)
+    assert _mammo_answer(event) == _mammo_answer(mammo_baseline[exam])
+
+
+def test_the_baseline_exams_are_not_trivial(mammo_baseline):
+    # the suite means something only if one exam is flagged and the other is not
+    assert mammo_baseline["malignant"].priority == "URGENT" and mammo_baseline["malignant"].findings
+    assert mammo_baseline["normal"].priority == "LOW" and not mammo_baseline["normal"].findings
+
+
+# --- LDCT ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ldct_series():
+    from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+
+    phantom = make_ldct_phantom(LDCT_SEED, size="full")
+    return phantom, _read(ldct_datasets(phantom))
+
+
+@pytest.fixture(scope="module")
+def ldct_baseline(ldct_series, settings, backend):
+    return triage(ldct_series[1], settings, backend)[1]
+
+
+def _reportable(event) -> list:
+    return sorted((f for f in event.findings if f.mean_diameter_mm >= 6.0), key=lambda f: f.center_mm)
+
+
+def _same_nodules(got, want, volume_tolerance: float) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert np.linalg.norm(np.subtract(g.center_mm, w.center_mm)) < w.mean_diameter_mm / 4
+        assert g.composition == w.composition and g.lung_rads == w.lung_rads
+        assert abs(g.volume_mm3 - w.volume_mm3) <= volume_tolerance * w.volume_mm3
+
+
+def test_the_baseline_series_has_reportable_nodules(ldct_baseline, ldct_series):
+    phantom, _ = ldct_series
+    assert len(_reportable(ldct_baseline)) == sum(n.diameter_mm >= 6.0 for n in phantom.truth.nodules) >= 1
+
+
+@pytest.mark.parametrize("name", list(vendors.CT_EXACT))
+def test_ldct_exact_re_expression_keeps_the_answer(name, ldct_series, ldct_baseline, settings, backend):
+    _, event = triage(vendors.CT_EXACT[name](copy.deepcopy(ldct_series[1])), settings, backend)
+    assert (event.priority, event.category.lung_rads) == (ldct_baseline.priority, ldct_baseline.category.lung_rads)
+    assert len(event.findings) == len(ldct_baseline.findings)
+    _same_nodules(_reportable(event), _reportable(ldct_baseline), volume_tolerance=0.005)
+
+
+@pytest.mark.parametrize("name", list(vendors.CT_RESAMPLING))
+def test_ldct_resampled_re_expression_keeps_priority_category_and_nodules(name, ldct_series, ldct_baseline,
+                                                                          settings, backend):
+    _, event = triage(vendors.CT_RESAMPLING[name](copy.deepcopy(ldct_series[1])), settings, backend)
+    assert (event.priority, event.category.lung_rads) == (ldct_baseline.priority, ldct_baseline.category.lung_rads)
+    _same_nodules(_reportable(event), _reportable(ldct_baseline), THICK_SLICE_VOLUME_TOLERANCE)
+
+
+def _localizer(template) -> pydicom.Dataset:
+    ds = copy.deepcopy(template)
+    ds.SeriesInstanceUID = vendors.derived_uid(template.SeriesInstanceUID, "localizer")
+    ds.SOPInstanceUID = vendors.derived_uid(template.SOPInstanceUID, "localizer")
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    return ds
+
+
+def _mip(series: list) -> list:
+    out = []
+    for k, template in enumerate(series[:5]):
+        ds = copy.deepcopy(template)
+        ds.SeriesInstanceUID = vendors.derived_uid(template.SeriesInstanceUID, "mip")
+        ds.SOPInstanceUID = vendors.derived_uid(template.SOPInstanceUID, "mip")
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", "MIP"]
+        ds.ImagesInAcquisition = 5
+        out.append(ds)
+    return out
+
+
+def test_a_study_with_extra_series_is_triaged_once_from_the_thin_series(ldct_series, ldct_baseline, settings,
+                                                                        backend):
+    thin = ldct_series[1]
+    thick = vendors.ct_thick_slices(copy.deepcopy(thin))
+    for ds in thick:
+        ds.ConvolutionKernel = "STANDARD"
+    study, event = triage([*thick, _localizer(thin[0]), *_mip(thin), *thin], settings, backend)
+    assert event.series_instance_uid == str(thin[0].SeriesInstanceUID)
+    assert len(study.datasets) == len(thin)
+    skipped = " ".join(event.skipped_series)
+    assert str(thick[0].SeriesInstanceUID) in skipped and "mip" in skipped
+    assert (event.priority, event.category.lung_rads) == (ldct_baseline.priority, ldct_baseline.category.lung_rads)
+    _same_nodules(_reportable(event), _reportable(ldct_baseline), volume_tolerance=0.005)
