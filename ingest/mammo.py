@@ -103,6 +103,22 @@ def heatmap_in_view(heatmap: np.ndarray, frame: MammoFrame) -> np.ndarray:
                                    cval=0.0).astype(np.float32)
 
 
+def canonical_views(datasets: list, study_instance_uid: str = "") -> tuple[list[np.ndarray], list[MammoFrame]]:
+    """Each view's stored pixels and canonical frame. A view the models cannot read fails the study
+    with the view's reason (StudyFailed)."""
+    images, frames = [], []
+    for ds in datasets:
+        laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
+        view = str(ds.get("ViewPosition", "")).upper()
+        stored = np.asarray(_pixels(ds), np.float32)
+        try:
+            frames.append(canonical_frame(ds, stored, laterality, view))
+        except RejectedInstance as exc:
+            raise StudyFailed(exc.reason, f"view {laterality}{view}: {exc.detail}", study_instance_uid) from exc
+        images.append(stored)
+    return images, frames
+
+
 def infer_mammo_study(backend: InferenceBackend, study: Study,
                       repository: Path = DEFAULT_MODEL_REPOSITORY) -> MammoInference:
     """Run the exam's views (any of LCC, LMLO, RCC, RMLO present) through ``backend``; each view is
@@ -112,19 +128,11 @@ def infer_mammo_study(backend: InferenceBackend, study: Study,
     if not study.datasets:
         raise ValueError("study: a mammography study needs at least one view")
     calibration = {**DEFAULT_CALIBRATION, **load_contract("mammo_classifier", repository).calibration}
-    images, lateralities, views, frames, reasons = [], [], [], [], []
-    for ds in study.datasets:
-        laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
-        view = str(ds.get("ViewPosition", "")).upper()
-        stored = np.asarray(_pixels(ds), np.float32)
-        try:
-            frames.append(canonical_frame(ds, stored, laterality, view))
-        except RejectedInstance as exc:
-            raise StudyFailed(exc.reason, f"view {laterality}{view}: {exc.detail}", study.study_instance_uid) from exc
-        images.append(stored)
-        lateralities.append(laterality)
-        views.append(view)
-        reasons.extend(f"{laterality}{view}: {r}" for r in review_reasons(ds))
+    images, frames = canonical_views(study.datasets, study.study_instance_uid)
+    lateralities = [str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper() for ds in study.datasets]
+    views = [str(ds.get("ViewPosition", "")).upper() for ds in study.datasets]
+    reasons = [f"{lat}{view}: {r}" for ds, lat, view in zip(study.datasets, lateralities, views)
+               for r in review_reasons(ds)]
     raw = backend.infer_mammo(images, [frame_vector(f) for f in frames], [f.mask for f in frames])
     view_results = []
     for k, ds in enumerate(study.datasets):

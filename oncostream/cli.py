@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pooled nodule-calibration phantoms (default: 200 from 2,000,000 unless --seeds is given)")
     p.add_argument("--json", type=Path, default=None, dest="json_path", metavar="FILE")
     p.add_argument("--size", choices=["small", "full"], default="full")
+    p.add_argument("--profile", default="default", metavar="NAME",
+                   help="re-express the mammography exams as another vendor would write them "
+                        "(oncostream/synth/vendors.py MAMMO_PROFILES); the JSON keys gain the suffix _<NAME>")
     return parser
 
 

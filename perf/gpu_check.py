@@ -62,12 +62,19 @@ def record_network_inputs(size: str, seed: int) -> dict[str, list[dict[str, np.n
     backend.run_model = recording
     ldct = make_ldct_phantom(seed, size=size)
     backend.infer_ldct(ldct.hu_low, np.asarray(ldct.spacing_mm, np.float32))
-    mammo = make_mammo_phantom(seed, size=size)
-    names = sorted(mammo.views)
-    backend.infer_mammo([mammo.views[n].astype(np.float32) for n in names], [n[0] for n in names],
-                        [float(2**mammo.bits_stored - 1)] * len(names))
+    backend.infer_mammo(*_canonical_views(make_mammo_phantom(seed, size=size)))
     backend.run_model = run_model
     return feeds
+
+
+def _canonical_views(phantom) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The phantom's views with their canonical frames, as the served path sends them."""
+    from ingest.mammo import canonical_views
+    from ingest.preprocess.mammo import frame_vector
+    from oncostream.synth.mammo import mammo_datasets
+
+    images, frames = canonical_views(mammo_datasets(phantom))
+    return images, [frame_vector(f) for f in frames], [f.mask for f in frames]
 
 
 class _Engine:
@@ -143,18 +150,18 @@ def check_networks(repository: Path, feeds: dict, iterations: int) -> tuple[list
 
 def check_dali(size: str, seed: int) -> tuple[dict, bool]:
     """The mammography preprocessing definition on the GPU vs the CPU."""
-    from ingest.preprocess.mammo import mammo_preprocess_pipeline, needs_flip
+    from ingest.preprocess.mammo import mammo_preprocess_pipeline
     from oncostream.synth.mammo import make_mammo_phantom
 
-    phantom = make_mammo_phantom(seed, size=size)
-    names = sorted(phantom.views)
+    images, frames, masks = _canonical_views(make_mammo_phantom(seed, size=size))
+    names = range(len(images))
     outputs = []
     for device in (None, 0):
         pipeline = mammo_preprocess_pipeline(len(names), device_id=device)
         pipeline.build()
-        pipeline.feed_input("image", [phantom.views[n].astype(np.float32) for n in names])
-        pipeline.feed_input("scale", [np.array([1.0 / (2**phantom.bits_stored - 1)], np.float32)] * len(names))
-        pipeline.feed_input("flip", [np.array([needs_flip(n[0])], np.int32) for n in names])
+        pipeline.feed_input("image", images)
+        pipeline.feed_input("frame", frames)
+        pipeline.feed_input("mask", masks)
         (batch,) = pipeline.run()
         if device is not None:
             batch = batch.as_cpu()

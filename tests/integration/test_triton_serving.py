@@ -120,18 +120,13 @@ def test_ldct_ensemble_equals_embedded(triton, embedded):
 
 
 def _canonical_views(phantom) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """The phantom's views with their canonical frames (ingest/canonical/mammo.py), as the client sends them."""
-    from ingest.canonical.mammo import canonical_frame
+    """The phantom's views with their canonical frames, as the served path sends them."""
+    from ingest.mammo import canonical_views
     from ingest.preprocess.mammo import frame_vector
-    from oncostream.synth.mammo import VIEWS, mammo_datasets
+    from oncostream.synth.mammo import mammo_datasets
 
-    images, frames, masks = [], [], []
-    for name, ds in zip(VIEWS, mammo_datasets(phantom)):
-        frame = canonical_frame(ds, phantom.views[name], name[0], name[1:])
-        images.append(phantom.views[name].astype(np.float32))
-        frames.append(frame_vector(frame))
-        masks.append(frame.mask)
-    return images, frames, masks
+    images, frames = canonical_views(mammo_datasets(phantom))
+    return images, [frame_vector(f) for f in frames], [f.mask for f in frames]
 
 
 def test_mammo_ensemble_equals_embedded(triton, embedded):
