@@ -35,6 +35,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.rle import _rle_parse_header
 from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import (
     UID,
@@ -42,6 +43,7 @@ from pydicom.uid import (
     JPEG2000TransferSyntaxes,
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
+    RLETransferSyntaxes,
 )
 
 from oncostream.errors import RejectedInstance, UnsupportedTransferSyntax
@@ -683,7 +685,10 @@ def _bound_decoding(ds: pydicom.Dataset, tsyntax: UID, limits: InstanceLimits) -
 def _check_codestreams(ds: pydicom.Dataset, tsyntax: UID, sop_instance_uid: str | None) -> None:
     """Each JPEG, JPEG-LS or JPEG 2000 frame's header (SOF / SIZ) declares the data set's Rows,
     Columns and samples: a 20 kB frame whose header says 60000×60000 would otherwise make the
-    decoder allocate gigabytes. RLE needs no check: pydicom sizes its output from the data set."""
+    decoder allocate gigabytes. Each RLE segment decodes to at most Rows×Columns bytes."""
+    if tsyntax in RLETransferSyntaxes:
+        _check_rle_frames(ds, sop_instance_uid)
+        return
     if tsyntax in JPEG2000TransferSyntaxes:
         header = _j2k_frame_shape
     elif tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes:
@@ -714,6 +719,53 @@ def _check_codestreams(ds: pydicom.Dataset, tsyntax: UID, sop_instance_uid: str 
     except Exception as exc:  # noqa: BLE001 - broken item tags or offset tables in untrusted data
         raise RejectedInstance("malformed", f"encapsulated frames cannot be split: {type(exc).__name__}: {exc}",
                                sop_instance_uid) from exc
+
+
+def _check_rle_frames(ds: pydicom.Dataset, sop_instance_uid: str | None) -> None:
+    """pydicom's RLE decoder expands each segment in full before comparing its length with the
+    geometry, and every 2 input bytes may expand to 128 (PS3.5 G.3.1): a 7.6 MB frame of repeat
+    runs took 600 MB. Counting what each segment decodes to, stopping once it passes Rows×Columns,
+    costs one pass over the runs and allocates nothing."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frames = _number_of_frames(ds)
+    try:
+        for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames)):
+            if index >= frames:
+                break
+            offsets = _rle_parse_header(frame[:64])
+            ends = [*offsets[1:], len(frame)]
+            for segment, (start, end) in enumerate(zip(offsets, ends)):
+                if not 64 <= start <= end <= len(frame):
+                    raise RejectedInstance("malformed", f"frame {index}: RLE segment {segment} offsets "
+                                           f"{start}..{end} lie outside the frame", sop_instance_uid)
+                # one run of slack: some encoders end a segment with a run that passes the row end
+                if _rle_segment_exceeds(frame, start, end, rows * columns + 128):
+                    raise RejectedInstance(
+                        "invalid_geometry", f"frame {index}: RLE segment {segment} decodes to more than "
+                        f"Rows×Columns {rows}×{columns} bytes", sop_instance_uid)
+    except RejectedInstance:
+        raise
+    except Exception as exc:  # noqa: BLE001 - broken item tags, offset tables or RLE headers
+        raise RejectedInstance("malformed", f"RLE frames cannot be split: {type(exc).__name__}: {exc}",
+                               sop_instance_uid) from exc
+
+
+def _rle_segment_exceeds(frame: bytes, start: int, end: int, limit: int) -> bool:
+    """Whether the PackBits runs in ``frame[start:end]`` decode to more than ``limit`` bytes."""
+    position, decoded = start, 0
+    while position < end:
+        header = frame[position]
+        if header < 128:  # a literal run of header + 1 bytes
+            decoded += header + 1
+            position += header + 2
+        elif header > 128:  # one byte repeated 257 - header times
+            decoded += 257 - header
+            position += 2
+        else:  # 128 is a no-op
+            position += 1
+        if decoded > limit:
+            return True
+    return False
 
 
 def _j2k_frame_shape(frame: bytes) -> tuple[int, int, int] | None:

@@ -1,0 +1,138 @@
+"""Hostile input: every crafted bomb, broken identifier or geometry ends in a RejectedInstance with its
+reason before anything large is allocated; hypothesis mutations never escape; memory stays bounded.
+
+The corpus itself is tests/conformance/hostile_corpus.py; the whole of it runs in a subprocess so that
+its peak RSS is its own. Figures are recorded in docs/RELIABILITY.md ("Hostile input").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from tests.conformance.hostile_corpus import OK, crafted_cases, outcome
+
+REPO = Path(__file__).resolve().parents[2]
+MUTATIONS = 2000  # with the crafted and claim cases, about 2,100 cases in about 10 s on 2 cores
+# peak RSS of the corpus process: ~175 MB of interpreter, pydicom, NumPy, hypothesis and the bases,
+# plus what one case may hold under the corpus limits (8 MiB instance, 64 MiB of decoded pixels)
+PEAK_RSS_BOUND_MB = 175 + 8 + 64 + 100
+CRAFTED = {case.name: case for case in crafted_cases()}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_crafted_case_gets_its_outcome(name):
+    case = CRAFTED[name]
+    assert outcome(case.data) in case.expected
+
+
+def test_bombs_are_small_files():
+    """The bombs are what a sender can afford: tens of kilobytes that declare gigabytes."""
+    assert len(CRAFTED["deflate-bomb-50MB"].data) < 100_000
+    for label in ("rle", "jpeg-ls", "jpeg2000", "jpeg-baseline"):
+        assert len(CRAFTED[f"{label}-declares-8192x8192x100"].data) < 30_000
+
+
+def test_whole_corpus_has_no_escape_and_bounded_memory():
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "tests.conformance.hostile_corpus", str(MUTATIONS)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"corpus process died ({result.returncode}): {result.stderr[-2000:]}"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["escapes"] == [], report["escapes"][:5]
+    assert report["unexpected"] == [], report["unexpected"][:5]
+    assert report["cases"] >= MUTATIONS + len(CRAFTED)
+    assert report["outcomes"].get(OK, 0) > 0 and len(report["outcomes"]) >= 8, report["outcomes"]
+    assert report["peak_rss_mb"] < PEAK_RSS_BOUND_MB, report
+    assert time.monotonic() - started < 60, report
+
+
+_GATEWAY_PROBE = textwrap.dedent("""
+    import json, os, sys
+    from ingest.gateway import Destination, Gateway
+
+    def rss_mb():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def peak_mb():
+        # VmHWM, not getrusage: ru_maxrss keeps the parent's RSS at fork across exec
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+
+    class Counting(Destination):
+        def __init__(self):
+            self.sizes = []
+        def deliver(self, data, calling_ae):
+            self.sizes.append(len(data))
+
+    destination = Counting()
+    gateway = Gateway(destination, max_instance_bytes=int(sys.argv[1]))
+    port = gateway.start(0)
+    before = rss_mb()
+    print(json.dumps({"port": port, "rss_mb": before}), flush=True)
+    sys.stdin.readline()  # the test sends, then asks for the figures
+    print(json.dumps({"rss_mb": rss_mb(), "before_mb": before,
+                      "peak_mb": peak_mb(),
+                      "delivered": destination.sizes}), flush=True)
+    gateway.stop()
+""")
+
+
+def _big_ct(path: Path, side: int) -> int:
+    """A CT instance of side×side 16-bit pixels, written to ``path``; returns its size."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = side
+    ds.PixelData = bytes(side * side * 2)
+    ds.save_as(path, enforce_file_format=True)
+    return path.stat().st_size
+
+
+def test_gateway_refuses_a_200_mb_instance_without_holding_it(tmp_path):
+    """Received data sets stream to a temporary file: a 200 MB instance above the 64 MiB cap is
+    answered 0xC000 oversize, and the gateway's memory does not grow by anything like its size."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    instance = tmp_path / "big.dcm"
+    size = _big_ct(instance, 10240)
+    assert size > 200_000_000
+    probe = subprocess.Popen([sys.executable, "-c", _GATEWAY_PROBE, str(64 * 1024 * 1024)], cwd=REPO,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = json.loads(probe.stdout.readline())["port"]
+        ae = AE(ae_title="HOSTILE")
+        ae.add_requested_context(CTImageStorage)
+        association = ae.associate("127.0.0.1", port, ae_title="ONCOSTREAM")
+        assert association.is_established
+        status = association.send_c_store(instance)  # pynetdicom streams a file path from disk
+        association.release()
+        probe.stdin.write("report\n")
+        probe.stdin.flush()
+        figures = json.loads(probe.stdout.readline())
+    finally:
+        probe.kill()
+        probe.wait(timeout=10)
+    assert status.Status == 0xC000 and status.ErrorComment.startswith("oversize")
+    assert figures["delivered"] == []
+    grown = figures["peak_mb"] - figures["before_mb"]
+    kept = figures["rss_mb"] - figures["before_mb"]
+    print(f"gateway RSS {figures['before_mb']:.0f} MB before, peak {figures['peak_mb']:.0f} MB, "
+          f"{figures['rss_mb']:.0f} MB after a {size / 1e6:.0f} MB instance")
+    assert grown < 32 and kept < 16, figures
+
+
+def test_this_process_is_not_the_measure():
+    """The corpus bound is measured in its own process: the test runner's RSS says nothing about it."""
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+    assert os.environ.get("PYTEST_CURRENT_TEST")
