@@ -24,6 +24,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
+from oncostream.ids import loggable_uid
 from oncostream.study import StudyResult
 from postprocess.base import Sink
 from postprocess.errors import SinkError
@@ -180,7 +181,7 @@ class PacsSink(Sink):
         code = int(status.Status)
         if code == 0x0000 or code in _WARNING_STATUSES:
             if code:
-                log.info("C-STORE of %s stored with warning 0x%04X", sop_uid, code)
+                log.info("C-STORE of %s stored with warning 0x%04X", loggable_uid(sop_uid), code)
             del self._queue[sop_uid]
             self._study_of.pop(sop_uid, None)
             return

@@ -90,9 +90,9 @@ class Finished:
 
 def validate(data: bytes, settings: Settings):
     """Parse and route one received instance: (dataset, modality); RejectedInstance when unusable."""
-    from ingest.decode import parse_instance, route
+    from ingest.decode import InstanceLimits, parse_instance, route
 
-    ds = parse_instance(data, max_bytes=settings.max_instance_bytes)
+    ds = parse_instance(data, max_bytes=settings.max_instance_bytes, limits=InstanceLimits.from_settings(settings))
     return ds, route(ds)
 
 

@@ -74,6 +74,7 @@ class Worker:
         self._ahead_loaded: set[TopicPartitionKey] = set()
         self.resolver = ClaimCheckResolver(settings.max_instance_bytes,
                                            ClaimStore(settings.claim_check_dir, settings.claim_check_max_age_s))
+        self._published_sources: set[tuple[str, int, int]] = set()  # their claim-checked objects go at commit
         self._producer = producer or make_producer(bootstrap, client_id="oncostream-worker")
         self.dlq = KafkaDeadLetter(self._producer, settings.topic_dlq)
         self.sinks = [KafkaSink(self._producer, settings.topic_triage, settings.topic_results), *sinks]
@@ -197,6 +198,7 @@ class Worker:
             self._queue.pop(0)
             if outcome.outcome is Outcome.PUBLISHED:
                 self.ahead.published(study.assembly_key, study.sources)
+                self._published_sources.update(study.sources)
                 self.published += 1
             else:
                 self.dead_lettered += 1
@@ -244,6 +246,10 @@ class Worker:
             return
         self.watermark.committed(offsets)
         self.ahead.committed(offsets)
+        # claim-checked objects of committed, published studies are deleted; dead-lettered ones are kept
+        # (their dead-letter records point at them) until the store collects them by age
+        self.resolver.committed(offsets, self._published_sources)
+        self._published_sources = {s for s in self._published_sources if s[2] >= offsets.get((s[0], s[1]), -1)}
         # messages below a committed offset belong to no unfinished study (ignored views, localizers)
         self._held = {k: v for k, v in self._held.items() if k[2] >= offsets.get((k[0], k[1]), -1)}
         log.debug("committed %s", offsets)
