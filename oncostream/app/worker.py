@@ -75,7 +75,11 @@ class Worker:
         self.resolver = ClaimCheckResolver(settings.max_instance_bytes,
                                            ClaimStore(settings.claim_check_dir, settings.claim_check_max_age_s))
         self._published_sources: set[tuple[str, int, int]] = set()  # their claim-checked objects go at commit
-        self._producer = producer or make_producer(bootstrap, client_id="oncostream-worker")
+        # not idempotent: kafka-python turns one non-retriable refusal (a record too large for its topic) into
+        # a fatal state of an idempotent producer, failing every later record, dead-letter ones included;
+        # one request in flight keeps retries in order, and consumers deduplicate replays by key and UID
+        self._producer = producer or make_producer(bootstrap, client_id="oncostream-worker", enable_idempotence=False,
+                                                   max_in_flight_requests_per_connection=1)
         self.dlq = KafkaDeadLetter(self._producer, settings.topic_dlq)
         self.sinks = [KafkaSink(self._producer, settings.topic_triage, settings.topic_results), *sinks]
         self.lifecycle = StudyLifecycle(settings, pipeline, self.sinks, _TopicDeadLetter(self), self._wait,

@@ -421,3 +421,86 @@ def test_replay_skips_the_tail_of_a_study_published_ahead_of_the_commit(kafka_to
     events = [e for _, e in triage_events(topics)]
     assert sorted(e["study_instance_uid"] for e in events) == sorted([a, b])
     assert not any(e["incomplete"] for e in events)
+
+
+# --- losses that the study lifecycle closes (docs/RELIABILITY.md) --------------------------------------------
+
+def _refusing_topic(topics, which: str):
+    """`topics` with its `which` topic (triage or dlq) replaced by one whose broker refuses every record
+    (max.message.bytes below any record batch): a real refusal from the real broker."""
+    from dataclasses import replace
+
+    from oncostream.services.kafka import TOPIC_CONFIGS, create_topics
+
+    name = f"{getattr(topics, which)}.refusing"
+    create_topics(topics.bootstrap, {name: 1}, configs={**TOPIC_CONFIGS, "max.message.bytes": "16"})
+    return replace(topics, **{which: name})
+
+
+def test_a_triage_record_the_broker_refuses_is_dead_lettered_never_counted_published(kafka_topics_factory,
+                                                                                  corpus, pipeline):
+    topics = _refusing_topic(kafka_topics_factory(1), "triage")
+    exam = corpus.subset(mammo=1, ldct=0)
+    produce_files(corpus.files(exam), topics.settings(), topics.bootstrap)
+    worker = Worker(topics.settings(), topics.bootstrap, topics.dicom, pipeline, [], max_studies=1)
+    timer = threading.Timer(WAIT_S, worker.stop)
+    timer.start()
+    try:
+        # the worker stops by itself once the study is finished either way: dead-lettered here
+        worker._done = lambda: worker.published + worker.dead_lettered >= 1
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+    assert worker.published == 0 and worker.dead_lettered == 1
+    dead = topics.read(topics.dlq)
+    assert len(dead) == len(corpus.files(exam))
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert headers["reason"] == "delivery_refused" and "MessageSizeTooLarge" in headers["detail"]
+    assert fully_committed(topics) == topics.end_offsets(), "dead-lettered with a reason counts as done"
+
+
+def test_a_refused_dead_letter_record_holds_the_commit_before_its_instance(kafka_topics_factory, corpus, pipeline,
+                                                                         tmp_path):
+    topics = _refusing_topic(kafka_topics_factory(1), "dlq")
+    malformed = tmp_path / "truncated.dcm"
+    malformed.write_bytes(corpus.files()[0].read_bytes()[:200])
+    exam = corpus.subset(mammo=1, ldct=0)
+    produce_files([malformed, *corpus.files(exam)], topics.settings(), topics.bootstrap)  # the bad one: offset 0
+    worker = Worker(topics.settings(), topics.bootstrap, topics.dicom, pipeline, [])
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not (worker.dlq.failing and worker.published == 1):
+            assert thread.is_alive() and time.monotonic() < deadline, "the worker should publish the exam"
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert {e["study_instance_uid"] for _, e in triage_events(topics)} == set(exam)
+    assert topics.read(topics.dlq) == []
+    assert fully_committed(topics) == {0: 0}, "nothing may be committed past an instance nobody dead-lettered"
+
+
+def test_every_slice_of_a_ct_series_without_geometry_is_dead_lettered(kafka_topics_factory, corpus, pipeline,
+                                                                      tmp_path):
+    ct = next(u for u in corpus.studies if corpus.modality[u] == "CT")
+    exam = corpus.subset(mammo=1, ldct=0)
+    broken = []
+    for path in corpus.studies[ct][:2]:
+        ds = pydicom.dcmread(path)
+        del ds.ImageOrientationPatient
+        broken.append(tmp_path / path.name)
+        ds.save_as(broken[-1])
+    topics = kafka_topics_factory(1)
+    produce_files([*broken, *corpus.files(exam)], topics.settings(), topics.bootstrap)
+    worker = run_in_process(topics, pipeline, max_studies=1)
+    assert worker.published == 1
+    dead = topics.read(topics.dlq)
+    assert sorted(r.value for r in dead) == sorted(p.read_bytes() for p in broken)
+    for record in dead:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert "ImageOrientationPatient" in headers["detail"]
+    assert fully_committed(topics) == topics.end_offsets()
