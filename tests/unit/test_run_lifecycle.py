@@ -1,0 +1,66 @@
+"""`oncostream run` through the study lifecycle with the real embedded models on small synthetic studies:
+a broken CT series is rejected whole while the good exam is triaged, and a view resent after its exam was
+published changes nothing (the SR under its UID and triage.jsonl keep the one result)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from oncostream.app.run import main_run
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> dict[str, list[Path]]:
+    from oncostream.synth.command import write_studies
+
+    root = tmp_path_factory.mktemp("run-studies")
+    folders = write_studies(root, mammo=1, ldct=1, seed=11, size="small")
+    return {f.name[:2]: sorted(f.glob("*.dcm")) for f in folders}
+
+
+def run(inp: Path, out: Path) -> int:
+    return main_run(argparse.Namespace(path=inp, out=out, metrics_port=None, triton=None, size="small"))
+
+
+def test_a_ct_series_without_geometry_is_rejected_whole_and_the_exam_is_still_triaged(tmp_path, studies):
+    inp = tmp_path / "in"
+    (inp / "a-exam").mkdir(parents=True)
+    (inp / "b-ct").mkdir()
+    for path in studies["mg"]:
+        shutil.copy(path, inp / "a-exam" / path.name)
+    broken = []
+    for path in studies["ct"][:2]:
+        ds = pydicom.dcmread(path)
+        del ds.ImageOrientationPatient
+        broken.append(inp / "b-ct" / path.name)
+        ds.save_as(broken[-1])
+    assert run(inp, tmp_path / "out") == 0
+    events = [json.loads(line) for line in (tmp_path / "out" / "triage.jsonl").read_text().splitlines()]
+    assert [e["modality"] for e in events] == ["MG"]
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(r["origin"] for r in rejected) == sorted(str(p) for p in broken), "every instance, by file"
+    assert all("ImageOrientationPatient" in r["detail"] for r in rejected)
+
+
+def test_a_view_resent_after_its_exam_was_published_changes_nothing(tmp_path, studies):
+    inp = tmp_path / "in"
+    (inp / "a-exam").mkdir(parents=True)
+    (inp / "b-resent").mkdir()
+    for path in studies["mg"]:
+        shutil.copy(path, inp / "a-exam" / path.name)
+    shutil.copy(studies["mg"][0], inp / "b-resent" / studies["mg"][0].name)
+    out = tmp_path / "out"
+    assert run(inp, out) == 0
+    (line,) = (out / "triage.jsonl").read_text().splitlines()
+    event = json.loads(line)
+    assert not event["incomplete"]
+    sr = pydicom.dcmread(out / "sr" / f"{event['sr_sop_instance_uid']}.dcm")
+    referenced = {str(item.ReferencedSOPInstanceUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
+                  for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert len(referenced) == 4, "the SR under this UID must stay the one of the whole exam"
