@@ -251,9 +251,21 @@ def crafted_cases() -> list[Case]:
         cases.append(case(f"{label}-sof-says-60000x60000",
                           _header_patched(compressed(syntax), sof, 5, struct.pack(">HH", 60000, 60000)),
                           "invalid_geometry"))
+    cases.append(case("rle-bomb-repeat-runs", _rle_bomb(3 * 1024 * 1024), "invalid_geometry"))
     cases.append(case("jpeg2000-no-siz", _header_patched(j2k, b"\xff\x4f\xff\x51", 0, b"\x00\x00\x00\x00"),
                       "invalid_geometry"))
     return cases
+
+
+def _rle_bomb(segment_bytes: int) -> bytes:
+    """CT_small as RLE whose two segments are repeat runs: every 2 bytes expand to 128 (PS3.5 G.3.1),
+    so 6 MB of frame would decode to 384 MB where 2×128×128 bytes are declared."""
+    ds = ct_dataset()
+    ds.compress(RLELossless)
+    segment = b"\x81\x00" * (segment_bytes // 2)
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    ds.PixelData = encapsulate([header + segment + segment])
+    return to_bytes(ds)
 
 
 def _corrupt_deflate(data: bytes) -> bytes:
