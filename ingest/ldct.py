@@ -14,7 +14,7 @@ from pydicom import Dataset
 from scipy import ndimage
 
 from ingest.backends.base import InferenceBackend, LdctRaw
-from ingest.canonical.ldct import CanonicalOrientation
+from ingest.canonical.ldct import THIN_SERIES_MM, CanonicalOrientation
 from ingest.decode import decode_pixels
 from ingest.preprocess.ldct import PATCH_SIZE, PATCH_SPACING_MM, patch_to_source_index, source_to_patch_index
 from oncostream.errors import OncostreamError
@@ -124,7 +124,21 @@ def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
     for nodule in nodules:
         if nodule.mask is not None:
             nodule.mask = orientation.to_stored(nodule.mask)
-    return LdctInference(nodules=nodules, model_versions=backend.model_versions())
+    return LdctInference(nodules=nodules, model_versions=backend.model_versions(),
+                         review_reasons=thickness_review(study.datasets, geometry))
+
+
+def thickness_review(datasets: list[Dataset], geometry: SeriesGeometry) -> list[str]:
+    """Thick slices blur a nodule along z: its measured size grows (README, Vendor conformance), so a
+    reader checks the measurements of a series thicker than the thin-section limit."""
+    try:
+        thickness = max(float(datasets[0].get("SliceThickness", 0.0) or 0.0), float(geometry.spacing_mm[0]))
+    except (TypeError, ValueError):
+        thickness = float(geometry.spacing_mm[0])
+    if thickness <= THIN_SERIES_MM:
+        return []
+    return [f"slices {thickness:g} mm thick (thin-section limit {THIN_SERIES_MM:g} mm): nodule sizes read "
+            "larger than on thin slices; check the measurements"]
 
 
 def nodules_from_raw(raw: LdctRaw, geometry: SeriesGeometry, volume_shape: tuple[int, int, int]) -> list[NoduleCandidate]:

@@ -62,6 +62,7 @@ class LdctInference:
     nodules: list[NoduleCandidate]
     model_versions: dict[str, str]
     denoised_hu: np.ndarray | None = None  # (slices, rows, cols), kept only when asked for
+    review_reasons: list[str] = field(default_factory=list)  # why a reader must look whatever the category
 
 
 @dataclass

@@ -132,7 +132,7 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
                                    series_instance_uid=uid("heatmap-series"),
                                    uid_for=lambda sop: uid(f"heatmap/{sop}"), when=when)
 
-    reasons = list(getattr(inference, "review_reasons", []))
+    reasons = list(inference.review_reasons)
     event = TriageEvent(
         study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
         program=study.program or settings.program, modality=modality, priority=priority, category=category,

@@ -28,9 +28,9 @@ from oncostream.settings import Settings
 from oncostream.synth import vendors
 from postprocess.results import build_result
 
-# relative volume change allowed when 1.25 mm slices are averaged in pairs into 2.5 mm slices
-# (measured on seeds 1-7: at most +6 %, see README "Vendor conformance")
-THICK_SLICE_VOLUME_TOLERANCE = 0.10
+# relative volume change allowed when 1.25 mm slices are averaged in pairs into 2.5 mm slices (on
+# seeds 1-9 the nodules >= 6 mm moved by -9 % to +11 %, median +5 %: README, Vendor conformance)
+THICK_SLICE_VOLUME_TOLERANCE = 0.12
 MAMMO_SEEDS = {"normal": 1, "malignant": 2}
 LDCT_SEED = 1
 AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -186,6 +186,9 @@ def test_ldct_resampled_re_expression_keeps_priority_category_and_nodules(name, 
     _, event = triage(vendors.CT_RESAMPLING[name](copy.deepcopy(ldct_series[1])), settings, backend)
     assert (event.priority, event.category.lung_rads) == (ldct_baseline.priority, ldct_baseline.category.lung_rads)
     _same_nodules(_reportable(event), _reportable(ldct_baseline), THICK_SLICE_VOLUME_TOLERANCE)
+    # thick slices read nodules larger: the event says so and asks a reader to check
+    assert event.needs_human_review and "2.5 mm thick" in " ".join(event.review_reasons)
+    assert not ldct_baseline.review_reasons
 
 
 def _localizer(template) -> pydicom.Dataset:
