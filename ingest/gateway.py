@@ -16,14 +16,18 @@ Associations from calling AE titles outside ``--allow`` are rejected before any 
 Received data sets are streamed to a private temporary file while they arrive (pynetdicom's
 STORE_RECV_CHUNKED_DATASET), so the gateway's memory does not grow with what a sender declares: an
 instance above ``settings.max_instance_bytes`` is refused (0xC000 ``oversize``) from its file size,
-without being read. The gateway listens on loopback unless ``--host`` says otherwise.
+without being read, and an association whose data set passes four times that while it arrives is
+aborted (so a sender cannot fill the disk either). The gateway listens on loopback unless ``--host``
+says otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import (
@@ -85,6 +89,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 _ERROR_COMMENT_MAX = 64  # ErrorComment is LO (PS3.5 6.2)
+# a data set this many times max_instance_bytes is aborted while it arrives instead of being answered
+_ABORT_FACTOR = 4
 # how long one C-STORE may wait for Kafka before answering "out of resources": below the 60 s DIMSE
 # timeout modalities commonly use, so the sender hears a status instead of timing out itself
 PRODUCE_TIMEOUT_S = 30.0
@@ -179,11 +185,14 @@ class Gateway:
             self.ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         self.ae.add_supported_context(Verification)  # C-ECHO, so that modalities can test the link
         self._server = None
+        # bytes of the data set each association is receiving (pynetdicom's reading thread, one per association)
+        self._receiving: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def start(self, port: int, host: str = "127.0.0.1") -> int:
         """Listen (without blocking); returns the bound port (``port`` 0 picks a free one)."""
         self._server = self.ae.start_server((host, port), block=False,
-                                            evt_handlers=[(evt.EVT_C_STORE, self._on_c_store)])
+                                            evt_handlers=[(evt.EVT_C_STORE, self._on_c_store),
+                                                          (evt.EVT_PDU_RECV, self._on_pdu)])
         return self._server.server_address[1]
 
     def stop(self) -> None:
@@ -220,6 +229,35 @@ class Gateway:
             why = str(exc) if isinstance(exc, OncostreamError) else type(exc).__name__
             return "failed", _status(STATUS_OUT_OF_RESOURCES, f"cannot hand on instance: {why}")
         return "success", _status(STATUS_SUCCESS)
+
+    def _on_pdu(self, event) -> None:
+        """Count a C-STORE data set's bytes as its P-DATA arrives; abort the association once one passes
+        _ABORT_FACTOR times the cap. Up to that, the data set is received into its temporary file and
+        answered 0xC000 oversize (a sender stops on that, while it retries an abort), so the factor
+        only bounds the disk a hostile sender can fill, per association."""
+        if self.max_instance_bytes is None:
+            return
+        try:
+            received = self._receiving.get(event.assoc, 0)
+            for item in getattr(event.pdu, "presentation_data_value_items", None) or ():
+                value = item.presentation_data_value
+                if not value or value[0] & 0x01:  # a command fragment: a new message starts
+                    received = 0
+                    continue
+                received += len(value) - 1
+                if value[0] & 0x02:  # the data set's last fragment
+                    received = 0
+            self._receiving[event.assoc] = received
+            if received > _ABORT_FACTOR * self.max_instance_bytes:
+                self._receiving.pop(event.assoc, None)
+                log.warning("C-STORE from %s: data set passed %d bytes while arriving; association aborted",
+                            str(event.assoc.requestor.ae_title).strip(), _ABORT_FACTOR * self.max_instance_bytes)
+                partial = getattr(getattr(event.assoc.dimse, "message", None), "_data_set_path", None)
+                event.assoc.abort(block=False)  # from the reading thread: queue the A-ABORT, do not wait
+                if isinstance(partial, Path):  # pynetdicom forgets the partial file of an aborted message
+                    partial.unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - an observer must not break the association
+            log.debug("counting received data set bytes failed", exc_info=True)
 
     def _received(self, event) -> bytes:
         """The Part 10 bytes of a C-STORE request, refused as ``oversize`` from the size of the file

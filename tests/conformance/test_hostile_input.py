@@ -98,16 +98,14 @@ def _big_ct(path: Path, side: int) -> int:
     return path.stat().st_size
 
 
-def test_gateway_refuses_a_200_mb_instance_without_holding_it(tmp_path):
-    """Received data sets stream to a temporary file: a 200 MB instance above the 64 MiB cap is
-    answered 0xC000 oversize, and the gateway's memory does not grow by anything like its size."""
+def _send_to_probe(instance: Path, cap: int, tmpdir: Path):
+    """Start the gateway probe with ``cap``, store ``instance``; (status, aborted, figures)."""
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
 
-    instance = tmp_path / "big.dcm"
-    size = _big_ct(instance, 10240)
-    assert size > 200_000_000
-    probe = subprocess.Popen([sys.executable, "-c", _GATEWAY_PROBE, str(64 * 1024 * 1024)], cwd=REPO,
+    tmpdir.mkdir()
+    probe = subprocess.Popen([sys.executable, "-c", _GATEWAY_PROBE, str(cap)], cwd=REPO,
+                             env={**os.environ, "TMPDIR": str(tmpdir)},
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = json.loads(probe.stdout.readline())["port"]
@@ -116,19 +114,48 @@ def test_gateway_refuses_a_200_mb_instance_without_holding_it(tmp_path):
         association = ae.associate("127.0.0.1", port, ae_title="ONCOSTREAM")
         assert association.is_established
         status = association.send_c_store(instance)  # pynetdicom streams a file path from disk
-        association.release()
+        # an empty status: the sender's side of the abort may still be settling
+        deadline = time.monotonic() + 10
+        while "Status" not in status and association.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        aborted = association.is_aborted or not association.is_established
+        if not aborted:
+            association.release()
+        time.sleep(0.5)  # the gateway's side of an abort finishes on its own threads
         probe.stdin.write("report\n")
         probe.stdin.flush()
         figures = json.loads(probe.stdout.readline())
     finally:
         probe.kill()
         probe.wait(timeout=10)
-    assert status.Status == 0xC000 and status.ErrorComment.startswith("oversize")
+    return status, aborted, figures
+
+
+@pytest.fixture(scope="module")
+def instance_210_mb(tmp_path_factory) -> Path:
+    instance = tmp_path_factory.mktemp("big") / "big.dcm"
+    assert _big_ct(instance, 10240) > 200_000_000
+    return instance
+
+
+@pytest.mark.parametrize(("cap_mib", "answer"), [(64, "oversize"), (32, "abort")],
+                         ids=["64MiB-cap-answered-oversize", "32MiB-cap-aborted-while-arriving"])
+def test_gateway_refuses_a_200_mb_instance_without_holding_it(tmp_path, instance_210_mb, cap_mib, answer):
+    """Received data sets stream to a temporary file: a 210 MB instance above the cap is answered
+    0xC000 oversize, or, past four times the cap, the association is aborted while it arrives and the
+    partial file removed; either way the gateway's memory does not grow by anything like its size."""
+    size = instance_210_mb.stat().st_size
+    status, aborted, figures = _send_to_probe(instance_210_mb, cap_mib * 1024 * 1024, tmp_path / "gateway-tmp")
+    if answer == "oversize":
+        assert not aborted and status.Status == 0xC000 and status.ErrorComment.startswith("oversize")
+    else:
+        assert aborted and "Status" not in status, (aborted, status)
     assert figures["delivered"] == []
+    assert list((tmp_path / "gateway-tmp").iterdir()) == [], "no partial data set left behind"
     grown = figures["peak_mb"] - figures["before_mb"]
     kept = figures["rss_mb"] - figures["before_mb"]
     print(f"gateway RSS {figures['before_mb']:.0f} MB before, peak {figures['peak_mb']:.0f} MB, "
-          f"{figures['rss_mb']:.0f} MB after a {size / 1e6:.0f} MB instance")
+          f"{figures['rss_mb']:.0f} MB after a {size / 1e6:.0f} MB instance ({answer})")
     assert grown < 32 and kept < 16, figures
 
 
