@@ -52,6 +52,7 @@ _LDCT_OUTPUT_BOUNDS = {"candidates": MAX_CANDIDATES * 5 * 4, "masks": MAX_CANDID
                        "malignancy": MAX_CANDIDATES * 4, "composition": MAX_CANDIDATES * 4 * 4,
                        "uncertainty": MAX_CANDIDATES * 4}
 _region_ids = itertools.count()
+_backend_ids = itertools.count()
 
 
 class TritonInferenceError(OncostreamError):
@@ -166,7 +167,8 @@ class TritonBackend(InferenceBackend):
         mode = settings.triton_shared_memory
         self.uses_shared_memory = mode == "system" or (mode == "auto" and is_local(self.url))
         self._lock = threading.Lock()
-        prefix = f"oncostream_{os.getpid()}_{id(self):x}"
+        # a counter, not id(self): a closed backend's id can be reused by the next one in this process
+        prefix = f"oncostream_{os.getpid()}_{next(_backend_ids)}"
         self._regions = (_Region(self._client, f"{prefix}_in"), _Region(self._client, f"{prefix}_out")) \
             if self.uses_shared_memory else None
         self._contracts = {n: load_contract(n, settings.model_repository) for n in (*MODEL_NAMES, *ENSEMBLES)}

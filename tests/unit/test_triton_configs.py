@@ -108,7 +108,7 @@ def test_tensorrt_realisation(built):
                 assert shapes["max"][0] == contract.max_batch_size
     preprocess = configs["mammo_preprocess"]
     assert preprocess.backend == "dali" and [g.kind for g in preprocess.instance_group] == [gpu]
-    assert [list(t.dims) for t in preprocess.input] == [[-1, -1], [1], [1]]
+    assert [list(t.dims) for t in preprocess.input] == [[-1, -1], [8], [512, 416]]  # image, frame, mask
     assert manifest["dali"]["mammo_preprocess"]["pipeline"] == STEPS["mammo_preprocess"].dali_pipeline
     for name in STEPS:
         if name != "mammo_preprocess":
