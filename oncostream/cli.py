@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, dest="json_path", metavar="FILE")
     p.add_argument("--size", choices=["small", "full"], default="full")
     p.add_argument("--profile", default="default", metavar="NAME",
-                   help="re-express the mammography exams as another vendor would write them "
-                        "(oncostream/synth/vendors.py MAMMO_PROFILES); the JSON keys gain the suffix _<NAME>")
+                   help="re-express the studies as another vendor would write them (oncostream/synth/vendors.py "
+                        "MAMMO_PROFILES, CT_PROFILES); the JSON keys gain the suffix _<NAME>")
     return parser
 
 

@@ -63,13 +63,21 @@ TARGETS = {
 def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: range = range(0),
              profile: str = "default") -> dict:
     """Both modalities and the pooled nodule-calibration set (when ``pooled_seeds``); the keys merged.
-    Another ``profile`` evaluates only the mammography exams, re-expressed by that vendor profile,
-    with its name appended to every key (``mammo_exam_auc_larger_detector``)."""
+    Another ``profile`` evaluates the modalities it applies to (oncostream/synth/vendors.py), their
+    studies re-expressed by it, with its name appended to every key (``mammo_exam_auc_larger_detector``,
+    ``ldct_sensitivity_at_1fp_ge6mm_thick_2.5mm``)."""
     from oncostream.evaluation.ldct import evaluate_ldct, evaluate_nodule_calibration
     from oncostream.evaluation.mammo import evaluate_mammo
 
     if profile != "default":
-        return {f"{k}_{profile}": v for k, v in evaluate_mammo(mammo_seeds, size, profile=profile).items()}
+        from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
+
+        results = {}
+        if profile in CT_PROFILES:
+            results.update(evaluate_ldct(ldct_seeds, size, profile=profile))
+        if profile in MAMMO_PROFILES:
+            results.update(evaluate_mammo(mammo_seeds, size, profile=profile))
+        return {f"{k}_{profile}": v for k, v in results.items()}
     results = {}
     results.update(evaluate_ldct(ldct_seeds, size))
     if len(pooled_seeds):
@@ -79,9 +87,9 @@ def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: ran
 
 
 def _without_profile(key: str) -> str:
-    from oncostream.synth.vendors import MAMMO_PROFILES
+    from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
 
-    for profile in MAMMO_PROFILES:
+    for profile in {**MAMMO_PROFILES, **CT_PROFILES}:
         if key.endswith(f"_{profile}"):
             return key[: -len(profile) - 1]
     return key
@@ -121,10 +129,10 @@ def main(args) -> int:
                         range(DEFAULT_POOLED_FIRST_SEED, DEFAULT_POOLED_FIRST_SEED + DEFAULT_POOLED_SERIES))
     size = getattr(args, "size", "full")
     profile = getattr(args, "profile", "default")
-    from oncostream.synth.vendors import MAMMO_PROFILES
+    from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
 
-    if profile not in MAMMO_PROFILES:
-        raise SystemExit(f"--profile: one of {', '.join(MAMMO_PROFILES)}, got {profile!r}")
+    if profile not in {**MAMMO_PROFILES, **CT_PROFILES}:
+        raise SystemExit(f"--profile: one of {', '.join({**MAMMO_PROFILES, **CT_PROFILES})}, got {profile!r}")
     results = evaluate(ldct_seeds, mammo_seeds, size, pooled_seeds, profile)
     print(f"oncostream eval: LDCT seeds {ldct_seeds.start}:{ldct_seeds.stop}, "
           f"pooled LDCT seeds {pooled_seeds.start}:{pooled_seeds.stop}, "

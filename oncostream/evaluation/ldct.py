@@ -193,13 +193,71 @@ def score_series(seed: int, size: str, run_model: LdctModels, threshold: float |
                        body_voxels=int(body.sum()), seconds=seconds)
 
 
-def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> dict:
-    """Metrics of the committed LDCT models on the 25 % dose phantoms of ``seeds`` (see module doc)."""
+class _StepsBackend:
+    """The serving steps as the ``infer_ldct`` that ingest/ldct.py's served path calls."""
+
+    def __init__(self, run_model: LdctModels):
+        self._run_model = run_model
+
+    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
+        return steps.run(volume_hu, spacing_mm, self._run_model, self._run_model.threshold)
+
+    def model_versions(self) -> dict[str, str]:
+        return {}
+
+
+def score_profile_series(seed: int, size: str, run_model: LdctModels, profile: str) -> SeriesScore:
+    """The phantom of ``seed`` re-expressed by a vendor profile (oncostream/synth/vendors.py) and read
+    by the served path (ingest/ldct.py infer_ldct_study: series geometry, canonical orientation,
+    serving steps). Detection, malignancy, composition and volume are scored against the truth; the
+    Dice and denoising figures, which compare voxel grids, only on the default profile."""
+    from datetime import datetime, timezone
+
+    from ingest.assembly import sort_ct_series
+    from ingest.ldct import infer_ldct_study
+    from oncostream.study import Study
+    from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+    from oncostream.synth.vendors import CT_PROFILES
+
+    phantom = make_ldct_phantom(seed, size=size)
+    datasets, _ = sort_ct_series(CT_PROFILES[profile](ldct_datasets(phantom)), None)
+    study = Study(study_instance_uid=phantom.truth.study_instance_uid, modality="CT", datasets=datasets,
+                  arrived_at=datetime.now(timezone.utc))
+    started = time.perf_counter()
+    nodules = infer_ldct_study(_StepsBackend(run_model), study).nodules
+    seconds = time.perf_counter() - started
+    truth = phantom.truth.nodules
+    truth_diameters = np.array([t.diameter_mm for t in truth], float)
+    reportable = truth_diameters >= REPORTABLE_MM
+    hits = match_detections(np.array([c.center_mm for c in nodules], float).reshape(-1, 3),
+                            np.array([c.detection_score for c in nodules], float),
+                            np.array([t.center_mm for t in truth], float).reshape(-1, 3), truth_diameters)
+    return SeriesScore(
+        detection_score=np.array([c.detection_score for c in nodules], float), hit=hits,
+        malignancy=np.array([c.malignancy_probability for c in nodules], float),
+        truth_malignant=np.array([t.malignant for t in truth], bool),
+        composition_correct=[n.composition == truth[j].composition for n, j in zip(nodules, hits) if j >= 0],
+        reportable=reportable, dice=[],
+        volume_error=[abs(n.volume_mm3 - truth[j].volume_mm3) / truth[j].volume_mm3
+                      for n, j in zip(nodules, hits) if j >= 0 and reportable[j]],
+        squared_error={"low": 0.0, "full": 0.0, "denoised": 0.0}, body_voxels=0, seconds=seconds)
+
+
+def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY,
+                  profile: str = "default") -> dict:
+    """Metrics of the committed LDCT models on the 25 % dose phantoms of ``seeds`` (see module doc),
+    re-expressed by ``profile`` unless it is the default."""
     run_model = LdctModels(repository)
-    series = [score_series(seed, size, run_model) for seed in with_progress(seeds, "LDCT series")]
+    if profile == "default":
+        series = [score_series(seed, size, run_model) for seed in with_progress(seeds, "LDCT series")]
+    else:
+        series = [score_profile_series(seed, size, run_model, profile)
+                  for seed in with_progress(seeds, f"LDCT series ({profile})")]
     results = ldct_metrics(series)
     results.update(bootstrap_ci95(len(series), lambda idx: ldct_metrics([series[i] for i in idx]), CI_KEYS))
     results.update(ece_if_calibrated(scored_nodules(series)[0], "ece_nodule"))
+    if profile != "default":  # voxel-grid comparisons are not made on re-expressed series
+        results = {k: v for k, v in results.items() if not k.startswith(("denoise_", "ldct_seg_dice"))}
     return results
 
 
