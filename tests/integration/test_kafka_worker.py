@@ -282,7 +282,9 @@ def test_claim_check_gives_the_same_result_as_inline(kafka_topics_factory, corpu
         settings = topics.settings(inline_limit_bytes=inline_limit, claim_check_dir=tmp_path / "claims")
         report = produce_files(corpus.files([uid]), settings, topics.bootstrap)
         assert report.claim_checks == (len(corpus.studies[uid]) if inline_limit == 1024 else 0)
-        run_in_process(topics, pipeline, max_studies=1)
+        # the worker reads claim checks only from its own claim store: the producer's
+        run_in_process(topics, pipeline, max_studies=1, claim_check_dir=tmp_path / "claims")
+        assert not list((tmp_path / "claims").glob("*.dcm")), "a committed study's claim-checked objects are deleted"
         [(_, event)] = triage_events(topics)
         srs = sr_references(topics)
         outcomes.append((without_timing({**event, "arrived_at": None}), srs))
