@@ -91,9 +91,9 @@ class InstanceLimits:
     """What one instance may declare (settings ``max_image_dimension``, ``max_frames``,
     ``max_decoded_bytes``): Rows and Columns, NumberOfFrames, and the bytes its pixels decode to."""
 
-    max_image_dimension: int = 16384
-    max_frames: int = 1024
-    max_decoded_bytes: int = 1024 * 1024 * 1024
+    max_image_dimension: int
+    max_frames: int
+    max_decoded_bytes: int
 
     def __post_init__(self) -> None:
         for name in ("max_image_dimension", "max_frames", "max_decoded_bytes"):

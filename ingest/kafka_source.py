@@ -65,12 +65,9 @@ class ClaimCheckResolver:
 
     _COLLECT_INTERVAL_S = 3600.0
 
-    def __init__(self, max_bytes: int, store: ClaimStore | None = None):
-        if store is None:  # the process's settings; callers that hold a Settings pass its store
-            from oncostream.settings import Settings
-
-            settings = Settings()
-            store = ClaimStore(settings.claim_check_dir, settings.claim_check_max_age_s)
+    def __init__(self, max_bytes: int, store: ClaimStore):
+        if not isinstance(store, ClaimStore):
+            raise TypeError(f"store must be a ClaimStore, got {type(store).__name__}")
         self.max_bytes = max_bytes
         self.store = store
         self._fetchers: dict[str, Callable[[str], bytes]] = {}
