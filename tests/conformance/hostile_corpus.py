@@ -252,6 +252,8 @@ def crafted_cases() -> list[Case]:
                           _header_patched(compressed(syntax), sof, 5, struct.pack(">HH", 60000, 60000)),
                           "invalid_geometry"))
     cases.append(case("rle-bomb-repeat-runs", _rle_bomb(3 * 1024 * 1024), "invalid_geometry"))
+    # a valid file: parses, but each 8-byte element costs pydicom about 300 bytes (see RELIABILITY.md)
+    cases.append(case("100k-empty-private-elements", _many_elements(100_000), OK))
     cases.append(case("jpeg2000-no-siz", _header_patched(j2k, b"\xff\x4f\xff\x51", 0, b"\x00\x00\x00\x00"),
                       "invalid_geometry"))
     return cases
@@ -266,6 +268,15 @@ def _rle_bomb(segment_bytes: int) -> bytes:
     header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
     ds.PixelData = encapsulate([header + segment + segment])
     return to_bytes(ds)
+
+
+def _many_elements(count: int) -> bytes:
+    """CT_small with ``count`` empty private LO elements, each tag distinct, before its first element."""
+    data = to_bytes(ct_dataset())
+    elements = b"".join(struct.pack("<HH", 0x0009 + 2 * (i // 0xEFFF), 0x1000 + i % 0xEFFF) + b"LO\x00\x00"
+                        for i in range(count))
+    first = data.index(b"\x08\x00\x05\x00")  # (0008,0005), the data set's first element
+    return data[:first] + elements + data[first:]
 
 
 def _corrupt_deflate(data: bytes) -> bytes:
