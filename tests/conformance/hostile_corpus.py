@@ -121,7 +121,7 @@ def compressed(syntax: str, change: Callable[[pydicom.Dataset], None] | None = N
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     else:
-        ds.compress(syntax)
+        ds.compress(syntax, generate_instance_uid=False)  # the same bytes on every run
     if change is not None:
         change(ds)
     return to_bytes(ds)
@@ -263,7 +263,7 @@ def _rle_bomb(segment_bytes: int) -> bytes:
     """CT_small as RLE whose two segments are repeat runs: every 2 bytes expand to 128 (PS3.5 G.3.1),
     so 6 MB of frame would decode to 384 MB where 2×128×128 bytes are declared."""
     ds = ct_dataset()
-    ds.compress(RLELossless)
+    ds.compress(RLELossless, generate_instance_uid=False)
     segment = b"\x81\x00" * (segment_bytes // 2)
     header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
     ds.PixelData = encapsulate([header + segment + segment])
