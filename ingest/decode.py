@@ -564,7 +564,9 @@ def _check_image_module(ds: pydicom.Dataset, limits: InstanceLimits, sop_instanc
     bits_stored = _integer(ds, "BitsStored", sop_instance_uid)
     representation = _integer(ds, "PixelRepresentation", sop_instance_uid)
     samples = _integer(ds, "SamplesPerPixel", sop_instance_uid, default=1)
-    frames = _integer(ds, "NumberOfFrames", sop_instance_uid, default=1)
+    # 0 is not a valid NumberOfFrames, but some writers put it on single-frame images and pydicom
+    # reads it as one frame
+    frames = _integer(ds, "NumberOfFrames", sop_instance_uid, default=1) or 1
     invalid = []
     if rows <= 0 or columns <= 0:
         invalid.append(f"Rows={rows}, Columns={columns}")
