@@ -89,14 +89,16 @@ _INFLATE_STEP = 4 * 1024 * 1024
 @dataclass(frozen=True)
 class InstanceLimits:
     """What one instance may declare (settings ``max_image_dimension``, ``max_frames``,
-    ``max_decoded_bytes``): Rows and Columns, NumberOfFrames, and the bytes its pixels decode to."""
+    ``max_decoded_bytes``, ``max_elements``): Rows and Columns, NumberOfFrames, the bytes its pixels
+    decode to, and how many data elements it holds."""
 
     max_image_dimension: int
     max_frames: int
     max_decoded_bytes: int
+    max_elements: int
 
     def __post_init__(self) -> None:
-        for name in ("max_image_dimension", "max_frames", "max_decoded_bytes"):
+        for name in ("max_image_dimension", "max_frames", "max_decoded_bytes", "max_elements"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -105,7 +107,8 @@ class InstanceLimits:
 
     @classmethod
     def from_settings(cls, settings) -> InstanceLimits:
-        return cls(settings.max_image_dimension, settings.max_frames, settings.max_decoded_bytes)
+        return cls(settings.max_image_dimension, settings.max_frames, settings.max_decoded_bytes,
+                   settings.max_elements)
 
 
 @functools.cache
@@ -127,8 +130,10 @@ def parse_instance(data: bytes, *, max_bytes: int, limits: InstanceLimits | None
     limits = limits or _configured_limits()
     if len(data) > max_bytes:
         raise RejectedInstance("oversize", f"instance is {len(data)} bytes, above the limit of {max_bytes} bytes")
-    _check_inflated_size(data, max_bytes)
-    ds = _read(data)
+    deflated_at = _check_inflated_size(data, max_bytes)
+    if deflated_at is not None:
+        _count_deflated_elements(data, deflated_at, limits)
+    ds = _read(data, limits)
     sop_instance_uid = _text(ds, "SOPInstanceUID")
     if sop_instance_uid is not None and not UID(sop_instance_uid).is_valid:
         sop_instance_uid = None  # never carry a malformed identifier into dead letters and logs
@@ -439,8 +444,9 @@ DECODERS: list[PixelDecoder] = [DaliJpeg2000Decoder(), *(PydicomPluginDecoder(na
                                  DcmtkJpegDecoder()]
 
 
-def _check_inflated_size(data: bytes, max_bytes: int) -> None:
-    """A Deflated data set (PS3.5 A.5) must inflate to at most ``max_bytes`` with its file meta.
+def _check_inflated_size(data: bytes, max_bytes: int) -> int | None:
+    """A Deflated data set (PS3.5 A.5) must inflate to at most ``max_bytes`` with its file meta;
+    returns where the deflated data set starts, None when the file is not Deflated.
 
     pydicom inflates the whole stream in one call, so a 50 kB deflate bomb would become hundreds
     of megabytes before any check; here it is inflated step by step, keeping nothing, and refused
@@ -455,9 +461,9 @@ def _check_inflated_size(data: bytes, max_bytes: int) -> None:
             meta = _read_file_meta_info(stream)
             tsyntax = meta.get("TransferSyntaxUID")
     except Exception:  # noqa: BLE001 - dcmread gives the reason for files whose meta cannot be read
-        return
+        return None
     if tsyntax != DeflatedExplicitVRLittleEndian:
-        return
+        return None
     budget = max_bytes - stream.tell()
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending: bytes | memoryview = memoryview(data)[stream.tell():]
@@ -475,14 +481,58 @@ def _check_inflated_size(data: bytes, max_bytes: int) -> None:
                 break
     except zlib.error as exc:
         raise RejectedInstance("malformed", f"Deflated data set does not inflate: {exc}") from exc
+    return stream.tell()
 
 
-def _read(data: bytes) -> pydicom.Dataset:
-    """dcmread, with pydicom's every failure mapped to not_dicom or truncated."""
+class _CountingReader(io.BytesIO):
+    """Bytes for pydicom that refuse to be read more than ``max_reads`` times.
+
+    pydicom keeps about 300 bytes per data element, so 7.7 MB of empty elements parsed to 430 MB; it
+    reads each element's header and value with separate calls, items of nested sequences included,
+    so counting reads bounds the elements (and the memory) whatever their nesting, with no reader of
+    our own.
+    """
+
+    # reads per element: the tag and VR, a 4-byte length for long VRs, the value
+    READS_PER_ELEMENT = 3
+
+    def __init__(self, data: bytes, max_elements: int):
+        super().__init__(data)
+        self._max_elements = max_elements
+        self._reads_left = self.READS_PER_ELEMENT * max_elements + 64  # the preamble and file meta
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._reads_left -= 1
+        if self._reads_left < 0:
+            raise RejectedInstance("too_many_elements", f"data set holds more than about {self._max_elements} "
+                                   "data elements (settings max_elements)")
+        return super().read(size)
+
+
+def _count_deflated_elements(data: bytes, start: int, limits: InstanceLimits) -> None:
+    """The element bound for a Deflated data set, which pydicom inflates into a reader of its own:
+    its inflated bytes (already known to fit ``max_bytes``) are read once through _CountingReader."""
+    from pydicom.filereader import read_dataset
+
+    try:
+        inflated = zlib.decompress(memoryview(data)[start:], -zlib.MAX_WBITS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_dataset(_CountingReader(inflated, limits.max_elements), False, True)
+    except RejectedInstance:
+        raise
+    except Exception:  # noqa: BLE001 - dcmread gives the reason for anything else
+        return
+
+
+def _read(data: bytes, limits: InstanceLimits) -> pydicom.Dataset:
+    """dcmread, with pydicom's every failure mapped to not_dicom or truncated, and the element bound."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = pydicom.dcmread(_CountingReader(data, limits.max_elements))
+    except RejectedInstance:
+        raise
     except InvalidDicomError as exc:
         raise RejectedInstance("not_dicom", f"not a DICOM Part 10 file: {exc}") from exc
     except (EOFError, OSError) as exc:

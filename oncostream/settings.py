@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_image_dimension: int = Field(default=16384, gt=0)  # Rows and Columns
     max_frames: int = Field(default=1024, gt=0)  # NumberOfFrames
     max_decoded_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)  # Rows×Columns×frames×samples×bytes
+    max_elements: int = Field(default=100_000, gt=0)  # data elements, those in sequences included
 
     # listeners bind loopback unless a deployment opts in to more
     metrics_host: str = "127.0.0.1"

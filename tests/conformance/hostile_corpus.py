@@ -44,7 +44,8 @@ from oncostream.errors import RejectedInstance
 
 # the corpus runs under these bounds; the peak RSS it reports is measured under them
 MAX_BYTES = 8 * 1024 * 1024
-LIMITS = InstanceLimits(max_image_dimension=16384, max_frames=1024, max_decoded_bytes=64 * 1024 * 1024)
+LIMITS = InstanceLimits(max_image_dimension=16384, max_frames=1024, max_decoded_bytes=64 * 1024 * 1024,
+                        max_elements=20_000)
 OK = "ok"
 
 
@@ -252,8 +253,12 @@ def crafted_cases() -> list[Case]:
                           _header_patched(compressed(syntax), sof, 5, struct.pack(">HH", 60000, 60000)),
                           "invalid_geometry"))
     cases.append(case("rle-bomb-repeat-runs", _rle_bomb(3 * 1024 * 1024), "invalid_geometry"))
-    # a valid file: parses, but each 8-byte element costs pydicom about 300 bytes (see RELIABILITY.md)
-    cases.append(case("100k-empty-private-elements", _many_elements(100_000), OK))
+    # each 8-byte element costs pydicom about 300 bytes: 1,000,000 of them, top level, nested in a
+    # sequence item, or Deflated into 1.5 MB, would take 300 MB
+    cases.append(case("10k-empty-private-elements", _many_elements(10_000), OK))
+    cases.append(case("1M-empty-private-elements", _many_elements(1_000_000), "too_many_elements"))
+    cases.append(case("1M-empty-elements-in-a-sequence", _many_elements(1_000_000, nested=True), "too_many_elements"))
+    cases.append(case("1M-empty-elements-deflated", _deflate(_many_elements(1_000_000)), "too_many_elements"))
     cases.append(case("jpeg2000-no-siz", _header_patched(j2k, b"\xff\x4f\xff\x51", 0, b"\x00\x00\x00\x00"),
                       "invalid_geometry"))
     return cases
@@ -270,13 +275,39 @@ def _rle_bomb(segment_bytes: int) -> bytes:
     return to_bytes(ds)
 
 
-def _many_elements(count: int) -> bytes:
-    """CT_small with ``count`` empty private LO elements, each tag distinct, before its first element."""
+def _many_elements(count: int, nested: bool = False) -> bytes:
+    """CT_small with ``count`` empty private LO elements, each tag distinct: before its first element,
+    or in the one item of an undefined-length private sequence (0009,1000)."""
     data = to_bytes(ct_dataset())
-    elements = b"".join(struct.pack("<HH", 0x0009 + 2 * (i // 0xEFFF), 0x1000 + i % 0xEFFF) + b"LO\x00\x00"
-                        for i in range(count))
-    first = data.index(b"\x08\x00\x05\x00")  # (0008,0005), the data set's first element
-    return data[:first] + elements + data[first:]
+    group = 0x0011 if nested else 0x0009
+    index = np.arange(count)
+    headers = np.zeros(count, dtype=[("group", "<u2"), ("element", "<u2"), ("vr", "S2"), ("length", "<u2")])
+    headers["group"], headers["element"], headers["vr"] = group + 2 * (index // 0xEFFF), 0x1000 + index % 0xEFFF, b"LO"
+    elements = headers.tobytes()
+    if not nested:
+        first = data.index(b"\x08\x00\x05\x00")  # (0008,0005), the data set's first element
+        return data[:first] + elements + data[first:]
+    undefined = 0xFFFFFFFF
+    sequence = (struct.pack("<HH", 0x0009, 0x0010) + b"LO" + struct.pack("<H", 4) + b"TEST"
+                + struct.pack("<HH", 0x0009, 0x1000) + b"SQ\x00\x00" + struct.pack("<I", undefined)
+                + struct.pack("<HHI", 0xFFFE, 0xE000, undefined) + elements
+                + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    patient_name = data.index(b"\x10\x00\x10\x00")  # (0010,0010): the sequence goes before it, in order
+    return data[:patient_name] + sequence + data[patient_name:]
+
+
+def _deflate(data: bytes) -> bytes:
+    """The same Part 10 file with its data set Deflated (PS3.5 A.5), file meta rewritten by pydicom."""
+    import zlib
+
+    file_meta = ct_dataset().file_meta  # the same as ``data``'s: _many_elements keeps CT_small's meta
+    file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta = io.BytesIO()
+    pydicom.filewriter.write_file_meta_info(meta, file_meta, enforce_standard=True)
+    body = data[data.index(b"DICM") + 4:]
+    meta_end = 12 + struct.unpack("<I", body[8:12])[0]
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)  # level 1: level 9 took 8 s here
+    return b"\x00" * 128 + b"DICM" + meta.getvalue() + compressor.compress(body[meta_end:]) + compressor.flush()
 
 
 def _corrupt_deflate(data: bytes) -> bytes:
