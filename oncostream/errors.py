@@ -13,7 +13,7 @@ class RejectedInstance(OncostreamError):
     ``reason`` is a short machine-friendly code (``truncated``, ``not_dicom``,
     ``missing_pixel_data``, ``short_pixel_data``, ``unknown_sop_class``, ``oversize``,
     ``undecodable``, ``invalid_uid``, ``invalid_geometry``, ``geometry_above_limit``,
-    ``claim_check_refused``, ...); ``detail`` is the human sentence.
+    ``too_many_elements``, ``claim_check_refused``, ...); ``detail`` is the human sentence.
     """
 
     def __init__(self, reason: str, detail: str, sop_instance_uid: str | None = None):
