@@ -123,8 +123,9 @@ def parse_instance(data: bytes, *, max_bytes: int, limits: InstanceLimits | None
     """Parse Part 10 bytes into a Dataset that assembly and decoding can rely on.
 
     Raises RejectedInstance with reason ``oversize``, ``not_dicom``, ``truncated``, ``malformed``,
-    ``unknown_sop_class``, ``missing_attribute``, ``invalid_uid``, ``invalid_geometry``,
-    ``geometry_above_limit``, ``missing_pixel_data`` or ``short_pixel_data``.
+    ``too_many_elements``, ``unknown_sop_class``, ``missing_attribute``, ``invalid_uid``,
+    ``invalid_geometry``, ``geometry_above_limit``, ``missing_pixel_data``, ``short_pixel_data``, or
+    a mammography refusal of ingest/canonical/mammo.py.
     Never raises anything else, whatever the bytes; ``limits`` default to the settings' values.
     """
     limits = limits or _configured_limits()
