@@ -30,13 +30,19 @@ PEAK_NEIGHBOURHOOD = 5
 
 
 def denoise(volume_hu: np.ndarray, run_model: RunModel) -> np.ndarray:
-    """HU [D, H, W] -> denoised HU [D, H, W], through ``ldct_denoise`` one batch of slices at a time."""
+    """HU [D, H, W] -> denoised HU [D, H, W], through ``ldct_denoise`` one batch of slices at a time.
+    The denoiser needs even slice edges: an odd edge (a 597-pixel reconstruction grid) is padded by
+    repeating its last row or column, and the pad is cut off again."""
     scaled = preprocess.denoise_input(volume_hu)
+    height, width = scaled.shape[1:]
+    pad = ((0, 0), (0, height % 2), (0, width % 2))
+    if any(p[1] for p in pad):
+        scaled = np.pad(scaled, pad, mode="edge")
     out = np.empty_like(scaled)
     for start in range(0, scaled.shape[0], DENOISE_BATCH):
         batch = scaled[start:start + DENOISE_BATCH, None]
         out[start:start + DENOISE_BATCH] = run_model("ldct_denoise", {"image": batch})["denoised"][:, 0]
-    return out * np.float32(DENOISE_SCALE)
+    return out[:, :height, :width] * np.float32(DENOISE_SCALE)
 
 
 def detect(denoised_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel) -> tuple[np.ndarray, np.ndarray, ResampleGrid]:

@@ -186,8 +186,8 @@ def test_ldct_resampled_re_expression_keeps_priority_category_and_nodules(name, 
     _, event = triage(vendors.CT_RESAMPLING[name](copy.deepcopy(ldct_series[1])), settings, backend)
     assert (event.priority, event.category.lung_rads) == (ldct_baseline.priority, ldct_baseline.category.lung_rads)
     _same_nodules(_reportable(event), _reportable(ldct_baseline), THICK_SLICE_VOLUME_TOLERANCE)
-    # thick slices read nodules larger: the event says so and asks a reader to check
-    assert event.needs_human_review and "2.5 mm thick" in " ".join(event.review_reasons)
+    if name.startswith("thick"):  # thick slices read nodules larger: the event asks a reader to check
+        assert event.needs_human_review and "2.5 mm thick" in " ".join(event.review_reasons)
     assert not ldct_baseline.review_reasons
 
 
