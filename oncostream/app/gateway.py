@@ -89,10 +89,6 @@ class PipelineDestination(Destination):
     def _name(seq: int) -> str:
         return f"{seq:012d}.dcm"
 
-    @property
-    def healthy(self) -> bool:
-        return self._failure is None and not self.lifecycle.paused and self._worker.is_alive()
-
     def deliver(self, data: bytes, calling_ae: str) -> None:
         from oncostream import metrics
 
