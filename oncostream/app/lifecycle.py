@@ -130,10 +130,9 @@ class RejectionLog(DeadLetter):
         self.count = 0
         self._lines: list[str] = []
         self._lock = threading.Lock()
-        try:  # surface an unwritable log at start, not at the first rejection
-            self.path.open("a", encoding="utf-8").close()
-        except OSError as exc:
-            raise DeadLetterUnavailable(f"cannot write the rejection log {self.path}: {exc}") from exc
+        # surface an unwritable log at start, not at the first rejection (and create no empty file)
+        if not os.access(self.path if self.path.exists() else self.path.parent, os.W_OK):
+            raise DeadLetterUnavailable(f"cannot write the rejection log {self.path}")
 
     def add_instance(self, reason: str, detail: str, origin: str, uid: str | None) -> None:
         metrics.record(lambda: metrics.DLQ.labels(reason=reason).inc())

@@ -152,7 +152,7 @@ def test_an_unwritable_rejection_log_is_refused_not_acknowledged_and_the_pipelin
     running = Running(tmp_path, pipeline=failing, retry_max_s=0.2)
     log_path = tmp_path / "rejected.jsonl"
     try:
-        log_path.unlink()
+        log_path.unlink(missing_ok=True)
         log_path.mkdir()  # the log cannot be appended to any more
         bad = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
         del bad.ImageOrientationPatient
