@@ -506,3 +506,51 @@ def test_every_slice_of_a_ct_series_without_geometry_is_dead_lettered(kafka_topi
         headers = {k: v.decode() for k, v in record.headers}
         assert "ImageOrientationPatient" in headers["detail"]
     assert fully_committed(topics) == topics.end_offsets()
+
+
+class _DownSink:
+    """A delivery sink (a PACS, say) that never comes back: every flush fails, not always as a SinkError."""
+
+    name = "down"
+
+    def __init__(self):
+        self.flushes = 0
+
+    def add(self, result):
+        pass
+
+    def flush(self, timeout_s: float = 60.0):
+        from postprocess.errors import SinkError
+
+        self.flushes += 1
+        if self.flushes % 2:
+            raise SinkError(self.name, "connection refused")
+        raise ConnectionResetError("peer reset")  # what a sink's bug lets through
+
+    def discard(self, uid):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_sink_that_keeps_failing_dead_letters_its_study_and_never_escapes_the_worker(kafka_topics_factory,
+                                                                                     corpus, pipeline):
+    topics = kafka_topics_factory(1)
+    exam = corpus.subset(mammo=1, ldct=0)
+    produce_files(corpus.files(exam), topics.settings(), topics.bootstrap)
+    settings = topics.settings(delivery_attempts=3, retry_initial_s=0.0)
+    sink = _DownSink()
+    worker = Worker(settings, topics.bootstrap, topics.dicom, pipeline, [sink])
+    worker._done = lambda: worker.published + worker.dead_lettered >= 1
+    timer = threading.Timer(WAIT_S, worker.stop)
+    timer.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+    assert (worker.published, worker.dead_lettered, sink.flushes) == (0, 1, 3)
+    dead = topics.read(topics.dlq)
+    assert len(dead) == len(corpus.files(exam))
+    assert {dict((k, v.decode()) for k, v in r.headers)["reason"] for r in dead} == {"delivery_failed"}
+    assert fully_committed(topics) == topics.end_offsets()
