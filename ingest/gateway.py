@@ -116,21 +116,22 @@ class KafkaDestination(Destination):
     so that success to the modality means the broker has the instance."""
 
     def __init__(self, settings: Settings, bootstrap: str, produce_timeout_s: float = PRODUCE_TIMEOUT_S):
+        from oncostream.claim_store import claim_store_from_settings
         from oncostream.streaming import make_producer
 
         self.settings = settings
         self.topic = settings.topic_dicom
         self.produce_timeout_s = produce_timeout_s
+        self._claims = claim_store_from_settings(settings)
         try:
-            self._producer = make_producer(bootstrap, client_id="oncostream-gateway", linger_ms=0,
-                                           max_block_ms=int(produce_timeout_s * 1000))
+            self._producer = make_producer(bootstrap, client_id="oncostream-gateway", settings=settings,
+                                           linger_ms=0, max_block_ms=int(produce_timeout_s * 1000))
         except Exception as exc:  # kafka-python raises NoBrokersAvailable and friends
             raise GatewayError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from exc
 
     def deliver(self, data: bytes, calling_ae: str) -> None:
         from ingest.decode import parse_instance
         from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM
-        from oncostream.streaming import write_claim_check
 
         # parse here too: a modality learns at once that an instance is unusable, instead of the
         # instance surfacing later in the dead-letter topic where nobody at the modality looks
@@ -139,7 +140,7 @@ class KafkaDestination(Destination):
                    "trace-id": uuid.uuid4().hex}
         value = data
         if len(data) > self.settings.inline_limit_bytes:
-            value = write_claim_check(data, self.settings.claim_check_dir).model_dump_json().encode()
+            value = self._claims.write(data).model_dump_json().encode()
             headers["content-type"] = CONTENT_TYPE_CLAIM_CHECK
         future = self._producer.send(self.topic, key=str(ds.StudyInstanceUID).encode(), value=value,
                                      headers=[(k, v.encode()) for k, v in headers.items()])

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from ingest.base import Source, SourceMessage
 from oncostream.claim_store import ClaimStore
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
-from oncostream.errors import DeadLetterUnavailable, RejectedInstance
+from oncostream.errors import ClaimStoreUnavailable, DeadLetterUnavailable, RejectedInstance
+from oncostream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,12 @@ def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
 class ClaimCheckResolver:
     """Fetches the object a claim check points at and verifies its size and SHA-256.
 
-    ``file`` URIs are read only from the claim store (oncostream.claim_store.ClaimStore: regular
-    files directly in the configured directory, size checked before reading, SHA-256 after); the
-    claim check comes in an untrusted record, so ``file:///etc/passwd``, ``/dev/zero`` or a FIFO are
-    refused without being read. Other schemes are registered with a function ``uri -> bytes`` (a
-    WADO-RS resolver registers ``http``/``https``) and nothing else changes.
+    URIs of the claim store's scheme are read only from the claim store (oncostream.claim_store:
+    regular files directly in the configured directory, or keys directly under the configured S3
+    bucket and prefix; size checked before reading, SHA-256 after); the claim check comes in an
+    untrusted record, so ``file:///etc/passwd``, ``/dev/zero``, a FIFO or another bucket are refused
+    without being read. Other schemes are registered with a function ``uri -> bytes`` (a WADO-RS
+    resolver registers ``http``/``https``) and nothing else changes.
 
     Objects of studies that were committed are deleted through ``committed``; objects of dead-
     lettered instances stay until the store collects them by age, so that the dead-letter record's
@@ -75,8 +77,8 @@ class ClaimCheckResolver:
         self._last_collect = float("-inf")
 
     def register(self, scheme: str, fetch: Callable[[str], bytes]) -> None:
-        if scheme == "file":
-            raise ValueError("scheme: file URIs are always read from the claim store")
+        if scheme in ("file", "s3", self.store.scheme):
+            raise ValueError(f"scheme: {scheme} URIs are read only from the configured claim store")
         self._fetchers[scheme] = fetch
 
     def resolve(self, claim: ClaimCheck, source: tuple | None = None) -> bytes:
@@ -85,7 +87,7 @@ class ClaimCheckResolver:
             raise RejectedInstance("oversize", f"claim check refers to {claim.size} bytes, above the limit of "
                                                f"{self.max_bytes} bytes")
         scheme = urlparse(claim.uri).scheme
-        if scheme == "file":
+        if scheme == self.store.scheme:
             data = self.store.read(claim)
         else:
             data = self._fetch_registered(scheme, claim)
@@ -116,17 +118,17 @@ class ClaimCheckResolver:
         deleted = 0
         for source in [s for s in self._resolved if s[2] < offsets.get((s[0], s[1]), -1)]:
             claim = self._resolved.pop(source)
-            if source in published and urlparse(claim.uri).scheme == "file":
+            if source in published and self.store.owns(claim.uri):
                 try:
                     deleted += self.store.delete(claim)
-                except OSError:
+                except (OSError, ClaimStoreUnavailable):
                     log.warning("cannot delete a committed claim-checked object; age collection will", exc_info=True)
         now = time.monotonic()
         if now - self._last_collect >= self._COLLECT_INTERVAL_S:
             self._last_collect = now
             try:
                 self.store.collect()
-            except OSError:
+            except (OSError, ClaimStoreUnavailable):
                 log.warning("claim store collection failed", exc_info=True)
         return deleted
 
@@ -155,14 +157,19 @@ class KafkaSource(Source):
     the worker drops revoked assemblies there and sends at most an asynchronous commit.
     """
 
-    def __init__(self, bootstrap: str, topic: str, group_id: str, *,
+    def __init__(self, bootstrap: str, topic: str, group_id: str, *, settings: Settings | None = None,
                  on_revoked: Callable[[set[TopicPartitionKey]], None] | None = None,
                  on_assigned: Callable[[set[TopicPartitionKey]], None] | None = None,
                  max_poll_records: int = 64, client_id: str = "oncostream-worker"):
+        """``settings`` gives the transport security (oncostream.transport_security.kafka_client_security);
+        without it the connection is PLAINTEXT."""
         from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        from oncostream.transport_security import kafka_client_security
 
         self.topic = topic
         self._consumer = KafkaConsumer(
+            **(kafka_client_security(settings) if settings is not None else {}),
             bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=max_poll_records,

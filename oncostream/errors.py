@@ -66,3 +66,18 @@ class StudyFailed(OncostreamError):
 class DeadLetterUnavailable(OncostreamError):
     """The dead-letter sink (DLQ topic, rejection log) did not durably take a record: nothing it covers
     may be acknowledged until it does."""
+
+
+class ClaimStoreUnavailable(OncostreamError):
+    """The claim store cannot be reached or refuses this service (network, 5xx, credentials): no claim
+    check is judged on it. Writers fail the produce; the worker stops without committing past the
+    instance, which is read again when it restarts."""
+
+
+class InsecureTransport(OncostreamError, ValueError):
+    """A configuration would send credentials or patient data in clear to a host other than loopback;
+    ``argument`` names the setting or constructor argument to change."""
+
+    def __init__(self, argument: str, detail: str):
+        self.argument = argument
+        super().__init__(f"{argument}: {detail}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +45,12 @@ class Settings(BaseSettings):
 
     # listeners bind loopback unless a deployment opts in to more
     metrics_host: str = "127.0.0.1"
+    # optional DICOM TLS on the gateway (PS3.15 B.1): server certificate + key (PEM); with
+    # dicom_tls_require_client_cert only callers with a certificate from dicom_tls_cafile associate
+    dicom_tls_certfile: Path | None = None
+    dicom_tls_keyfile: Path | None = None
+    dicom_tls_cafile: Path | None = None
+    dicom_tls_require_client_cert: bool = False
 
     # kafka
     kafka_bootstrap: str | None = None
@@ -53,11 +59,28 @@ class Settings(BaseSettings):
     topic_results: str = "oncostream.results"
     topic_dlq: str = "oncostream.dlq"
     consumer_group: str = "oncostream-workers"
+    # transport security of every Kafka client (oncostream.transport_security.kafka_client_security):
+    # SSL = TLS (+ a client certificate for mTLS), SASL_SSL = TLS + SASL credentials; never SASL in clear
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ssl_cafile: Path | None = None  # PEM CA bundle the broker's certificate must chain to
+    kafka_ssl_certfile: Path | None = None  # PEM client certificate (mTLS), with kafka_ssl_keyfile
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     inline_limit_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     # claim-checked objects: written 0600 into this directory (created 0700), read back only from it,
     # deleted once their study is committed or when older than claim_check_max_age_s
     claim_check_dir: Path = Path(".oncostream/claims")
     claim_check_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # s3://bucket/prefix: claim checks in S3-compatible object storage that several pods share, instead
+    # of claim_check_dir (oncostream.claim_store.S3ClaimStore); credentials unset: boto3's default chain
+    claim_check_url: str | None = None
+    claim_check_s3_endpoint_url: str | None = None  # e.g. https://s3.example.org; unset: AWS
+    claim_check_s3_region: str = "us-east-1"
+    claim_check_s3_access_key_id: SecretStr | None = None
+    claim_check_s3_secret_access_key: SecretStr | None = None
 
     # outputs
     allow_patient_identifiers: bool = False
@@ -66,3 +89,22 @@ class Settings(BaseSettings):
     stow_rs_url: str | None = None  # DICOMweb root (e.g. http://pacs/dicom-web) for STOW-RS delivery
     stow_rs_username: str | None = None
     stow_rs_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _transport_settings_go_together(self) -> Settings:
+        if self.kafka_security_protocol == "SASL_SSL" and (not self.kafka_sasl_username
+                                                            or self.kafka_sasl_password is None):
+            raise ValueError("kafka_sasl_username and kafka_sasl_password are required with SASL_SSL")
+        if self.kafka_security_protocol == "PLAINTEXT" and (self.kafka_sasl_username
+                                                             or self.kafka_sasl_password is not None):
+            raise ValueError("kafka_sasl_username/password: SASL credentials need kafka_security_protocol "
+                             "SASL_SSL (they are never sent in clear)")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
+        if (self.dicom_tls_certfile is None) != (self.dicom_tls_keyfile is None):
+            raise ValueError("dicom_tls_certfile and dicom_tls_keyfile go together")
+        if self.dicom_tls_require_client_cert and (self.dicom_tls_certfile is None or self.dicom_tls_cafile is None):
+            raise ValueError("dicom_tls_require_client_cert needs dicom_tls_certfile/keyfile and dicom_tls_cafile")
+        if (self.claim_check_s3_access_key_id is None) != (self.claim_check_s3_secret_access_key is None):
+            raise ValueError("claim_check_s3_access_key_id and claim_check_s3_secret_access_key go together")
+        return self

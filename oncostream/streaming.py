@@ -42,13 +42,20 @@ def compression_type() -> str:
     return "lz4" if has_lz4() else "gzip"
 
 
-def make_producer(bootstrap: str, client_id: str, **overrides):
-    """A KafkaProducer that waits for all in-sync replicas and never reorders or duplicates on retry."""
+def make_producer(bootstrap: str, client_id: str, settings: Settings | None = None, **overrides):
+    """A KafkaProducer that waits for all in-sync replicas and never reorders or duplicates on retry.
+
+    Transport security (TLS, client certificate, SASL) comes from ``settings`` through
+    ``oncostream.transport_security.kafka_client_security``, like every other Kafka client oncostream
+    builds; without ``settings`` the connection is PLAINTEXT (tools and tests on a loopback broker)."""
     from kafka import KafkaProducer
+
+    from oncostream.transport_security import kafka_client_security
 
     config = dict(bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
                   compression_type=compression_type(), linger_ms=20, batch_size=1024 * 1024,
                   max_request_size=_MAX_REQUEST_BYTES, request_timeout_ms=60_000, max_block_ms=120_000)
+    config.update(kafka_client_security(settings) if settings is not None else {})
     config.update(overrides)
     return KafkaProducer(**config)
 
@@ -227,10 +234,10 @@ def study_key(data: bytes) -> str | None:
 
 def write_claim_check(data: bytes, claim_dir: Path) -> ClaimCheck:
     """Store `data` under its SHA-256 in `claim_dir` (content-addressed: rewriting is harmless), 0600 in a
-    0700 directory (oncostream.claim_store.ClaimStore)."""
-    from oncostream.claim_store import ClaimStore
+    0700 directory (oncostream.claim_store.DirectoryClaimStore)."""
+    from oncostream.claim_store import DirectoryClaimStore
 
-    return ClaimStore(claim_dir).write(data)
+    return DirectoryClaimStore(claim_dir).write(data)
 
 
 def instance_files(path: Path) -> list[Path]:
@@ -254,7 +261,8 @@ def produce_files(paths: Iterable[Path], settings: Settings, bootstrap: str, top
         keyed.setdefault(study_key(data), []).append((path, data))
     total = sum(len(items) for items in keyed.values())
     own_producer = producer is None
-    producer = producer or make_producer(bootstrap, client_id="oncostream-producer")
+    producer = producer or make_producer(bootstrap, client_id="oncostream-producer", settings=settings)
+    claims = None  # the claim store, built when the first instance needs it
     report = ProduceReport()
     futures = []
     started = time.monotonic()
@@ -269,7 +277,11 @@ def produce_files(paths: Iterable[Path], settings: Settings, bootstrap: str, top
                 headers = {"content-type": CONTENT_TYPE_DICOM, "program": program, "trace-id": trace_id}
                 value = data
                 if len(data) > settings.inline_limit_bytes:
-                    value = write_claim_check(data, settings.claim_check_dir).model_dump_json().encode()
+                    if claims is None:
+                        from oncostream.claim_store import claim_store_from_settings
+
+                        claims = claim_store_from_settings(settings)
+                    value = claims.write(data).model_dump_json().encode()
                     headers["content-type"] = CONTENT_TYPE_CLAIM_CHECK
                     report.claim_checks += 1
                 futures.append(producer.send(topic, key=key.encode() if key else None, value=value,

@@ -6,4 +6,6 @@ pytest_plugins = [
     "tests.fixtures.triton",
     "tests.fixtures.orthanc",
     "tests.fixtures.prometheus",
+    "tests.fixtures.s3proxy",
+    "tests.fixtures.tls",
 ]

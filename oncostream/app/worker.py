@@ -60,7 +60,7 @@ class Worker:
                  max_studies: int | None = None, producer=None):
         from ingest.assembly import Assembler
         from ingest.kafka_source import ClaimCheckResolver, KafkaDeadLetter, KafkaSource
-        from oncostream.claim_store import ClaimStore
+        from oncostream.claim_store import claim_store_from_settings
         from postprocess.kafka_sink import KafkaSink
 
         self.settings = settings
@@ -72,14 +72,13 @@ class Worker:
         self.watermark = Watermark()
         self.ahead = PublishedAhead()
         self._ahead_loaded: set[TopicPartitionKey] = set()
-        self.resolver = ClaimCheckResolver(settings.max_instance_bytes,
-                                           ClaimStore(settings.claim_check_dir, settings.claim_check_max_age_s))
+        self.resolver = ClaimCheckResolver(settings.max_instance_bytes, claim_store_from_settings(settings))
         self._published_sources: set[tuple[str, int, int]] = set()  # their claim-checked objects go at commit
         # not idempotent: kafka-python turns one non-retriable refusal (a record too large for its topic) into
         # a fatal state of an idempotent producer, failing every later record, dead-letter ones included;
         # one request in flight keeps retries in order, and consumers deduplicate replays by key and UID
-        self._producer = producer or make_producer(bootstrap, client_id="oncostream-worker", enable_idempotence=False,
-                                                   max_in_flight_requests_per_connection=1)
+        self._producer = producer or make_producer(bootstrap, client_id="oncostream-worker", settings=settings,
+                                                   enable_idempotence=False, max_in_flight_requests_per_connection=1)
         self.dlq = KafkaDeadLetter(self._producer, settings.topic_dlq)
         self.sinks = [KafkaSink(self._producer, settings.topic_triage, settings.topic_results), *sinks]
         self.lifecycle = StudyLifecycle(settings, pipeline, self.sinks, _TopicDeadLetter(self), self._wait,
@@ -87,7 +86,7 @@ class Worker:
         self._queue: list = []  # completed studies not yet finished
         self._held: dict[tuple[str, int, int], object] = {}  # messages of unfinished studies, by source
         self._last_commit = time.monotonic()
-        self.source = KafkaSource(bootstrap, topic, settings.consumer_group,
+        self.source = KafkaSource(bootstrap, topic, settings.consumer_group, settings=settings,
                                   on_revoked=self._on_revoked, on_assigned=self._on_assigned)
 
     # -- rebalance

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -33,6 +35,15 @@ class RunningService:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=timeout_s)
+
+
+def java_executable() -> str:
+    """The `java` (17+) of JAVA_HOME or PATH, for the services that run on the JVM (Kafka, S3Proxy)."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise ServiceStartError("java (17+) not found; install a JDK 17 or set JAVA_HOME")
+    return java
 
 
 def free_port() -> int:

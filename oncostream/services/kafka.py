@@ -15,9 +15,17 @@ import shutil
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from oncostream.services.base import RunningService, ServiceStartError, free_port, port_open, wait_until
+from oncostream.services.base import (
+    RunningService,
+    ServiceStartError,
+    free_port,
+    java_executable,
+    port_open,
+    wait_until,
+)
 from oncostream.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,21 @@ Configuration:
       - name: state.change.logger
         level: WARN
 """
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """TLS listeners to open beside the loopback PLAINTEXT one (which the broker itself, the controller
+    and topic administration keep using): ``SSL`` (mutual TLS when ``require_client_cert``) and
+    ``SASL_SSL`` (TLS + SASL PLAIN and SCRAM-SHA-512 for ``users``, name -> password).
+
+    ``keystore`` is one PEM file with the broker's unencrypted PKCS#8 private key and its certificate
+    chain (Kafka's ``ssl.keystore.type=PEM``); ``truststore`` a PEM file of the CA that signs clients."""
+
+    keystore: Path
+    truststore: Path
+    require_client_cert: bool = True
+    users: dict[str, str] = field(default_factory=dict)
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
@@ -105,24 +128,41 @@ def _metadata_ready(bootstrap: str) -> bool:
         admin.close()
 
 
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not java or not Path(java).exists():
-        raise ServiceStartError("kafka: java (17+) not found; install a JDK 17 or set JAVA_HOME")
-    return java
+def _tls_properties(tls: BrokerTls) -> list[str]:
+    jaas_plain = "org.apache.kafka.common.security.plain.PlainLoginModule required " + " ".join(
+        f'user_{name}="{password}"' for name, password in tls.users.items()) + ";"
+    return [
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={tls.keystore}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={tls.truststore}",
+        "ssl.enabled.protocols=TLSv1.3,TLSv1.2",
+        f"listener.name.ssl.ssl.client.auth={'required' if tls.require_client_cert else 'none'}",
+        "listener.name.sasl_ssl.ssl.client.auth=none",
+        "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512",
+        f"listener.name.sasl_ssl.plain.sasl.jaas.config={jaas_plain}",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+    ]
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def _server_properties(data_dir: Path, port: int, controller_port: int,
+                       tls_ports: tuple[int, int] | None = None, tls: BrokerTls | None = None) -> str:
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if tls is not None and tls_ports is not None:
+        listeners += [f"SSL://127.0.0.1:{tls_ports[0]}", f"SASL_SSL://127.0.0.1:{tls_ports[1]}"]
+        protocols += ",SSL:SSL,SASL_SSL:SASL_SSL"
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners={','.join(listeners)}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"listener.security.protocol.map={protocols}",
+        *(_tls_properties(tls) if tls is not None else []),
         f"log.dirs={data_dir}",
         "num.partitions=3",
         "auto.create.topics.enable=false",
@@ -145,8 +185,11 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
 
 
 def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READY_TIMEOUT_S,
-          settings: Settings | None = None) -> RunningService:
-    """Format a fresh KRaft data dir under `workdir`, start the broker, create the oncostream topics."""
+          settings: Settings | None = None, tls: BrokerTls | None = None) -> RunningService:
+    """Format a fresh KRaft data dir under `workdir`, start the broker, create the oncostream topics.
+
+    With ``tls``, ``env`` also names ``KAFKA_SSL_BOOTSTRAP`` and ``KAFKA_SASL_SSL_BOOTSTRAP``; SCRAM
+    credentials of ``tls.users`` are written into the metadata when the data dir is formatted."""
     libs = libs or Path(os.environ.get("ONCOSTREAM_KAFKA_LIBS", DEFAULT_LIBS))
     if not any(libs.glob("kafka_2.13-*.jar")):
         raise ServiceStartError(f"kafka: no broker jars in {libs}; run scripts/fetch_kafka.sh first")
@@ -154,22 +197,26 @@ def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READ
     data_dir = workdir / "data"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    port, controller_port = free_port(), free_port()
-    while controller_port == port:
-        controller_port = free_port()
+    ports = {free_port()}
+    while len(ports) < (4 if tls is not None else 2):
+        ports.add(free_port())
+    port, controller_port, *tls_ports = sorted(ports)
     props = workdir / "server.properties"
-    props.write_text(_server_properties(data_dir, port, controller_port))
+    props.write_text(_server_properties(data_dir, port, controller_port, tuple(tls_ports) or None, tls))
+    props.chmod(0o600)  # SASL PLAIN passwords live in it
     log_path = workdir / "broker.log"
     log4j = workdir / "log4j2.yaml"
     log4j.write_text(_LOG4J2.format(log_file=log_path))
 
-    java = _java()
+    java = java_executable()
     classpath = str(libs / "*")
     jvm = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={workdir}"]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    scram = [arg for name, password in (tls.users.items() if tls is not None else ())
+             for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
     fmt = subprocess.run([java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                          "-t", cluster_id, "-c", str(props)],
+                          "-t", cluster_id, "-c", str(props), *scram],
                          capture_output=True, text=True, timeout=120)
     if fmt.returncode != 0:
         raise ServiceStartError(f"kafka storage format failed ({fmt.returncode}): {fmt.stdout[-2000:]}"
@@ -181,7 +228,10 @@ def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READ
                                cwd=workdir, start_new_session=True)
     console.close()
     bootstrap = f"127.0.0.1:{port}"
-    service = RunningService(name="kafka", env={"KAFKA_BOOTSTRAP": bootstrap}, process=process,
+    env = {"KAFKA_BOOTSTRAP": bootstrap}
+    if tls_ports:
+        env |= {"KAFKA_SSL_BOOTSTRAP": f"127.0.0.1:{tls_ports[0]}", "KAFKA_SASL_SSL_BOOTSTRAP": f"127.0.0.1:{tls_ports[1]}"}
+    service = RunningService(name="kafka", env=env, process=process,
                              workdir=workdir, log_path=log_path,
                              extra={"controller_port": controller_port, "cluster_id": cluster_id})
     try:

@@ -339,11 +339,11 @@ def claim_cases(root: Path) -> list[tuple[str, str, str]]:
 
 
 def claim_outcome(store: Path, uri: str) -> str:
-    from oncostream.claim_store import ClaimStore
+    from oncostream.claim_store import DirectoryClaimStore
     from oncostream.contracts import ClaimCheck
 
     try:
-        ClaimStore(store).read(ClaimCheck(uri=uri, sha256="0" * 64, size=100))
+        DirectoryClaimStore(store).read(ClaimCheck(uri=uri, sha256="0" * 64, size=100))
     except RejectedInstance as exc:
         return exc.reason
     return OK

@@ -11,7 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from ingest.kafka_source import ClaimCheckResolver, KafkaDeadLetter, KafkaSource, instance_bytes
-from oncostream.claim_store import ClaimStore
+from oncostream.claim_store import DirectoryClaimStore
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
 from oncostream.errors import RejectedInstance
 from oncostream.streaming import make_producer, produce_files, study_key
@@ -55,7 +55,7 @@ def test_produce_inline_and_claim_check_round_trip(kafka_topics, corpus, tmp_pat
         source.close()
     assert len(messages) == 3
     by_key = {m.key: m for m in messages}
-    resolver = ClaimCheckResolver(settings.max_instance_bytes, ClaimStore(settings.claim_check_dir))
+    resolver = ClaimCheckResolver(settings.max_instance_bytes, DirectoryClaimStore(settings.claim_check_dir))
 
     ct = by_key[study_key(CT_SMALL.read_bytes()).encode()]
     assert ct.headers["content-type"] == CONTENT_TYPE_CLAIM_CHECK

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingest.kafka_source import ClaimCheckResolver, KafkaMessage, instance_bytes
-from oncostream.claim_store import ClaimStore
+from oncostream.claim_store import DirectoryClaimStore
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, ClaimCheck
 from oncostream.errors import RejectedInstance
 from oncostream.streaming import write_claim_check
@@ -29,7 +29,7 @@ def test_written_objects_are_private(tmp_path):
     path = Path(claim.uri.removeprefix("file://"))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(store_dir.stat().st_mode) == 0o700
-    assert ClaimStore(store_dir).read(claim) == DATA
+    assert DirectoryClaimStore(store_dir).read(claim) == DATA
 
 
 def _outside_file(tmp_path: Path) -> Path:
@@ -77,7 +77,7 @@ def test_hostile_claim_checks_are_refused_without_reading(tmp_path, name):
     uri = build(tmp_path, store)
     started = time.monotonic()
     with pytest.raises(RejectedInstance) as err:
-        ClaimStore(store).read(_claim(uri if isinstance(uri, str) else uri.as_uri()))
+        DirectoryClaimStore(store).read(_claim(uri if isinstance(uri, str) else uri.as_uri()))
     assert time.monotonic() - started < 5, "a FIFO or device must not block the reader"
     assert err.value.reason == reason
     assert "passwd" not in err.value.detail and str(len(DATA)) not in err.value.detail
@@ -85,7 +85,7 @@ def test_hostile_claim_checks_are_refused_without_reading(tmp_path, name):
 
 def test_size_is_checked_before_reading(tmp_path):
     """A 1 GiB sparse file under a claim of a few bytes is refused by its size, not read."""
-    store = ClaimStore(tmp_path)
+    store = DirectoryClaimStore(tmp_path)
     claim = store.write(DATA)
     path = Path(claim.uri.removeprefix("file://"))
     with path.open("r+b") as handle:
@@ -102,18 +102,18 @@ def test_resolver_refuses_etc_passwd_through_instance_bytes(tmp_path):
     message = KafkaMessage(data=claim.model_dump_json().encode(), origin="t/0/0", topic="t", partition=0, offset=0,
                            headers={"content-type": CONTENT_TYPE_CLAIM_CHECK})
     with pytest.raises(RejectedInstance) as err:
-        instance_bytes(message, ClaimCheckResolver(1 << 20, store=ClaimStore(tmp_path)))
+        instance_bytes(message, ClaimCheckResolver(1 << 20, store=DirectoryClaimStore(tmp_path)))
     assert err.value.reason == "claim_check_refused"
     assert str(passwd_size) not in err.value.detail
 
 
 def test_file_scheme_cannot_be_replaced(tmp_path):
     with pytest.raises(ValueError, match="scheme"):
-        ClaimCheckResolver(1 << 20, store=ClaimStore(tmp_path)).register("file", lambda uri: b"")
+        ClaimCheckResolver(1 << 20, store=DirectoryClaimStore(tmp_path)).register("file", lambda uri: b"")
 
 
 def test_committed_deletes_published_objects_and_keeps_dead_lettered_ones(tmp_path):
-    store = ClaimStore(tmp_path)
+    store = DirectoryClaimStore(tmp_path)
     resolver = ClaimCheckResolver(1 << 20, store=store)
     published, rejected, later = store.write(b"a" * 10), store.write(b"b" * 10), store.write(b"c" * 10)
     resolver.resolve(published, source=("t", 0, 5))
@@ -125,7 +125,7 @@ def test_committed_deletes_published_objects_and_keeps_dead_lettered_ones(tmp_pa
 
 
 def test_collect_removes_objects_older_than_the_age(tmp_path):
-    store = ClaimStore(tmp_path, max_age_s=60)
+    store = DirectoryClaimStore(tmp_path, max_age_s=60)
     old, new = store.write(b"old"), store.write(b"new")
     old_path = Path(old.uri.removeprefix("file://"))
     os.utime(old_path, (time.time() - 3600, time.time() - 3600))

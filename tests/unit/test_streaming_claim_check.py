@@ -8,7 +8,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from ingest.kafka_source import ClaimCheckResolver, KafkaMessage, instance_bytes
-from oncostream.claim_store import ClaimStore
+from oncostream.claim_store import DirectoryClaimStore
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
 from oncostream.errors import RejectedInstance
 from oncostream.streaming import study_key, write_claim_check
@@ -17,7 +17,7 @@ CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 
 
 def _resolver(store_dir: Path) -> ClaimCheckResolver:
-    return ClaimCheckResolver(max_bytes=1 << 20, store=ClaimStore(store_dir))
+    return ClaimCheckResolver(max_bytes=1 << 20, store=DirectoryClaimStore(store_dir))
 
 
 def _claim_message(claim: ClaimCheck) -> KafkaMessage:

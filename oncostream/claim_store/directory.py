@@ -1,4 +1,4 @@
-"""The claim-check store: large instances kept as files, named by their SHA-256, in one directory.
+"""The directory claim store: large instances kept as files, named by their SHA-256, in one directory.
 
 Producers write an object here and put a claim check (uri, sha256, size) on Kafka in its place; the
 worker reads it back. The claim check arrives in an untrusted record, so reading is confined: only a
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from oncostream.claim_store.base import ClaimStore
 from oncostream.contracts import ClaimCheck
 from oncostream.errors import RejectedInstance
 
@@ -27,10 +28,10 @@ _READ_STEP = 4 * 1024 * 1024
 _SUFFIX = ".dcm"
 
 
-class ClaimStore:
-    """One claim-check directory. ``write`` stores bytes and returns their claim check; ``read``
-    returns the bytes of a claim check that points into this directory; ``delete`` and ``collect``
-    remove objects that are no longer needed."""
+class DirectoryClaimStore(ClaimStore):
+    """One claim-check directory on a file system this process can see (``file:`` URIs)."""
+
+    scheme = "file"
 
     def __init__(self, directory: Path, max_age_s: float = 7 * 24 * 3600.0):
         if not isinstance(directory, (str, os.PathLike)):
