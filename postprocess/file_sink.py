@@ -1,7 +1,8 @@
 """File sink: `triage.jsonl` (one TriageEvent per line) plus `sr/`, `seg/`, `secondary/` DICOM files.
 
 Idempotent like every sink: a replayed study (same SR UID) adds no second line, and DICOM files are
-named by SOPInstanceUID, so rewriting one leaves one file.
+named by SOPInstanceUID, so rewriting one leaves one file. Replays are byte-identical; different content
+under an existing SOP Instance UID is refused (a permanent SinkError), never written over it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ class FileSink(Sink):
                     path = self.out_dir / sub / f"{ds.SOPInstanceUID}.dcm"
                     tmp = path.with_suffix(".tmp")
                     ds.save_as(tmp, enforce_file_format=True)
+                    if path.exists() and path.read_bytes() != tmp.read_bytes():
+                        # replays are byte-identical; different bytes under one UID would silently
+                        # replace a result someone may have read
+                        tmp.unlink()
+                        raise SinkError(self.name, f"refusing different content under existing SOP Instance "
+                                        f"UID {ds.SOPInstanceUID}", permanent=True,
+                                        studies=(result.event.study_instance_uid,))
                     os.replace(tmp, path)
                     self._written.append(path)
             key = (result.event.study_instance_uid, result.event.sr_sop_instance_uid)

@@ -205,3 +205,21 @@ def test_stow_sink_drops_a_permanently_refused_study_and_later_studies_flow():
     sink.add(good)
     sink.flush(5)
     assert session.posts == 2
+
+
+def test_file_sink_refuses_different_content_under_an_existing_uid(tmp_path):
+    from postprocess.file_sink import FileSink
+
+    sink = FileSink(tmp_path)
+    first = result()
+    sink.add(first)
+    sink.flush()
+    path = tmp_path / "sr" / f"{first.sr.SOPInstanceUID}.dcm"
+    before = path.read_bytes()
+    sink.add(first)  # a replay: the same bytes are fine
+    changed = result(first.event.study_instance_uid)
+    changed.sr.SOPInstanceUID = first.sr.SOPInstanceUID
+    changed.sr.Modality = "OT"  # different content under the same UID
+    with pytest.raises(SinkError) as raised:
+        sink.add(changed)
+    assert raised.value.permanent and path.read_bytes() == before
