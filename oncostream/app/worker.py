@@ -199,8 +199,9 @@ class Worker:
             if outcome.outcome is Outcome.ABANDONED:
                 break
             self._queue.pop(0)
+            # finished either way: a replay from an earlier commit must not assemble its tail again
+            self.ahead.published(study.assembly_key, study.sources)
             if outcome.outcome is Outcome.PUBLISHED:
-                self.ahead.published(study.assembly_key, study.sources)
                 self._published_sources.update(study.sources)
                 self.published += 1
             else:
