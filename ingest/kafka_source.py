@@ -161,16 +161,15 @@ class KafkaSource(Source):
                  on_revoked: Callable[[set[TopicPartitionKey]], None] | None = None,
                  on_assigned: Callable[[set[TopicPartitionKey]], None] | None = None,
                  max_poll_records: int = 64, client_id: str = "oncostream-worker"):
-        """``settings`` gives the transport security (oncostream.transport_security.kafka_client_security);
-        without it the connection is PLAINTEXT."""
+        """``settings`` gives the transport security (oncostream.transport_security.kafka_client); without
+        it the connection is PLAINTEXT."""
         from kafka import ConsumerRebalanceListener, KafkaConsumer
 
-        from oncostream.transport_security import kafka_client_security
+        from oncostream.transport_security import kafka_client
 
         self.topic = topic
-        self._consumer = KafkaConsumer(
-            **(kafka_client_security(settings) if settings is not None else {}),
-            bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
+        self._consumer = kafka_client(
+            KafkaConsumer, bootstrap, settings, group_id=group_id, client_id=client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=max_poll_records,
             max_partition_fetch_bytes=_MAX_FETCH_BYTES, fetch_max_bytes=_MAX_FETCH_BYTES,

@@ -81,3 +81,14 @@ class InsecureTransport(OncostreamError, ValueError):
     def __init__(self, argument: str, detail: str):
         self.argument = argument
         super().__init__(f"{argument}: {detail}")
+
+
+class KafkaUnreachable(OncostreamError):
+    """A Kafka client could not connect to ``bootstrap``; ``cause`` says why when it can be told (the
+    TLS handshake, the client certificate, SASL), with the setting to look at."""
+
+    def __init__(self, bootstrap: str, security_protocol: str, cause: str):
+        self.bootstrap = bootstrap
+        self.security_protocol = security_protocol
+        self.cause = cause
+        super().__init__(f"cannot connect to Kafka at {bootstrap} over {security_protocol}: {cause}")

@@ -46,18 +46,18 @@ def make_producer(bootstrap: str, client_id: str, settings: Settings | None = No
     """A KafkaProducer that waits for all in-sync replicas and never reorders or duplicates on retry.
 
     Transport security (TLS, client certificate, SASL) comes from ``settings`` through
-    ``oncostream.transport_security.kafka_client_security``, like every other Kafka client oncostream
-    builds; without ``settings`` the connection is PLAINTEXT (tools and tests on a loopback broker)."""
+    ``oncostream.transport_security.kafka_client``, like every other Kafka client oncostream builds;
+    without ``settings`` the connection is PLAINTEXT (tools and tests on a loopback broker).
+    KafkaUnreachable says why when no broker can be reached."""
     from kafka import KafkaProducer
 
-    from oncostream.transport_security import kafka_client_security
+    from oncostream.transport_security import kafka_client
 
-    config = dict(bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
+    config = dict(client_id=client_id, acks="all", enable_idempotence=True,
                   compression_type=compression_type(), linger_ms=20, batch_size=1024 * 1024,
                   max_request_size=_MAX_REQUEST_BYTES, request_timeout_ms=60_000, max_block_ms=120_000)
-    config.update(kafka_client_security(settings) if settings is not None else {})
     config.update(overrides)
-    return KafkaProducer(**config)
+    return kafka_client(KafkaProducer, bootstrap, settings, **config)
 
 
 def quiet_kafka_client_logs() -> None:

@@ -24,6 +24,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from oncostream.study import StudyResult
+from oncostream.transport_security import refuse_credentials_in_clear
 from postprocess.base import Sink
 from postprocess.errors import SinkError
 from postprocess.pacs_sink import Backoff, result_datasets
@@ -65,7 +66,8 @@ def multipart_related(parts: list[bytes], boundary: str) -> bytes:
 
 
 class StowRsSink(Sink):
-    """STOW-RS to one DICOMweb origin server, e.g. ``http://127.0.0.1:8042/dicom-web``."""
+    """STOW-RS to one DICOMweb origin server, e.g. ``http://127.0.0.1:8042/dicom-web``. Credentials
+    go only over https, or plain http to loopback (InsecureTransport naming ``root_url`` otherwise)."""
 
     name = "stow-rs"
 
@@ -76,6 +78,9 @@ class StowRsSink(Sink):
             raise ValueError(f"root_url must be an http(s) URL of the DICOMweb root, got {root_url!r}")
         if (username is None) != (password is None):
             raise ValueError("username and password go together")
+        if username is not None:
+            # basic auth in clear would hand the PACS account to anyone on the path
+            refuse_credentials_in_clear(root_url, "root_url")
         self.studies_url = root_url.rstrip("/") + "/studies"
         self.backoff = backoff
         self.request_timeout_s = request_timeout_s
