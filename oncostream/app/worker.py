@@ -196,6 +196,10 @@ class Worker:
             study = self._queue[0]
             study.arrived_at = self._arrival(study)
             outcome = self.lifecycle.finish(study)
+            if not self._queue or self._queue[0] is not study:
+                # its partition was revoked while the lifecycle waited (it polls): the new owner replays it,
+                # and whatever was delivered meanwhile is republished identically
+                continue
             if outcome.outcome is Outcome.ABANDONED:
                 break
             self._queue.pop(0)
