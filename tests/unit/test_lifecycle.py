@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
-import pytest
-
 from oncostream.app.lifecycle import FAILURE_POLICY, Action, DeadLetter, Failure, Outcome, StudyLifecycle
 from oncostream.errors import BackendUnavailable, DeadLetterUnavailable, StudyFailed
 from oncostream.settings import Settings

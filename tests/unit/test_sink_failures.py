@@ -4,7 +4,6 @@ object does not block later studies, and a torn last line of triage.jsonl does n
 from __future__ import annotations
 
 import json
-import threading
 from types import SimpleNamespace
 
 import pytest
