@@ -24,6 +24,7 @@ says otherwise.
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
 import weakref
 from abc import ABC, abstractmethod
@@ -189,9 +190,13 @@ class Gateway:
         # bytes of the data set each association is receiving (pynetdicom's reading thread, one per association)
         self._receiving: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def start(self, port: int, host: str = "127.0.0.1") -> int:
-        """Listen (without blocking); returns the bound port (``port`` 0 picks a free one)."""
-        self._server = self.ae.start_server((host, port), block=False,
+    def start(self, port: int, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen (without blocking); returns the bound port (``port`` 0 picks a free one). With
+        ``ssl_context`` (oncostream.transport_security.dicom_server_tls) every association runs over TLS
+        (PS3.15 B.1); a caller that does not speak TLS, or whose certificate the context refuses, gets none."""
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}")
+        self._server = self.ae.start_server((host, port), block=False, ssl_context=ssl_context,
                                             evt_handlers=[(evt.EVT_C_STORE, self._on_c_store),
                                                           (evt.EVT_PDU_RECV, self._on_pdu)])
         return self._server.server_address[1]

@@ -220,8 +220,10 @@ def main(args) -> int:
     """`oncostream gateway --port P [--ae-title T] (--bootstrap HOST:PORT | --out DIR) [--allow AE ...]
     [--host ADDRESS] [--metrics-port P]`."""
     from oncostream import metrics
+    from oncostream.transport_security import dicom_server_tls
 
     settings = Settings()
+    tls = dicom_server_tls(settings)  # before anything starts: unreadable certificates stop here
     if args.bootstrap:
         try:
             destination: Destination = KafkaDestination(settings, args.bootstrap)
@@ -237,12 +239,16 @@ def main(args) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    port = gateway.start(args.port, host=args.host)
+    port = gateway.start(args.port, host=args.host, ssl_context=tls)
     if not args.allow:
         log.warning("no --allow given: any calling AE title may store")
     served = "" if args.metrics_port is None else f"; metrics on port {metrics.serve(args.metrics_port)}"
     # tests and operators read this line to learn the ports when 0 was given
-    print(f"gateway {args.ae_title} listening on port {port}, feeding {where}{served}", flush=True)
+    secured = ""
+    if tls is not None:
+        secured = " over DICOM TLS" + (", client certificates required" if settings.dicom_tls_require_client_cert
+                                       else "")
+    print(f"gateway {args.ae_title} listening on port {port}, feeding {where}{secured}{served}", flush=True)
     try:
         while not stop.wait(0.5):  # a bounded wait lets the signal handler run on this thread
             pass
