@@ -27,31 +27,29 @@ ONCOSTREAM = str(Path(sys.executable).with_name("oncostream"))
 def _embedded(data_dir: Path, out: Path) -> tuple[float, int, int, int]:
     """Seconds, instances, bytes, studies for the in-process pipeline over `data_dir` (models preloaded)."""
     from ingest.assembly import Assembler
-    from ingest.decode import parse_instance, route
     from ingest.directory import DirectorySource
+    from oncostream.app.lifecycle import Outcome, RejectionLog, StudyLifecycle, validate
     from oncostream.app.pipeline import Pipeline, make_backend
     from oncostream.settings import Settings
     from postprocess.file_sink import FileSink
 
     settings = Settings()
     backend = make_backend(settings)
-    pipeline = Pipeline(settings, backend)
     sink = FileSink(out)
     assembler = Assembler(settings)
+    # the served path: the same lifecycle as `oncostream run` (process, publish, dead-letter)
+    lifecycle = StudyLifecycle(settings, Pipeline(settings, backend), [sink], RejectionLog(out / "rejected.jsonl"),
+                               wait=lambda s: False, assembler=assembler)
     instances = nbytes = studies = 0
     started = time.monotonic()
     for message in DirectorySource(data_dir):
         instances += 1
         nbytes += len(message.data)
-        ds = parse_instance(message.data, max_bytes=settings.max_instance_bytes)
-        for study in assembler.add(ds, modality=route(ds)):
-            sink.add(pipeline.process(study))
-            sink.flush()
-            studies += 1
+        ds, modality = validate(message.data, settings)
+        for study in assembler.add(ds, modality=modality):
+            studies += lifecycle.finish(study).outcome is Outcome.PUBLISHED
     for study in assembler.flush_all():
-        sink.add(pipeline.process(study))
-        sink.flush()
-        studies += 1
+        studies += lifecycle.finish(study).outcome is Outcome.PUBLISHED
     seconds = time.monotonic() - started
     sink.close()
     backend.close()
