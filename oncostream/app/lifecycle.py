@@ -131,7 +131,7 @@ class RejectionLog(DeadLetter):
         self._lines: list[str] = []
         self._lock = threading.Lock()
         # surface an unwritable log at start, not at the first rejection (and create no empty file)
-        if not os.access(self.path if self.path.exists() else self.path.parent, os.W_OK):
+        if self.path.is_dir() or not os.access(self.path if self.path.exists() else self.path.parent, os.W_OK):
             raise DeadLetterUnavailable(f"cannot write the rejection log {self.path}")
 
     def add_instance(self, reason: str, detail: str, origin: str, uid: str | None) -> None:

@@ -172,3 +172,14 @@ def test_an_unwritable_rejection_log_is_refused_not_acknowledged_and_the_pipelin
     lines = log_path.read_text().splitlines()
     assert sum('"processing_failed"' in line for line in lines) == 4, "every instance of the failed study"
     assert len(list((tmp_path / "rejected").glob("*.dcm"))) == 4, "its instances are kept beside the log"
+
+
+def test_an_instance_that_cannot_be_spooled_is_answered_out_of_resources(tmp_path, exam):
+    running = Running(tmp_path)
+    try:
+        (tmp_path / "spool").rmdir()
+        (tmp_path / "spool").write_text("not a directory")  # as good as a full disk for the spool
+        status = running.store(pydicom.dcmread(exam[0]))
+    finally:
+        running.close()
+    assert status.Status == 0xA700 and "cannot spool" in status.ErrorComment

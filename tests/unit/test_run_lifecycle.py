@@ -64,3 +64,10 @@ def test_a_view_resent_after_its_exam_was_published_changes_nothing(tmp_path, st
     referenced = {str(item.ReferencedSOPInstanceUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
                   for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
     assert len(referenced) == 4, "the SR under this UID must stay the one of the whole exam"
+
+
+def test_run_refuses_to_start_when_its_rejection_log_cannot_be_written(tmp_path, studies):
+    out = tmp_path / "out"
+    (out / "rejected.jsonl").mkdir(parents=True)
+    assert run(studies["mg"][0].parent, out) == 2
+    assert not (out / "triage.jsonl").exists(), "nothing may be processed that could not be dead-lettered"
