@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 
 from oncostream.app.lifecycle import DeadLetter, Outcome, StudyLifecycle, validate
-from oncostream.errors import RejectedInstance
+from oncostream.errors import ClaimStoreUnavailable, RejectedInstance
 from oncostream.settings import Settings
 from oncostream.streaming import (
     PublishedAhead,
@@ -85,6 +85,7 @@ class Worker:
                                         assembler=self.assembler)
         self._queue: list = []  # completed studies not yet finished
         self._held: dict[tuple[str, int, int], object] = {}  # messages of unfinished studies, by source
+        self._unread: dict[TopicPartitionKey, int] = {}  # instances whose claim store could not be asked
         self._last_commit = time.monotonic()
         self.source = KafkaSource(bootstrap, topic, settings.consumer_group, settings=settings,
                                   on_revoked=self._on_revoked, on_assigned=self._on_assigned)
@@ -155,6 +156,11 @@ class Worker:
             data = instance_bytes(message, self.resolver)
             metrics.record(metrics.INSTANCE_BYTES.inc, len(data))
             ds, modality = validate(data, self.settings)
+        except ClaimStoreUnavailable:
+            # an outage says nothing about the instance: no commit may pass it, and the loop stops (exit 1)
+            # so that the group reads it again from the committed offset once the store answers
+            self._unread = merge_lowest(self._unread, {(message.topic, message.partition): message.offset})
+            raise
         except RejectedInstance as exc:
             log.warning("rejected an instance (%s): %s", message.origin, exc.reason)
             self._dead_letter(message, exc)
@@ -228,9 +234,9 @@ class Worker:
             self._held.pop(source, None)
 
     def _held_offsets(self) -> dict[TopicPartitionKey, int]:
-        """Lowest offset per partition of any study not yet finished (assembling or queued), and of any
-        instance whose dead-letter record is not acknowledged yet."""
-        return merge_lowest(self.assembler.pending_offsets(),
+        """Lowest offset per partition of any study not yet finished (assembling or queued), of any
+        instance whose dead-letter record is not acknowledged yet, and of any the claim store could not give."""
+        return merge_lowest(self._unread, self.assembler.pending_offsets(),
                             lowest_offsets(s for study in self._queue for s in study.sources),
                             self.dlq.pending_offsets())
 

@@ -226,3 +226,30 @@ def test_producer_and_worker_share_the_s3_store_through_kafka(kafka_topics, s3_s
     source_key = (message.topic, message.partition, message.offset)
     assert resolver.committed({source_key[:2]: message.offset + 1}, published=[source_key]) == 1
     assert s3_server.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+
+
+def test_a_worker_that_cannot_reach_the_store_stops_without_committing_past_the_instance(
+        kafka_topics, s3_server, s3_bucket):
+    import threading
+
+    from oncostream.app.worker import Worker
+
+    store = s3_server.store_settings(f"s3://{s3_bucket}/claims")
+    producer_settings = kafka_topics.settings(inline_limit_bytes=20_000, **store)
+    produce_files([CT_SMALL], producer_settings, kafka_topics.bootstrap)
+    # the worker's endpoint is a closed port: every request fails as if the store were down
+    worker_settings = kafka_topics.settings(**{**store,
+                                               "claim_check_s3_endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    worker = Worker(worker_settings, kafka_topics.bootstrap, kafka_topics.dicom, pipeline=None, sinks=[])
+    timer = threading.Timer(90, worker.stop)  # bound: the test fails below rather than hanging
+    timer.start()
+    try:
+        assert worker.run() == 1
+    finally:
+        timer.cancel()
+    assert not worker.stopping  # it ended on the failure, not on the timer
+    [record] = kafka_topics.read(kafka_topics.dicom)
+    # the committed offset stays at the instance: the group reads it again (before the fix: offset + 1)
+    assert kafka_topics.committed()[record.partition] in (None, record.offset)
+    assert kafka_topics.read(kafka_topics.dlq) == []  # and not dead-lettered on an outage
+    assert s3_server.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 1
