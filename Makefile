@@ -31,6 +31,7 @@ test: $(STAMP) system-deps
 
 stack: $(STAMP) system-deps
 	scripts/fetch_kafka.sh
+	scripts/fetch_s3proxy.sh
 	$(BIN)/python -m oncostream.stack up
 
 stack-down:

@@ -3,7 +3,8 @@
 The jars come from `scripts/fetch_s3proxy.sh` (pinned in scripts/s3proxy/pom.xml) into
 `.cache/s3proxy/libs`; nothing here downloads anything. `start()` writes a configuration with the
 jclouds file-system backend under `workdir`, AWS signature authentication with an access key and
-secret drawn at run time, a free port on 127.0.0.1, and waits until the server answers HTTP.
+secret drawn at run time, a free port on 127.0.0.1, waits until the server answers HTTP, and creates
+the bucket of `S3_CLAIM_CHECK_URL` with those credentials (which proves they work).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIBS = REPO_ROOT / ".cache" / "s3proxy" / "libs"
 READY_TIMEOUT_S = 60.0
+CLAIMS_BUCKET = "oncostream-claims"
 
 _LOGBACK = """\
 <configuration>
@@ -48,9 +50,20 @@ def _answers_http(port: int) -> bool:
     return requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code in (200, 403)
 
 
+def _create_bucket(endpoint: str, access_key: str, secret_key: str, bucket: str) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+    client.create_bucket(Bucket=bucket)
+
+
 def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READY_TIMEOUT_S) -> RunningService:
     """Start S3Proxy with an empty file-system backend under `workdir`. ``env`` gives
-    ``S3_ENDPOINT_URL``, ``S3_ACCESS_KEY_ID`` and ``S3_SECRET_ACCESS_KEY``."""
+    ``S3_ENDPOINT_URL``, ``S3_ACCESS_KEY_ID``, ``S3_SECRET_ACCESS_KEY`` and ``S3_CLAIM_CHECK_URL``
+    (s3://oncostream-claims/claims, for ONCOSTREAM_CLAIM_CHECK_URL)."""
     libs = libs or Path(os.environ.get("ONCOSTREAM_S3PROXY_LIBS", DEFAULT_LIBS))
     if not any(libs.glob("s3proxy-*.jar")):
         raise ServiceStartError(f"s3proxy: no jars in {libs}; run scripts/fetch_s3proxy.sh first")
@@ -88,12 +101,14 @@ def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READ
     console.close()
     service = RunningService(name="s3proxy", process=process, workdir=workdir, log_path=log_path,
                              env={"S3_ENDPOINT_URL": endpoint, "S3_ACCESS_KEY_ID": access_key,
-                                  "S3_SECRET_ACCESS_KEY": secret_key})
+                                  "S3_SECRET_ACCESS_KEY": secret_key,
+                                  "S3_CLAIM_CHECK_URL": f"s3://{CLAIMS_BUCKET}/claims"})
     try:
         wait_until(lambda: port_open(port), ready_timeout_s, f"s3proxy listener on {endpoint}",
                    process=process, log_path=log_path)
         wait_until(lambda: _answers_http(port), ready_timeout_s, f"s3proxy on {endpoint}",
                    process=process, log_path=log_path)
+        _create_bucket(endpoint, access_key, secret_key, CLAIMS_BUCKET)
     except BaseException:
         service.stop()
         raise
