@@ -74,7 +74,7 @@ def kafka_client(client_class, bootstrap: str, settings: Settings | None, **conf
                                                               "KafkaConnectionError") if hasattr(errors, name))
     security = kafka_client_security(settings) if settings is not None else {}
     try:
-        return client_class(bootstrap_servers=bootstrap, **security, **config)
+        return client_class(bootstrap_servers=bootstrap, **{**security, **config})
     except cannot_connect as exc:
         protocol = security.get("security_protocol", "PLAINTEXT")
         cause = _tls_diagnosis(bootstrap, security) if protocol != "PLAINTEXT" else None
@@ -89,6 +89,7 @@ def kafka_client(client_class, bootstrap: str, settings: Settings | None, **conf
 def _tls_diagnosis(bootstrap: str, security: dict[str, Any], timeout_s: float = 5.0) -> str | None:
     """Why a TLS connection to the first bootstrap server fails, or None when it works."""
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal
     context = ssl.create_default_context(cafile=security.get("ssl_cafile"))
     if security.get("ssl_certfile"):
         context.load_cert_chain(security["ssl_certfile"], security.get("ssl_keyfile"), security.get("ssl_password"))
