@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: dicom3tools (dciodvfy), DCMTK, PixelMed (DicomSRValidator), Orthanc
-# (+ DICOMweb plugin), Prometheus. Idempotent and quiet; skipped when every tool is already present.
+# (+ DICOMweb plugin), Prometheus, openssl (the tests' throwaway CA and certificates). Idempotent and
+# quiet; skipped when every tool is already present.
 set -euo pipefail
 need=()
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
@@ -9,6 +10,7 @@ command -v dsrdump >/dev/null || need+=(dcmtk)
 command -v Orthanc >/dev/null || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v prometheus >/dev/null || need+=(prometheus)
+command -v openssl >/dev/null || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "installing Debian packages: ${need[*]}"
