@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import numpy as np
 from pydicom import Dataset
 
-from ingest.canonical.ldct import has_thin_series, select_series
+from ingest.canonical.ldct import has_screening_series, select_series
 from oncostream.errors import RejectedInstance, StudyFailed
 from oncostream.settings import Settings
 from oncostream.study import Study
@@ -241,11 +241,13 @@ class Assembler:
             return False
         if pending.modality == "MG":
             return len(pending.by_sop) == len(MAMMO_VIEWS)
-        # every series seen so far complete, one of them thin-section: a series that comes after the
-        # study closed is ignored as late (logged), so a study without a thin series waits until quiet
+        # every series seen so far complete, one of them of screening thickness: a series that comes
+        # after the study closed is ignored as late (logged), so a study holding only thick
+        # reconstructions waits until quiet in case the screening series follows
         counts = Counter(str(d.SeriesInstanceUID) for d in pending.by_sop.values())
         return (all(series in pending.expected and count >= pending.expected[series]
-                    for series, count in counts.items()) and has_thin_series(list(pending.by_sop.values())))
+                    for series, count in counts.items())
+                and has_screening_series(list(pending.by_sop.values())))
 
     def _close(self, pending: _Pending) -> Study:
         """Never raises: a study that cannot be closed comes out with ``error`` set (it fails alone)."""

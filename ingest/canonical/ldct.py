@@ -26,9 +26,12 @@ from pydicom import Dataset
 from oncostream.errors import StudyFailed
 
 MAX_OBLIQUE_DEG = 0.5
-# a thin-section series (screening protocols ask for <= 1.0-1.25 mm): once one is complete, the study
-# need not wait for its quiet timeout in case a better series is still coming
+# a thin-section series (screening protocols ask for <= 1.0-1.25 mm): a series read thicker than
+# this asks for a reader's check of the measurements (ingest/ldct.py thickness_review)
 THIN_SERIES_MM = 1.5
+# the thickest series a screening protocol accepts (ACR LDCT: <= 2.5 mm): once one is complete the
+# study closes; a study holding only thicker series waits for its quiet time in case one follows
+SCREENING_SERIES_MAX_MM = 2.5
 # ConvolutionKernel values (or parts of them) that vendors use for lung / sharp reconstructions
 _LUNG_KERNELS = ("LUNG", "SHARP", "BONE", "DETAIL", "B50", "B60", "B70", "BR5", "BR6", "BL5", "BL6", "I50",
                  "I70", "FC5", "YB", "YC", "YD", "RAMLAK")
@@ -75,12 +78,13 @@ def is_lung_kernel(ds: Dataset) -> bool:
     return any(k in kernel for k in _LUNG_KERNELS)
 
 
-def has_thin_series(datasets: list[Dataset]) -> bool:
-    """Whether an eligible series of at most ``THIN_SERIES_MM`` is among ``datasets``."""
+def has_screening_series(datasets: list[Dataset]) -> bool:
+    """Whether an eligible series of at most ``SCREENING_SERIES_MAX_MM`` is among ``datasets``."""
     by_series: dict[str, list[Dataset]] = defaultdict(list)
     for ds in datasets:
         by_series[str(ds.SeriesInstanceUID)].append(ds)
-    return any(_series_problem(m) is None and _thickness_mm(m) <= THIN_SERIES_MM for m in by_series.values())
+    return any(_series_problem(m) is None and _thickness_mm(m) <= SCREENING_SERIES_MAX_MM + 1e-6
+               for m in by_series.values())
 
 
 @dataclass(frozen=True)

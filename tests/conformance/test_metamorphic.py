@@ -215,7 +215,7 @@ def _mip(series: list) -> list:
 def test_a_study_with_extra_series_is_triaged_once_from_the_thin_series(ldct_series, ldct_baseline, settings,
                                                                         backend):
     thin = ldct_series[1]
-    thick = vendors.ct_thick_slices(copy.deepcopy(thin))
+    thick = vendors.ct_thick_slices(copy.deepcopy(thin), factor=4)  # a 5 mm soft-tissue reconstruction
     for ds in thick:
         ds.ConvolutionKernel = "STANDARD"
     study, event = triage([*thick, _localizer(thin[0]), *_mip(thin), *thin], settings, backend)
