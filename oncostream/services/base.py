@@ -1,5 +1,7 @@
 """Real services started by the project (Kafka, Triton, Orthanc, Prometheus) share this shape:
-`start(workdir) -> RunningService`, free ports picked at run time, readiness polled with a bound."""
+`start(workdir) -> RunningService`, free ports picked at run time, readiness polled with a bound.
+A service that can come back as it was (same ports, same data) also gets `restart()`: the fault tests
+stop a broker, an inference server or a PACS under a running worker and bring it back."""
 
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ class RunningService:
     workdir: Path
     log_path: Path | None = None
     extra: dict = field(default_factory=dict)
+    # how start() launched the process and knew it was ready: what start_again() repeats
+    launch: Callable[[], subprocess.Popen] | None = field(default=None, repr=False)
+    ready: Callable[[], bool] | None = field(default=None, repr=False)
+    ready_timeout_s: float = 120.0
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -35,6 +41,26 @@ class RunningService:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=timeout_s)
+
+    def start_again(self) -> None:
+        """Launch the stopped service again on the same ports with the data it had, and wait until it is
+        ready (bounded by ``ready_timeout_s``)."""
+        if self.launch is None or self.ready is None:
+            raise ServiceStartError(f"{self.name}: this service cannot be started again in place")
+        if self.process is not None and self.process.poll() is None:
+            raise ServiceStartError(f"{self.name}: still running (pid {self.process.pid}); stop() it first")
+        self.process = self.launch()
+        try:
+            wait_until(self.ready, self.ready_timeout_s, f"{self.name} started again", process=self.process,
+                       log_path=self.log_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, timeout_s: float = 30.0) -> None:
+        """stop() then start_again(): same ports, same data."""
+        self.stop(timeout_s)
+        self.start_again()
 
 
 def java_executable() -> str:

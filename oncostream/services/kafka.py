@@ -3,7 +3,8 @@
 The jars come from `scripts/fetch_kafka.sh` (pinned in scripts/kafka/pom.xml) into `.cache/kafka/libs`;
 nothing here downloads anything. `start()` formats a fresh data dir, starts `kafka.Kafka` in its own
 session (so `make stack` can exit and leave it running), waits for a metadata answer and creates the
-oncostream topics with explicit configs.
+oncostream topics with explicit configs. `RunningService.restart()` starts the same broker again on the
+same ports and data dir (no format): its topics, records and committed offsets are still there.
 """
 
 from __future__ import annotations
@@ -222,18 +223,22 @@ def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READ
         raise ServiceStartError(f"kafka storage format failed ({fmt.returncode}): {fmt.stdout[-2000:]}"
                                 f"{fmt.stderr[-2000:]}")
 
-    console = open(workdir / "console.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    process = subprocess.Popen([java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)],
-                               stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               cwd=workdir, start_new_session=True)
-    console.close()
+    def launch() -> subprocess.Popen:
+        # the same properties and data dir every time: a broker started again keeps its ports and its log
+        with open(workdir / "console.log", "ab") as console:
+            return subprocess.Popen([java, *jvm, "-cp", classpath, "kafka.Kafka", str(props)],
+                                    stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=workdir, start_new_session=True)
+
+    process = launch()
     bootstrap = f"127.0.0.1:{port}"
     env = {"KAFKA_BOOTSTRAP": bootstrap}
     if tls_ports:
         env |= {"KAFKA_SSL_BOOTSTRAP": f"127.0.0.1:{tls_ports[0]}", "KAFKA_SASL_SSL_BOOTSTRAP": f"127.0.0.1:{tls_ports[1]}"}
     service = RunningService(name="kafka", env=env, process=process,
                              workdir=workdir, log_path=log_path,
-                             extra={"controller_port": controller_port, "cluster_id": cluster_id})
+                             extra={"controller_port": controller_port, "cluster_id": cluster_id},
+                             launch=launch, ready=lambda: _metadata_ready(bootstrap), ready_timeout_s=ready_timeout_s)
     try:
         deadline = time.monotonic() + ready_timeout_s
         # the listener first (cheap, quiet), then a metadata answer naming this broker

@@ -99,11 +99,15 @@ def start(workdir: Path, ae_title: str = DEFAULT_AE_TITLE,
         http_port = free_port()
     config = write_config(workdir, dicom_port, http_port, ae_title, modalities, callers)
     log_path = workdir / "orthanc.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - stays open for the child's lifetime
-    process = subprocess.Popen([str(ORTHANC_BINARY), f"--logfile={log_path.with_suffix('.trace.log')}",
-                                str(config)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
+
+    def launch() -> subprocess.Popen:
+        # the same configuration every time: started again, Orthanc keeps its ports and its storage
+        with open(log_path, "ab") as log:
+            return subprocess.Popen([str(ORTHANC_BINARY), f"--logfile={log_path.with_suffix('.trace.log')}",
+                                     str(config)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+
+    process = launch()
     http = f"http://127.0.0.1:{http_port}"
 
     def ready() -> bool:
@@ -123,4 +127,5 @@ def start(workdir: Path, ae_title: str = DEFAULT_AE_TITLE,
         process=process, workdir=workdir, log_path=log_path.with_suffix(".trace.log"),
         extra={"ae_title": ae_title, "callers": tuple(callers), "dicom_port": dicom_port, "http_port": http_port,
                "dicomweb_root": f"{http}{DICOMWEB_ROOT.rstrip('/')}"},
+        launch=launch, ready=ready, ready_timeout_s=START_TIMEOUT_S,
     )

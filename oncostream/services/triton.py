@@ -17,7 +17,8 @@ The wheel's binary needs three things the wheel does not arrange (DESIGN.md, pit
 Ports are free ports chosen at start; every listener binds 127.0.0.1. Models are loaded explicitly
 (`--model-control-mode explicit --load-model=*`) with config auto-completion disabled
 (`--disable-auto-complete-config`, the successor of `--strict-model-config`), so a config the server
-would have to guess fails loudly instead.
+would have to guess fails loudly instead. `RunningService.restart()` starts the same server again on the
+same ports (what a client sees when Triton is restarted under it).
 """
 
 from __future__ import annotations
@@ -127,20 +128,28 @@ def start(workdir: Path, repository: Path | None = None, ready_timeout_s: float 
         f"--log-verbose={log_verbose}",
         "--exit-timeout-secs=10",
     ]
-    console = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               cwd=workdir, env=server_environment(home), start_new_session=True)
-    console.close()
+    environment = server_environment(home)
+
+    def launch() -> subprocess.Popen:
+        # the same command every time: a server started again listens on the same ports
+        with open(log_path, "ab") as console:
+            return subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=workdir, env=environment, start_new_session=True)
+
+    def ready() -> bool:
+        return requests.get(f"http://{http}/v2/health/ready", timeout=2).status_code == 200
+
+    process = launch()
     http = f"127.0.0.1:{http_port}"
     service = RunningService(
         name="triton",
         env={"TRITON_GRPC": f"127.0.0.1:{grpc_port}", "TRITON_HTTP": http},
         process=process, workdir=workdir, log_path=log_path,
         extra={"metrics_port": metrics_port, "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
-               "repository": repository})
+               "repository": repository},
+        launch=launch, ready=ready, ready_timeout_s=ready_timeout_s)
     try:
-        wait_until(lambda: requests.get(f"http://{http}/v2/health/ready", timeout=2).status_code == 200,
-                   ready_timeout_s, f"tritonserver on {http}", process=process, log_path=log_path)
+        wait_until(ready, ready_timeout_s, f"tritonserver on {http}", process=process, log_path=log_path)
     except BaseException:
         service.stop()
         raise
