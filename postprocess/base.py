@@ -10,6 +10,10 @@ from oncostream.study import StudyResult
 
 class Sink(ABC):
     name: str
+    # True for a sink whose record tells its readers "this study is triaged" (the triage topic, triage.jsonl).
+    # The lifecycle hands a result to such sinks only once every other sink (a PACS) has it, so a study that
+    # fails delivery and is dead-lettered was never announced as triaged.
+    announces_triage: bool = False
 
     @abstractmethod
     def add(self, result: StudyResult) -> None:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 class FileSink(Sink):
     name = "files"
+    announces_triage = True
 
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)

@@ -28,6 +28,7 @@ def dicom_bytes(ds: Dataset) -> bytes:
 
 class KafkaSink(Sink):
     name = "kafka"
+    announces_triage = True
 
     def __init__(self, producer, triage_topic: str, results_topic: str):
         """`producer` is a kafka-python KafkaProducer (acks="all"); the sink does not own it."""

@@ -181,6 +181,11 @@ class StudyLifecycle:
         self.settings = settings
         self.pipeline = pipeline
         self.sinks = list(sinks)
+        # delivery sinks (PACS) first, then those that announce the study triaged: a study dead-lettered because
+        # a PACS stayed down is then never also on the triage topic or in triage.jsonl (Sink.announces_triage)
+        self._sink_stages = [stage for stage in ([s for s in self.sinks if not getattr(s, "announces_triage", False)],
+                                                 [s for s in self.sinks if getattr(s, "announces_triage", False)])
+                             if stage]
         self.dead_letter = dead_letter
         self.wait = wait
         self.assembler = assembler  # told which studies are finished, so late instances are ignored
@@ -209,10 +214,11 @@ class StudyLifecycle:
 
         for attempt in range(self.settings.delivery_attempts):
             try:
-                for sink in self.sinks:
-                    sink.add(result)
-                for sink in self.sinks:
-                    sink.flush()
+                for stage in self._sink_stages:
+                    for sink in stage:
+                        sink.add(result)
+                    for sink in stage:
+                        sink.flush()
             except Exception as exc:  # noqa: BLE001 - no sink error may escape: each maps to a policy row
                 error = exc if isinstance(exc, SinkError) else SinkError(
                     getattr(exc, "sink", "sink"), f"{type(exc).__name__}: {exc}")

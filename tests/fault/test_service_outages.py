@@ -111,3 +111,21 @@ def test_pacs_down_then_back_delivers_every_result_and_dead_letters_none(kafka_t
     wait_for(lambda: delivered() == {mg[0], mg[1], ct[0]}, WAIT_S, "every result in the PACS", [worker],
              interval_s=1.0)
     _finish(worker, kafka_topics, [mg[0], mg[1], ct[0]])
+
+
+def test_a_pacs_down_past_the_delivery_attempts_dead_letters_the_study_and_never_triages_it(
+        kafka_topics, own_orthanc, fault_studies, spawn_worker, tmp_path):
+    own_orthanc.stop()  # and never back
+    exam = fault_studies.of("MG")[:1]
+    produce_files(fault_studies.files(exam), kafka_topics.settings(), kafka_topics.bootstrap)
+    # two deliveries (each the PACS sink's own five tries, 7.5 s) instead of five: the same path, sooner
+    worker = spawn_worker(kafka_topics, tmp_path / "worker.log", ONCOSTREAM_PACS_ADDRESS=own_orthanc.env["ORTHANC_DICOM"],
+                          ONCOSTREAM_PACS_CALLED_AE=own_orthanc.extra["ae_title"], ONCOSTREAM_DELIVERY_ATTEMPTS="2",
+                          ONCOSTREAM_RETRY_INITIAL_S="0.1")
+    wait_for(lambda: Ledger.read(kafka_topics).dead and committed_to_end(kafka_topics), WAIT_S,
+             "the exam dead-lettered and committed", [worker], interval_s=1.0)
+    assert worker.signal(signal.SIGTERM) == 0, worker.log_tail()
+    ledger = Ledger.read(kafka_topics)
+    assert {uid: set(reasons) for uid, reasons in ledger.dead.items()} == {exam[0]: {"delivery_failed"}}
+    # dead-lettered means not triaged: no triage event may announce a result that never reached the PACS
+    ledger.assert_balanced(set(exam))

@@ -148,6 +148,17 @@ def test_transient_sink_failure_past_the_attempts_is_dead_lettered_with_the_reas
     assert sink.discarded == ["1.2.3"] and len(dead.durable) == 2
 
 
+def test_a_study_dead_lettered_for_delivery_was_never_handed_to_the_sinks_that_announce_it_triaged():
+    announcer = FakeSink()
+    announcer.announces_triage = True  # the triage topic, triage.jsonl
+    pacs = FakeSink(*[SinkError("pacs", "connection refused")] * 2)
+    lc = lifecycle(sinks=[announcer, pacs], delivery_attempts=2)
+    assert lc.finish(study()).reason == "delivery_failed"
+    assert announcer.added == [] and pacs.added == ["1.2.3", "1.2.3"]
+    assert lc.finish(study("4.5.6")).outcome is Outcome.PUBLISHED
+    assert announcer.delivered == ["4.5.6"]
+
+
 def test_permanent_refusal_dead_letters_at_once_and_the_next_study_flows():
     sink = FakeSink(SinkError("pacs", "0xA900", permanent=True, studies=("1.2.3",)))
     lc = lifecycle(sinks=[sink])
