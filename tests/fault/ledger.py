@@ -88,8 +88,15 @@ class Ledger:
         """Studies triaged more than once -> how many times."""
         return {uid: len(events) for uid, events in self.events.items() if len(events) > 1}
 
+    def counts(self, studies_in: set[str]) -> str:
+        """The figures docs/RELIABILITY.md reports per fault (printed by each test; `pytest -s` shows them)."""
+        replayed = sum(n - 1 for n in self.replays().values())
+        return (f"studies in {len(studies_in)}, triaged {len(self.triaged)}, dead-lettered {len(self.dead)}, "
+                f"replayed triage events {replayed}")
+
     def assert_balanced(self, studies_in: set[str]) -> None:
         """The acceptance invariant (module docstring)."""
+        print(self.counts(studies_in))
         dead = set(self.dead)
         assert not self.triaged & dead, f"{len(self.triaged & dead)} studies both triaged and dead-lettered"
         assert self.triaged | dead == studies_in, (
