@@ -127,6 +127,27 @@ def mg_larger_detector(datasets: list[Dataset], margin_mm: tuple[float, float, f
     return out
 
 
+def mg_burned_in_marker(datasets: list[Dataset]) -> list[Dataset]:
+    """A burned-in view marker ("LCC"): a bright block of text-like strokes in the corner away from
+    the chest wall, as many vendors print it into For Presentation images."""
+    out = []
+    for ds in datasets:
+        pixels = _pixels(ds).copy()
+        spacing = float(ds.PixelSpacing[0])
+        size = int(round(12.0 / spacing))
+        top = int(round(8.0 / spacing))
+        chest_wall_left = "A" in str(ds.PatientOrientation[0])
+        cols = slice(pixels.shape[1] - top - 3 * size, pixels.shape[1] - top) if chest_wall_left else slice(top, top + 3 * size)
+        block = pixels[top:top + size, cols]
+        strokes = np.zeros(block.shape, bool)
+        strokes[:, :: max(2, size // 6)] = True
+        strokes[:: max(2, size // 4), :] = True
+        full = 2 ** int(ds.BitsStored) - 1
+        block[strokes] = full if str(ds.PhotometricInterpretation) == "MONOCHROME2" else 0
+        out.append(_with_pixels(ds, pixels))
+    return out
+
+
 def mg_pixel_pitch(datasets: list[Dataset], spacing_mm: float = 0.085) -> list[Dataset]:
     """The same breast sampled at another detector pitch (cubic resampling; Pixel and Imager Pixel
     Spacing updated)."""
@@ -230,6 +251,7 @@ MAMMO_EXACT: dict[str, Transform] = {
     "display_attributes": mg_display_attributes,
 }
 MAMMO_RESAMPLING: dict[str, Transform] = {
+    "burned_in_marker": mg_burned_in_marker,
     "larger_detector": mg_larger_detector,
     "pixel_pitch_0.085": mg_pixel_pitch,
 }
