@@ -8,6 +8,7 @@ are idempotent.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from functools import partial
 
@@ -36,10 +37,19 @@ def _clip01(value: float) -> float:
     return min(max(float(value), 0.0), 1.0)
 
 
+def inputs_fingerprint(study: Study) -> str:
+    """Stable text for the set of instances a result was made from (any order)."""
+    joined = "\x1f".join(sorted(str(ds.SOPInstanceUID) for ds in study.datasets))
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
 def output_uid(study: Study, model_versions: dict[str, str], policy: ProgramPolicy, role: str) -> str:
     """A derived UID for one output of ``study``; ``role`` says which (``sr``, ``seg-series``, ``nodule/3``...).
-    Other models or another policy give other UIDs: their outputs differ in content."""
-    return str(derive_uid(study.study_instance_uid, model_fingerprint(model_versions), policy.fingerprint, role))
+    Other models, another policy or another set of input instances (a view resent alone, long after its
+    exam was published) give other UIDs: their outputs differ in content. A replay of the same
+    instances gives the same UIDs."""
+    return str(derive_uid(study.study_instance_uid, model_fingerprint(model_versions), policy.fingerprint,
+                          inputs_fingerprint(study), role))
 
 
 def _patient_id(study: Study, settings: Settings) -> str | None:

@@ -103,3 +103,18 @@ def test_a_changed_program_policy_gives_new_output_uids() -> None:
     assert stricter.fingerprint == parse_program((PROGRAMS_DIR / "default.yaml").read_text().replace(
         "four_x_probability: 0.85", "four_x_probability: 0.80")).fingerprint
     assert output_uid(study, inference.model_versions, stricter, "sr") != result.sr.SOPInstanceUID
+
+
+def test_output_uids_follow_the_input_instances_not_their_order() -> None:
+    import copy
+
+    study, inference = cases.ldct_study(), cases.ldct_inference()
+    policy = load_program("default")
+    uid = output_uid(study, inference.model_versions, policy, "sr")
+    reordered = copy.copy(study)
+    reordered.datasets = list(reversed(study.datasets))
+    assert output_uid(reordered, inference.model_versions, policy, "sr") == uid, "a replay gives the same UIDs"
+    fewer = copy.copy(study)
+    fewer.datasets = study.datasets[:-1]
+    # a part of the study processed on its own (a late resend) never reuses the whole study's UIDs
+    assert output_uid(fewer, inference.model_versions, policy, "sr") != uid
