@@ -11,12 +11,12 @@ import logging
 import time
 from pathlib import Path
 
+from ingest.base import SourceMessage
 from oncostream import metrics
 from oncostream.app.lifecycle import Outcome, RejectionLog, StudyLifecycle, validate
 from oncostream.contracts import LungRadsCategory, TriageEvent
 from oncostream.errors import DeadLetterUnavailable, RejectedInstance
 from oncostream.settings import Settings
-from oncostream.study import StudyResult
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,12 @@ def main_run(args) -> int:
         write_studies(path, mammo=3, ldct=2, seed=0, size=args.size)
         console.print(f"synthesised in {time.monotonic() - started:.1f} s")
 
-    files = list(DirectorySource(path))
+    # paths only: each file is read when its turn comes, so memory follows the studies in assembly,
+    # not the size of the folder
+    files = DirectorySource(path).paths()
     try:
         # a source is ("run", 0, index of the file): a failed study's rejection lines name each file
-        rejections = RejectionLog(out / "rejected.jsonl", origin_of=lambda source: files[source[2]].origin)
+        rejections = RejectionLog(out / "rejected.jsonl", origin_of=lambda source: str(files[source[2]]))
     except DeadLetterUnavailable as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
@@ -100,7 +102,7 @@ def main_run(args) -> int:
     assembler = Assembler(settings)
     lifecycle = StudyLifecycle(settings, Pipeline(settings, backend), [FileSink(out), *delivery_sinks(settings)],
                                rejections, _Patience(_RUN_PATIENCE_S), assembler=assembler)
-    results: list[StudyResult] = []
+    events: list[TriageEvent] = []  # what the worklist shows; the DICOM outputs are already on disk
     unfinished = 0
     started = time.monotonic()
 
@@ -110,7 +112,7 @@ def main_run(args) -> int:
             progress.update(task, description=f"{study.modality} study")
             finished = lifecycle.finish(study)
             if finished.outcome is Outcome.PUBLISHED:
-                results.append(finished.result)
+                events.append(finished.result.event)
             elif finished.outcome is Outcome.ABANDONED:
                 unfinished += 1
 
@@ -118,7 +120,8 @@ def main_run(args) -> int:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             task = progress.add_task("reading", total=len(files))
-            for index, message in enumerate(files):
+            for index, file in enumerate(files):
+                message = SourceMessage(data=file.read_bytes(), origin=str(file))
                 metrics.record(metrics.INSTANCES.inc)
                 metrics.record(metrics.INSTANCE_BYTES.inc, len(message.data))
                 try:
@@ -143,11 +146,10 @@ def main_run(args) -> int:
             sink.close()
         backend.close()
 
-    table = Table(title=f"oncostream worklist ({len(results)} studies, {time.monotonic() - started:.1f} s)")
+    table = Table(title=f"oncostream worklist ({len(events)} studies, {time.monotonic() - started:.1f} s)")
     for column in ("study", "modality", "priority", "category", "top finding", "latency"):
         table.add_column(column)
-    for result in sorted(results, key=lambda r: (PRIORITY_ORDER[r.event.priority], r.event.study_instance_uid)):
-        event = result.event
+    for event in sorted(events, key=lambda e: (PRIORITY_ORDER[e.priority], e.study_instance_uid)):
         flags = (" (review)" if event.needs_human_review else "") + (" (incomplete)" if event.incomplete else "")
         latency = (event.triaged_at - event.arrived_at).total_seconds()
         table.add_row("…" + event.study_instance_uid[-12:], event.modality, event.priority + flags,
