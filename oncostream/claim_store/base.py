@@ -9,11 +9,30 @@ reads more than the claim check declares, and verifies the SHA-256 after.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import ClassVar
 from urllib.parse import urlparse
 
 from oncostream.contracts import ClaimCheck
+from oncostream.errors import RejectedInstance
+
+# every store keeps an object under "<sha256><OBJECT_SUFFIX>"
+OBJECT_SUFFIX = ".dcm"
+
+
+def size_mismatch() -> RejectedInstance:
+    """The stored object's size (known before reading) is not the size its claim check declares."""
+    return RejectedInstance("claim_check_mismatch", "claim-checked object does not have the size its claim "
+                            "check declares")
+
+
+def verified(data: bytes, claim: ClaimCheck) -> bytes:
+    """``data`` when its size and SHA-256 are the claim check's; RejectedInstance otherwise."""
+    if len(data) != claim.size or hashlib.sha256(data).hexdigest() != claim.sha256:
+        raise RejectedInstance("claim_check_mismatch", "claim-checked object differs in size or SHA-256 from "
+                               "its claim check")
+    return data
 
 
 class ClaimStore(ABC):

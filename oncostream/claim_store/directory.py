@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from oncostream.claim_store.base import ClaimStore
+from oncostream.claim_store.base import OBJECT_SUFFIX, ClaimStore, size_mismatch, verified
 from oncostream.contracts import ClaimCheck
 from oncostream.errors import RejectedInstance
 
 log = logging.getLogger(__name__)
 
 _READ_STEP = 4 * 1024 * 1024
-_SUFFIX = ".dcm"
+_SUFFIX = OBJECT_SUFFIX
 
 
 class DirectoryClaimStore(ClaimStore):
@@ -88,13 +88,9 @@ class DirectoryClaimStore(ClaimStore):
             if not stat.S_ISREG(info.st_mode):
                 raise RejectedInstance("claim_check_refused", "claim check does not name a regular file")
             if info.st_size != claim.size:
-                raise RejectedInstance("claim_check_mismatch", "claim-checked object does not have the size its "
-                                       "claim check declares")
+                raise size_mismatch()
             data = _read_at_most(source, claim.size)
-        if len(data) != claim.size or hashlib.sha256(data).hexdigest() != claim.sha256:
-            raise RejectedInstance("claim_check_mismatch", "claim-checked object differs in size or SHA-256 from "
-                                   "its claim check")
-        return data
+        return verified(data, claim)
 
     def delete(self, claim: ClaimCheck) -> bool:
         """Remove the object of a claim check whose study is committed; False if it was not ours or gone."""

@@ -24,7 +24,7 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from oncostream.claim_store.base import ClaimStore
+from oncostream.claim_store.base import OBJECT_SUFFIX, ClaimStore, size_mismatch, verified
 from oncostream.contracts import ClaimCheck
 from oncostream.errors import ClaimStoreUnavailable, RejectedInstance
 from oncostream.transport_security import refuse_credentials_in_clear
@@ -32,7 +32,7 @@ from oncostream.transport_security import refuse_credentials_in_clear
 log = logging.getLogger(__name__)
 
 _READ_STEP = 4 * 1024 * 1024
-_SUFFIX = ".dcm"
+_SUFFIX = OBJECT_SUFFIX
 # S3 bucket naming rules (lower case, digits, dots, hyphens; 3-63 characters)
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -100,15 +100,11 @@ class S3ClaimStore(ClaimStore):
             raise RejectedInstance("claim_check_unresolvable", "claim-checked object is not in the claim store "
                                    "(deleted or never written)")
         if head["ContentLength"] != claim.size:
-            raise RejectedInstance("claim_check_mismatch", "claim-checked object does not have the size its "
-                                   "claim check declares")
+            raise size_mismatch()
         data = b""
         if claim.size > 0:
             data = self._get_exactly(key, claim.size, head.get("ETag"))
-        if len(data) != claim.size or hashlib.sha256(data).hexdigest() != claim.sha256:
-            raise RejectedInstance("claim_check_mismatch", "claim-checked object differs in size or SHA-256 from "
-                                   "its claim check")
-        return data
+        return verified(data, claim)
 
     def delete(self, claim: ClaimCheck) -> bool:
         try:
