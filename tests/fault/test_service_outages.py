@@ -79,6 +79,12 @@ def test_broker_restarted_under_a_worker_publishing_and_holding_a_study(own_brok
     assert set(ledger.replays()) <= set(mg[:2]), ledger.replays()
 
 
+def _pacs_settings(orthanc) -> dict[str, str]:
+    """The worker's PACS sink (C-STORE) pointed at ``orthanc``."""
+    return {"ONCOSTREAM_PACS_ADDRESS": orthanc.env["ORTHANC_DICOM"],
+            "ONCOSTREAM_PACS_CALLED_AE": orthanc.extra["ae_title"]}
+
+
 def _stored(orthanc_http: str, sop_instance_uid: str) -> bool:
     found = requests.post(f"{orthanc_http}/tools/lookup", data=sop_instance_uid, timeout=10).json()
     return any(item.get("Type") == "Instance" for item in found)
@@ -97,8 +103,7 @@ def test_pacs_down_then_back_delivers_every_result_and_dead_letters_none(kafka_t
                                                      *events[0]["seg_sop_instance_uids"]])}
 
     produce_files(fault_studies.files(mg[:1]), settings, kafka_topics.bootstrap)
-    worker = spawn_worker(kafka_topics, tmp_path / "worker.log", ONCOSTREAM_PACS_ADDRESS=own_orthanc.env["ORTHANC_DICOM"],
-                          ONCOSTREAM_PACS_CALLED_AE=own_orthanc.extra["ae_title"])
+    worker = spawn_worker(kafka_topics, tmp_path / "worker.log", **_pacs_settings(own_orthanc))
     wait_for(lambda: delivered() == set(mg[:1]), WAIT_S, "the first exam in the PACS", [worker])
 
     own_orthanc.stop()
@@ -119,9 +124,8 @@ def test_a_pacs_down_past_the_delivery_attempts_dead_letters_the_study_and_never
     exam = fault_studies.of("MG")[:1]
     produce_files(fault_studies.files(exam), kafka_topics.settings(), kafka_topics.bootstrap)
     # two deliveries (each the PACS sink's own five tries, 7.5 s) instead of five: the same path, sooner
-    worker = spawn_worker(kafka_topics, tmp_path / "worker.log", ONCOSTREAM_PACS_ADDRESS=own_orthanc.env["ORTHANC_DICOM"],
-                          ONCOSTREAM_PACS_CALLED_AE=own_orthanc.extra["ae_title"], ONCOSTREAM_DELIVERY_ATTEMPTS="2",
-                          ONCOSTREAM_RETRY_INITIAL_S="0.1")
+    worker = spawn_worker(kafka_topics, tmp_path / "worker.log", **_pacs_settings(own_orthanc),
+                          ONCOSTREAM_DELIVERY_ATTEMPTS="2", ONCOSTREAM_RETRY_INITIAL_S="0.1")
     wait_for(lambda: Ledger.read(kafka_topics).dead and committed_to_end(kafka_topics), WAIT_S,
              "the exam dead-lettered and committed", [worker], interval_s=1.0)
     assert worker.signal(signal.SIGTERM) == 0, worker.log_tail()

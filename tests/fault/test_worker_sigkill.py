@@ -4,7 +4,8 @@ then with identical UIDs and content.
 
 The worker halts at the stage (tests/fault/staged_worker.py) before it is killed, so each case kills at
 that stage and nowhere else. A kill while a study is still half assembled (its other instances not yet
-produced) is tests/integration/test_kafka_worker.py::test_sigkill_mid_study_then_restart_triages_every_study_once_in_content.
+produced) is test_sigkill_mid_study_then_restart_triages_every_study_once_in_content in
+tests/integration/test_kafka_worker.py.
 """
 
 from __future__ import annotations
