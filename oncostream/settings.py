@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     # failure policy (oncostream.app.lifecycle): retry with exponential backoff
     retry_initial_s: float = Field(default=1.0, ge=0)
     retry_max_s: float = Field(default=60.0, ge=0)
-    delivery_attempts: int = Field(default=5, gt=0)  # transient sink failures before a study is dead-lettered
+    # transient sink failures before a study is dead-lettered: 36 attempts with the backoff above are
+    # about 30 min, so a PACS restart or short maintenance pauses the worker (Kafka keeps every study)
+    # instead of dead-lettering each study in flight; a PACS gone for longer costs one study per 30 min
+    delivery_attempts: int = Field(default=36, gt=0)
     # what one instance may declare; parse_instance refuses more before any decoder allocates it
     max_image_dimension: int = Field(default=16384, gt=0)  # Rows and Columns
     max_frames: int = Field(default=1024, gt=0)  # NumberOfFrames
