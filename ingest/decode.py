@@ -46,7 +46,7 @@ from pydicom.uid import (
     RLETransferSyntaxes,
 )
 
-from oncostream.errors import RejectedInstance, UnsupportedTransferSyntax
+from oncostream.errors import NotScreened, RejectedInstance, UnsupportedTransferSyntax
 from oncostream.ids import loggable_uid
 
 LOG = logging.getLogger(__name__)
@@ -171,11 +171,39 @@ def _check_mammo_readable(ds: pydicom.Dataset) -> None:
         raise problem
 
 
+# PS3.4 B.5: objects that arrive with screening studies and that no pipeline reads (NotScreened)
+NOT_SCREENED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.68",  # Radiopharmaceutical Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.73",  # Patient Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.76",  # Enhanced X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.50",  # Mammography CAD SR
+    "1.2.840.10008.5.1.4.1.1.88.65",  # Chest CAD SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+}
+
+
 def route(ds: pydicom.Dataset) -> str:
-    """The pipeline ("MG" or "CT") for this instance's SOP Class UID."""
+    """The pipeline ("MG" or "CT") for this instance's SOP Class UID; NotScreened for an object that
+    comes with screening studies but no pipeline reads, RejectedInstance for anything else."""
     meta = getattr(ds, "file_meta", pydicom.Dataset())
     sop_class = _text(ds, "SOPClassUID") or _text(meta, "MediaStorageSOPClassUID")
     pipeline = SOP_CLASS_ROUTES.get(sop_class or "")
+    if pipeline is None and sop_class in NOT_SCREENED_SOP_CLASSES:
+        raise NotScreened(f"SOP class {sop_class} ({UID(sop_class).name}) is not read by the screening pipelines",
+                          _text(ds, "SOPInstanceUID"))
     if pipeline is None:
         name = UID(sop_class).name if sop_class else "none"
         raise RejectedInstance(

@@ -54,7 +54,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from oncostream.errors import OncostreamError, RejectedInstance
+from ingest.decode import NOT_SCREENED_SOP_CLASSES
+from oncostream.errors import NotScreened, OncostreamError, RejectedInstance
 from oncostream.ids import loggable_uid
 from oncostream.settings import Settings
 
@@ -185,6 +186,10 @@ class Gateway:
             self.ae.require_calling_aet = list(allow)
         for sop_class in STORAGE_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        # what modalities send along with the images (dose reports, secondary captures...): accepted so
+        # that the sender hears success, then ignored (NotScreened) rather than refused at association
+        for sop_class in sorted(NOT_SCREENED_SOP_CLASSES):
+            self.ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         self.ae.add_supported_context(Verification)  # C-ECHO, so that modalities can test the link
         self._server = None
         # bytes of the data set each association is receiving (pynetdicom's reading thread, one per association)
@@ -226,6 +231,9 @@ class Gateway:
             return "cannot_encode", _status(STATUS_CANNOT_UNDERSTAND, f"cannot encode data set: {type(exc).__name__}")
         try:
             self.destination.deliver(data, calling_ae)
+        except NotScreened:  # a dose report or a secondary capture sent with the images: success, ignored
+            log.info("C-STORE from %s: an object no pipeline reads, acknowledged and ignored", calling_ae)
+            return "ignored", _status(STATUS_SUCCESS)
         except RejectedInstance as exc:
             log.warning("C-STORE of %s from %s rejected: %s", loggable_uid(exc.sop_instance_uid), calling_ae,
                         exc.reason)

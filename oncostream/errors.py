@@ -23,6 +23,15 @@ class RejectedInstance(OncostreamError):
         super().__init__(f"{reason}: {detail}")
 
 
+class NotScreened(RejectedInstance):
+    """A valid object the screening pipelines do not read, that modalities send along with the images
+    (a dose report, a secondary capture, a presentation state, our own SR/SEG coming back): acknowledged
+    and ignored, never dead-lettered, so that the dead-letter topic holds only what went wrong."""
+
+    def __init__(self, detail: str, sop_instance_uid: str | None = None):
+        super().__init__("not_screened", detail, sop_instance_uid)
+
+
 class UnsupportedTransferSyntax(RejectedInstance):
     """No available decoder reproduces this transfer syntax; ``failures`` lists why each failed."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ingest.gateway import Destination, Gateway, GatewayError, KafkaDestination
 from oncostream.app.lifecycle import Outcome, RejectionLog, StudyLifecycle, validate
-from oncostream.errors import RejectedInstance
+from oncostream.errors import NotScreened, RejectedInstance
 from oncostream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class PipelineDestination(Destination):
             raise GatewayError("rejection log unavailable")
         try:
             ds, modality = validate(data, self.settings)
+        except NotScreened:
+            raise  # answered 0x0000 and not kept: nothing to process
         except RejectedInstance as exc:
             self._reject(exc, f"c-store from {calling_ae}")
             raise

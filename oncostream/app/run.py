@@ -15,7 +15,7 @@ from ingest.base import SourceMessage
 from oncostream import metrics
 from oncostream.app.lifecycle import Outcome, RejectionLog, StudyLifecycle, validate
 from oncostream.contracts import LungRadsCategory, TriageEvent
-from oncostream.errors import DeadLetterUnavailable, RejectedInstance
+from oncostream.errors import DeadLetterUnavailable, NotScreened, RejectedInstance
 from oncostream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,9 @@ def main_run(args) -> int:
                     ds, modality = validate(message.data, settings)
                     studies = assembler.add(ds, source=("run", 0, index), modality=modality,
                                             nbytes=len(message.data))
+                except NotScreened:
+                    log.info("ignoring %s: no pipeline reads it", message.origin)
+                    studies = []
                 except RejectedInstance as exc:
                     log.warning("rejected %s: %s", message.origin, exc.reason)
                     rejections.add_instance(exc.reason, exc.detail, message.origin, exc.sop_instance_uid)

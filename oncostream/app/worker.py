@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 
 from oncostream.app.lifecycle import DeadLetter, Outcome, StudyLifecycle, validate
-from oncostream.errors import ClaimStoreUnavailable, RejectedInstance
+from oncostream.errors import ClaimStoreUnavailable, NotScreened, RejectedInstance
 from oncostream.settings import Settings
 from oncostream.streaming import (
     PublishedAhead,
@@ -161,6 +161,9 @@ class Worker:
             # so that the group reads it again from the committed offset once the store answers
             self._unread = merge_lowest(self._unread, {(message.topic, message.partition): message.offset})
             raise
+        except NotScreened:
+            log.info("ignoring an instance no pipeline reads (%s)", message.origin)
+            return
         except RejectedInstance as exc:
             log.warning("rejected an instance (%s): %s", message.origin, exc.reason)
             self._dead_letter(message, exc)

@@ -221,3 +221,25 @@ def test_a_study_without_an_original_axial_series_fails_with_the_reasons(small_s
     (study,) = assembler.flush_all()
     assert study.error is not None and study.error.reason == "no_screening_series"
     assert "image type mpr" in study.error.detail
+
+
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.7",
+                                       "1.2.840.10008.5.1.4.1.1.66.4"], ids=["dose-report", "secondary-capture", "seg"])
+def test_objects_that_come_with_a_study_but_no_pipeline_reads_are_not_screened(sop_class, mammo_views):
+    from oncostream.errors import NotScreened
+
+    ds = copy.deepcopy(mammo_views[1][0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    with pytest.raises(NotScreened) as ignored:
+        parse_instance(_bytes(ds), max_bytes=1 << 30)
+    assert ignored.value.reason == "not_screened" and sop_class in ignored.value.detail
+
+
+def test_tomosynthesis_is_refused_not_ignored(mammo_views):
+    from oncostream.errors import NotScreened
+
+    ds = copy.deepcopy(mammo_views[1][0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.13.1.3"
+    with pytest.raises(RejectedInstance) as refused:
+        parse_instance(_bytes(ds), max_bytes=1 << 30)
+    assert not isinstance(refused.value, NotScreened) and refused.value.reason == "unknown_sop_class"

@@ -183,3 +183,29 @@ def test_an_instance_that_cannot_be_spooled_is_answered_out_of_resources(tmp_pat
     finally:
         running.close()
     assert status.Status == 0xA700 and "cannot spool" in status.ErrorComment
+
+
+def _secondary_capture(path: Path) -> pydicom.Dataset:
+    """A view re-labelled as a Secondary Capture: what modalities send along with a study's images."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    from oncostream.uids import derive_uid
+
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = derive_uid(ds.SOPInstanceUID, "sc")
+    return ds
+
+
+def test_an_object_no_pipeline_reads_is_acknowledged_and_ignored(tmp_path, exam):
+    running = Running(tmp_path)
+    try:
+        assert running.store(_secondary_capture(exam[0])).Status == 0x0000
+        for path in exam:
+            assert running.store(pydicom.dcmread(path)).Status == 0x0000
+        until(lambda: running.sink.published)
+    finally:
+        running.close()
+    (study,) = running.sink.published
+    assert len(study.datasets) == 4, "the exam is read without it"
+    assert not (tmp_path / "rejected.jsonl").exists(), "not a dead letter"

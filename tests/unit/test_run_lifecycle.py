@@ -71,3 +71,20 @@ def test_run_refuses_to_start_when_its_rejection_log_cannot_be_written(tmp_path,
     (out / "rejected.jsonl").mkdir(parents=True)
     assert run(studies["mg"][0].parent, out) == 2
     assert not (out / "triage.jsonl").exists(), "nothing may be processed that could not be dead-lettered"
+
+
+def test_a_dose_report_in_the_folder_is_ignored_not_rejected(tmp_path, studies):
+    from pydicom.uid import generate_uid
+
+    inp = tmp_path / "in"
+    (inp / "a-exam").mkdir(parents=True)
+    for path in studies["mg"]:
+        shutil.copy(path, inp / "a-exam" / path.name)
+    dose = pydicom.dcmread(studies["mg"][0])
+    dose.SOPClassUID = dose.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
+    dose.SOPInstanceUID = dose.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["dose"])
+    dose.save_as(inp / "a-exam" / "zz-dose.dcm")
+    out = tmp_path / "out"
+    assert run(inp, out) == 0
+    assert len((out / "triage.jsonl").read_text().splitlines()) == 1
+    assert not (out / "rejected.jsonl").exists()
