@@ -7,7 +7,7 @@ postprocess turns those into a TriageEvent, SR and SEG. Arrays stay numpy, never
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 import numpy as np
 from pydicom import Dataset
@@ -33,12 +33,26 @@ class Study:
     error: StudyFailed | None = None
     series_instance_uid: str | None = None  # CT: the series read (ingest/canonical/ldct.py select_series)
     skipped_series: list[str] = field(default_factory=list)  # CT: "<series uid>: <why not read>"
+    # keyed hash of PatientID + IssuerOfPatientID with the program's secret: links screening rounds of
+    # one patient in the results store without storing an identifier in clear; None when PatientID is empty
+    patient_key: str | None = None
 
     @property
     def accession_number(self) -> str | None:
         if not self.datasets:
             return None
         return str(self.datasets[0].get("AccessionNumber", "")) or None
+
+    @property
+    def study_date(self) -> date | None:
+        """StudyDate of the first instance; None when absent or not a valid DA."""
+        if not self.datasets:
+            return None
+        value = str(self.datasets[0].get("StudyDate", "") or "")
+        try:
+            return datetime.strptime(value[:8], "%Y%m%d").date()
+        except ValueError:
+            return None
 
 
 @dataclass
@@ -83,6 +97,16 @@ class MammoInference:
     uncertainty: float
     model_versions: dict[str, str]
     review_reasons: list[str] = field(default_factory=list)  # why a reader must look whatever the score
+
+
+@dataclass(frozen=True)
+class PriorStudy:
+    """An earlier finished study of the same patient (same patient_key and modality), as the results store
+    or the PACS gives it back: what the follow-up rules compare the current study with."""
+
+    study_instance_uid: str
+    study_date: date | None
+    event: "TriageEvent"  # noqa: F821 - oncostream.contracts.TriageEvent
 
 
 @dataclass
