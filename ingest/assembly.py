@@ -30,6 +30,7 @@ from pydicom import Dataset
 
 from ingest.canonical.ldct import has_screening_series, select_series
 from oncostream.errors import RejectedInstance, StudyFailed
+from oncostream.ids import patient_pseudonym
 from oncostream.settings import Settings
 from oncostream.study import Study
 
@@ -39,6 +40,18 @@ MAMMO_VIEWS = ("LCC", "LMLO", "RCC", "RMLO")
 _SPACING_TOLERANCE = 0.1  # relative deviation from the median slice spacing that counts as a gap
 
 Source = tuple[str, int, int]  # (topic, partition, offset)
+_warned_no_pseudonym_key = False
+
+
+def _warn_no_pseudonym_key() -> None:
+    """Once per process: without the program's secret no study gets a patient key, so the results store
+    cannot link a follow-up to the patient's earlier rounds (no per-installation default key is made up:
+    two installations would then link differently, and a key nobody configured is a key nobody guards)."""
+    global _warned_no_pseudonym_key
+    if not _warned_no_pseudonym_key:
+        _warned_no_pseudonym_key = True
+        log.warning("ONCOSTREAM_PSEUDONYM_KEY is not set: studies are not linked to their patients' earlier "
+                    "screening rounds in the results store (follow-up categories only from a PACS query)")
 
 
 @dataclass
@@ -117,6 +130,18 @@ class Assembler:
         self._finished: OrderedDict[str, float] = OrderedDict()  # assembly key -> when finished
         self._finished_max = settings.finished_memory
         self._finished_ttl = settings.finished_memory_s
+        key = getattr(settings, "pseudonym_key", None)
+        self._pseudonym_key = key.get_secret_value().encode() if key is not None else None
+        if self._pseudonym_key is None:
+            _warn_no_pseudonym_key()
+
+    def _patient_key(self, datasets: list[Dataset]) -> str | None:
+        """The patient pseudonym (never logged); None without a key or a PatientID."""
+        if self._pseudonym_key is None or not datasets:
+            return None
+        first = datasets[0]
+        return patient_pseudonym(str(first.get("PatientID", "") or ""),
+                                 str(first.get("IssuerOfPatientID", "") or ""), self._pseudonym_key)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -280,7 +305,8 @@ class Assembler:
                      datasets=datasets, arrived_at=pending.arrived_at, program=pending.program,
                      incomplete=bool(missing), missing=missing, sources=list(pending.sources),
                      assembly_key=pending.key, error=error, series_instance_uid=series_uid,
-                     skipped_series=skipped_series)
+                     skipped_series=skipped_series,
+                     patient_key=self._patient_key(datasets) if error is None else None)
 
 
 def sort_ct_series(datasets: list[Dataset], expected: int | None) -> tuple[list[Dataset], list[str]]:

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     claim_check_s3_access_key_id: SecretStr | None = None
     claim_check_s3_secret_access_key: SecretStr | None = None
 
+    # screening rounds: the program's secret for patient pseudonyms (oncostream.ids.patient_pseudonym,
+    # HMAC-SHA256 of IssuerOfPatientID + PatientID). Unset: studies are not linked to earlier rounds
+    # in the results store (assembly warns once); the PACS query for priors still works.
+    pseudonym_key: SecretStr | None = None
+
     # outputs
     allow_patient_identifiers: bool = False
     pacs_address: str | None = None  # HOST:PORT of a C-STORE SCP that receives every SR/SEG
@@ -110,4 +115,6 @@ class Settings(BaseSettings):
             raise ValueError("dicom_tls_require_client_cert needs dicom_tls_certfile/keyfile and dicom_tls_cafile")
         if (self.claim_check_s3_access_key_id is None) != (self.claim_check_s3_secret_access_key is None):
             raise ValueError("claim_check_s3_access_key_id and claim_check_s3_secret_access_key go together")
+        if self.pseudonym_key is not None and len(self.pseudonym_key.get_secret_value().encode()) < 16:
+            raise ValueError("pseudonym_key: at least 16 bytes (a short secret can be found by trying them all)")
         return self
