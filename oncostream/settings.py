@@ -9,7 +9,12 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+# Shipped data (model repository, TriageEvent schema): in an installed wheel under oncostream/_data/
+# (setup.py copies it there), in a checkout or an editable install at the checkout's top level.
+_PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
+DATA_ROOT = _PACKAGED_DATA if (_PACKAGED_DATA / "model_repository").is_dir() else REPO_ROOT
+DEFAULT_MODEL_REPOSITORY = DATA_ROOT / "model_repository"
+TRIAGE_EVENT_SCHEMA = DATA_ROOT / "docs" / "triage_event.schema.json"
 
 
 class Settings(BaseSettings):
@@ -26,6 +31,9 @@ class Settings(BaseSettings):
     max_instance_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     assembly_timeout_s: float = Field(default=30.0, gt=0)  # quiet time before an incomplete study closes
     max_in_flight_studies: int = Field(default=8, gt=0)
+    # assembled studies decoded, inferred and post-processed at once, each on a thread, while the source
+    # keeps reading (oncostream.app.lifecycle.ConcurrentStudies); perf/RESULTS.md has the measurement
+    max_studies_processing: int = Field(default=2, gt=0)
     # assembly bounds: past a cap the oldest pending study closes early, marked incomplete (RELIABILITY.md)
     max_pending_studies: int = Field(default=64, gt=0)
     max_pending_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK, CONTENT_TYPE_DICOM, ClaimCheck
 from oncostream.errors import OncostreamError
-from oncostream.settings import Settings
+from oncostream.settings import TRIAGE_EVENT_SCHEMA, Settings
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def main_produce(args) -> int:
 
 # --------------------------------------------------------------------------------------------- contract
 
-TRIAGE_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "triage_event.schema.json"
+TRIAGE_SCHEMA_PATH = TRIAGE_EVENT_SCHEMA  # docs/ in a checkout, oncostream/_data/docs/ in a wheel
 
 
 def triage_event_schema_text() -> str:
