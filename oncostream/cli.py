@@ -18,6 +18,7 @@ _HANDLERS = {
     "gateway": "oncostream.app.gateway:main",
     "models": "oncostream.model_build:main",
     "eval": "oncostream.evaluation:main",
+    "health": "oncostream.app.health:main_health",
 }
 
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ldct", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=["small", "full"], default="full")
+    p.add_argument("--rounds", type=int, default=None, metavar="R",
+                   help="R screening rounds of the same patients, 12-24 months apart, under OUT/round-N/")
 
     p = sub.add_parser("run", help="run the pipeline on a directory of DICOM (embedded by default)")
     p.add_argument("path", nargs="?", type=Path, help="DICOM directory; omitted: synthesise a demo set")
@@ -64,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-studies", type=int, default=None)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--health-file", type=Path, default=None,
+                   help="rewrite this file every time the loop goes round (read by `oncostream health`)")
+
+    p = sub.add_parser("health", help="exit 0 when a worker's loop beat recently (liveness probe)")
+    p.add_argument("--file", type=Path, required=True, help="the worker's --health-file")
+    p.add_argument("--max-age", type=float, default=300.0, metavar="S", help="seconds (default 300)")
 
     p = sub.add_parser("gateway", help="DICOM C-STORE SCP that feeds Kafka or the embedded pipeline")
     p.add_argument("--port", type=int, required=True)

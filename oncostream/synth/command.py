@@ -27,7 +27,7 @@ def study_seed(seed: int, index: int) -> int:
     return seed * _SEED_STRIDE + index
 
 
-def _write_series(folder: Path, datasets: list[Dataset]) -> None:
+def write_series(folder: Path, datasets: list[Dataset]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for ds in datasets:
         ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
@@ -48,7 +48,7 @@ def write_studies(out: Path, mammo: int, ldct: int, seed: int, size: str) -> lis
             started = time.perf_counter()
             phantom = make_phantom(study_seed(seed, i), size)
             folder = out / f"{prefix}-{i:04d}"
-            _write_series(folder, to_datasets(phantom))
+            write_series(folder, to_datasets(phantom))
             (truth_dir / f"{phantom.truth.study_instance_uid}.json").write_text(
                 phantom.truth.model_dump_json(indent=1))
             folders.append(folder)
@@ -58,7 +58,15 @@ def write_studies(out: Path, mammo: int, ldct: int, seed: int, size: str) -> lis
 
 
 def main(args) -> int:
-    """Handler of `oncostream synth` (args.out, args.mammo, args.ldct, args.seed, args.size)."""
+    """Handler of `oncostream synth` (args.out, args.mammo, args.ldct, args.seed, args.size, args.rounds):
+    with ``--rounds R``, R screening rounds of the same patients under OUT/round-1/ ... (rounds.py)."""
+    rounds = getattr(args, "rounds", None)
+    if rounds is not None:
+        from oncostream.synth.rounds import write_rounds
+
+        folders = write_rounds(args.out, args.mammo, args.ldct, args.seed, args.size, rounds)
+        print(f"wrote {len(folders)} studies ({rounds} rounds) to {args.out}")
+        return 0
     folders = write_studies(args.out, args.mammo, args.ldct, args.seed, args.size)
     print(f"wrote {len(folders)} studies to {args.out}")
     return 0

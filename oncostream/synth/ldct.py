@@ -57,6 +57,10 @@ class LdctPhantom:
     truth: LdctTruth
     hu_clean: np.ndarray | None = field(repr=False, default=None)  # float32 [D, H, W] noiseless phantom
     size: str = "full"
+    # the nodules as drawn, in the patient's body frame (the first round's patient coordinates), with
+    # their specs: what a later screening round of the same patient grows, keeps or resolves
+    nodule_shapes: list = field(repr=False, default_factory=list)
+    nodule_specs: list[dict] = field(repr=False, default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,9 +405,11 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
 
 
 def _place_nodules(specs: list[dict], grid: _Grid, lung: np.ndarray,
-                   rng: np.random.Generator) -> list[_NoduleShape]:
-    """Centres drawn inside the lungs (away from the scan ends) with the body mostly in lung."""
+                   rng: np.random.Generator, avoid: list[_NoduleShape] = ()) -> list[_NoduleShape]:
+    """Centres drawn inside the lungs (away from the scan ends) with the body mostly in lung, clear of
+    each other and of the ``avoid`` shapes (nodules a later round keeps)."""
     shapes = []
+    avoid = list(avoid)
     d, h, w = grid.shape
     candidates = np.argwhere(lung[:: 2, :: 2, :: 2] > 0.99) * 2
     for spec in specs:
@@ -422,7 +428,8 @@ def _place_nodules(specs: list[dict], grid: _Grid, lung: np.ndarray,
                 if not grid.contains((kk, ii, jj)) or lung[kk, ii, jj] < 0.5:
                     ok = False
                     break
-            if ok and all(np.linalg.norm(s.center - _center_of(grid, k, i, j)) > s.radius + r + 4 for s in shapes):
+            if ok and all(np.linalg.norm(s.center - _center_of(grid, k, i, j)) > s.radius + r + 4
+                          for s in shapes + avoid):
                 break
         center = _center_of(grid, k, i, j) + rng.uniform(-0.5, 0.5, 3) * np.array(grid.spacing[::-1])
         scales = rng.uniform(0.85, 1.18, 3)
@@ -604,13 +611,47 @@ _draw_nodule_specs = draw_nodule_specs  # earlier name, used by training/ldct_da
 # public API
 
 
+@dataclass
+class LdctFollowUp:
+    """A later screening round of the patient of ``seed``: same anatomy, lying elsewhere on the table.
+
+    The body is drawn in its own frame (the first round's patient coordinates); in this round it lies at
+    patient coordinates = body frame + ``translation_mm`` (``table_shift_mm`` moves the scan window along
+    z with the patient, ``body_shift_mm`` is where the patient lies within that window). The prior
+    round's nodules keep their shape and place: ``diameters_mm`` gives each one's diameter now (None:
+    resolved, not drawn); ``new_specs`` adds nodules placed clear of them.
+    """
+
+    round_index: int
+    prior_shapes: list
+    prior_specs: list[dict]
+    diameters_mm: list[float | None]
+    new_specs: list[dict]
+    body_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    table_shift_mm: float = 0.0
+
+    @property
+    def translation_mm(self) -> tuple[float, float, float]:
+        dx, dy, dz = self.body_shift_mm
+        return (dx, dy, dz + self.table_shift_mm)
+
+
+def _scaled(shape: _NoduleShape, diameter_mm: float, prior_diameter_mm: float) -> _NoduleShape:
+    """The same nodule at another size (lobes scale with it; spicules keep their length)."""
+    factor = diameter_mm / prior_diameter_mm
+    return _NoduleShape(shape.center.copy(), shape.radius * factor, shape.axes, shape.scales, shape.lobes,
+                        shape.spicules)
+
+
 def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25,
-                      nodules: list[dict] | None = None) -> LdctPhantom:
+                      nodules: list[dict] | None = None, follow_up: LdctFollowUp | None = None) -> LdctPhantom:
     """One chest LDCT series, deterministic for ``seed``.
 
     ``nodules`` overrides the random nodules: dicts with ``diameter_mm``, ``composition``
     (solid | part_solid | ground_glass | calcified), ``margin`` (smooth | lobulated | spiculated) and
-    optionally ``malignant`` (default: spiculated/lobulated or part-solid).
+    optionally ``malignant`` (default: spiculated/lobulated or part-solid). ``follow_up`` makes a later
+    screening round of the same patient instead (LdctFollowUp; ``nodules`` is then ignored): new UIDs,
+    new noise, the scan elsewhere in patient coordinates.
     """
     if size not in _SIZES:
         raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
@@ -624,6 +665,13 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
     table_z = -float(rng.integers(120, 200))
     origin = (-(matrix - 1) / 2 * pix, -(matrix - 1) / 2 * pix, round(table_z - z_extent / 2, 3))
     grid = _Grid((n_slices, matrix, matrix), (dz, pix, pix), origin)
+    translation = np.zeros(3)
+    if follow_up is not None:
+        # everything is drawn in the body frame on a grid whose voxels sit where this round's scan puts
+        # them; only the written geometry (and the truth) is in this round's patient coordinates
+        translation = np.array(follow_up.translation_mm, dtype=np.float64)
+        origin = (origin[0], origin[1], round(origin[2] + follow_up.table_shift_mm, 3))
+        grid = _Grid(grid.shape, grid.spacing, tuple(float(o - t) for o, t in zip(origin, translation)))
     body = _draw_body(rng, z_extent)
     # anatomy is drawn relative to the scan centre; shift the body frame to table coordinates
     shift = table_z
@@ -631,12 +679,21 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
     body.heart = body.heart[:2] + (body.heart[2] + shift,) + body.heart[3:]
     body.liver = body.liver[:2] + (body.liver[2] + shift,) + body.liver[3:]
     clean, lung = _anatomy(body, grid, rng)
-    for tube in _great_vessels_and_airway(body, origin[2], origin[2] + z_extent):
+    for tube in _great_vessels_and_airway(body, grid.origin[2], grid.origin[2] + z_extent):
         _render_tube(clean, tube, grid)
-    for tube in _vessel_tree(body, rng, origin[2], origin[2] + z_extent):
+    for tube in _vessel_tree(body, rng, grid.origin[2], grid.origin[2] + z_extent):
         _render_tube(clean, tube, grid, blend_mask=lung)
 
-    if nodules is None:
+    if follow_up is not None:
+        rng = np.random.default_rng([seed, 0x1DC7, follow_up.round_index])
+        kept = [(_scaled(shape, d, spec["diameter_mm"]), {**spec, "diameter_mm": round(float(d), 2)})
+                for shape, spec, d in zip(follow_up.prior_shapes, follow_up.prior_specs, follow_up.diameters_mm)
+                if d is not None]
+        new_specs = [dict(spec) for spec in follow_up.new_specs]
+        new_shapes = _place_nodules(new_specs, grid, lung, rng, avoid=[shape for shape, _ in kept])
+        shapes = [shape for shape, _ in kept] + new_shapes
+        specs = [spec for _, spec in kept] + new_specs
+    elif nodules is None:
         specs = draw_nodule_specs(rng)
     else:
         specs = []
@@ -648,7 +705,8 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
                             or full["composition"] == "part_solid")
             specs.append(full)
     labels = np.zeros(grid.shape, dtype=np.int16)
-    shapes = _place_nodules(specs, grid, lung, rng)
+    if follow_up is None:
+        shapes = _place_nodules(specs, grid, lung, rng)
     for label, (shape, spec) in enumerate(zip(shapes, specs), start=1):
         _render_nodule(clean, labels, label, shape, spec, grid, rng)
 
@@ -656,13 +714,16 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
     hu_full = np.clip(clean + noise_full, -1024, 3071).astype(np.float32)
     hu_low = np.clip(clean + noise_low, -1024, 3071).astype(np.float32)
 
-    study = synth_uid(_KIND, seed, "study", size)
-    series = synth_uid(_KIND, seed, "series", size, f"{dose_fraction:.4f}")
-    sops = [str(synth_uid(_KIND, seed, "sop", size, f"{dose_fraction:.4f}", str(k))) for k in range(n_slices)]
+    rounds = () if follow_up is None or follow_up.round_index == 1 else (f"round-{follow_up.round_index}",)
+    study = synth_uid(_KIND, seed, "study", size, *rounds)
+    series = synth_uid(_KIND, seed, "series", size, f"{dose_fraction:.4f}", *rounds)
+    sops = [str(synth_uid(_KIND, seed, "sop", size, f"{dose_fraction:.4f}", str(k), *rounds))
+            for k in range(n_slices)]
     truth = LdctTruth(
         seed=seed, study_instance_uid=str(study), series_instance_uid=str(series), sop_instance_uids=sops,
-        dose_fraction=dose_fraction,
-        nodules=[NoduleTruth(center_mm=tuple(round(float(v), 3) for v in s.center),
+        dose_fraction=dose_fraction, round=1 if follow_up is None else follow_up.round_index,
+        translation_mm=None if follow_up is None else tuple(round(float(v), 3) for v in translation),
+        nodules=[NoduleTruth(center_mm=tuple(round(float(v), 3) for v in s.center + translation),
                              diameter_mm=round(float(spec["diameter_mm"]), 2),
                              volume_mm3=round(s.volume_mm3(), 1),
                              composition=spec["composition"], margin=spec["margin"],
@@ -671,7 +732,7 @@ def make_ldct_phantom(seed: int, size: str = "full", dose_fraction: float = 0.25
     )
     return LdctPhantom(hu_full=hu_full, hu_low=hu_low, spacing_mm=(dz, pix, pix),
                        origin_mm=tuple(float(v) for v in origin), labels=labels, truth=truth,
-                       hu_clean=clean, size=size)
+                       hu_clean=clean, size=size, nodule_shapes=list(shapes), nodule_specs=[dict(s) for s in specs])
 
 
 def ldct_datasets(phantom: LdctPhantom) -> list[Dataset]:
@@ -680,7 +741,8 @@ def ldct_datasets(phantom: LdctPhantom) -> list[Dataset]:
     d, h, w = phantom.hu_low.shape
     dz, rs, cs = phantom.spacing_mm
     stored = np.clip(np.rint(phantom.hu_low) + _STORED_OFFSET, 0, 4095).astype(np.uint16)
-    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference", phantom.size)
+    rounds = () if truth.round == 1 else (f"round-{truth.round}",)
+    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference", phantom.size, *rounds)
     ma = round(200.0 * truth.dose_fraction, 1)
     out = []
     for k in range(d):
@@ -747,4 +809,4 @@ def _ds(v: float) -> str:
     return text if text not in ("-0", "") else "0"
 
 
-__all__ = ["LdctPhantom", "make_ldct_phantom", "ldct_datasets", "draw_nodule_specs", "COMPOSITIONS", "MARGINS"]
+__all__ = ["LdctFollowUp", "LdctPhantom", "make_ldct_phantom", "ldct_datasets", "draw_nodule_specs", "COMPOSITIONS", "MARGINS"]

@@ -166,27 +166,29 @@ def _lesion_position(lesion: _Lesion, breast: _Breast, view: str, h: int, spacin
 def _draw_lesions(rng: np.random.Generator, malignant_exam: bool) -> list[_Lesion]:
     lesions = []
 
-    def one(malignant: bool) -> _Lesion:
-        kind = "mass" if rng.random() < 0.65 else "calcification"
-        if kind == "mass":
-            # BI-RADS lexicon: cancers show spiculated or irregular, indistinct masses; benign masses
-            # are round or oval and circumscribed
-            shape = str(rng.choice(["spiculated", "spiculated", "irregular"])) if malignant else str(
-                rng.choice(["round", "oval"]))
-            size = float(rng.uniform(8, 22))
-        else:
-            shape, size = "cluster", float(rng.uniform(5, 14) if malignant else rng.uniform(8, 20))
-        return _Lesion(type=kind, shape=shape, laterality=str(rng.choice(["L", "R"])), malignant=malignant,
-                       size_mm=round(size, 2), depth=float(rng.uniform(0.2, 0.75)), ml=float(rng.uniform(-0.55, 0.55)),
-                       si=float(rng.uniform(-0.55, 0.55)), contrast=float(rng.uniform(0.4, 1.2)),
-                       aspect=float(rng.uniform(0.6, 0.95) if shape == "oval" else rng.uniform(0.85, 1.0)),
-                       angle=float(rng.uniform(0, np.pi)), seed=int(rng.integers(2 ** 31)))
-
     if malignant_exam:
-        lesions.append(one(True))
+        lesions.append(_draw_lesion(rng, True))
     for _ in range(int(rng.choice([0, 0, 1, 1, 2]))):
-        lesions.append(one(False))
+        lesions.append(_draw_lesion(rng, False))
     return lesions
+
+
+def _draw_lesion(rng: np.random.Generator, malignant: bool) -> _Lesion:
+    """One lesion: BI-RADS lexicon shapes by malignancy, size, side and position in the breast."""
+    kind = "mass" if rng.random() < 0.65 else "calcification"
+    if kind == "mass":
+        # BI-RADS lexicon: cancers show spiculated or irregular, indistinct masses; benign masses
+        # are round or oval and circumscribed
+        shape = str(rng.choice(["spiculated", "spiculated", "irregular"])) if malignant else str(
+            rng.choice(["round", "oval"]))
+        size = float(rng.uniform(8, 22))
+    else:
+        shape, size = "cluster", float(rng.uniform(5, 14) if malignant else rng.uniform(8, 20))
+    return _Lesion(type=kind, shape=shape, laterality=str(rng.choice(["L", "R"])), malignant=malignant,
+                   size_mm=round(size, 2), depth=float(rng.uniform(0.2, 0.75)), ml=float(rng.uniform(-0.55, 0.55)),
+                   si=float(rng.uniform(-0.55, 0.55)), contrast=float(rng.uniform(0.4, 1.2)),
+                   aspect=float(rng.uniform(0.6, 0.95) if shape == "oval" else rng.uniform(0.85, 1.0)),
+                   angle=float(rng.uniform(0, np.pi)), seed=int(rng.integers(2 ** 31)))
 
 
 def _mass_field(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray, r0: float, c0: float, spacing: float,
@@ -331,11 +333,15 @@ def _render_view(name: str, breast: _Breast, lesions: list[_Lesion], h: int, w: 
 
 
 def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = None,
-                       density: str | None = None) -> MammoPhantom:
+                       density: str | None = None, *, round_index: int = 1,
+                       interval_cancer_round: int | None = None) -> MammoPhantom:
     """One 4-view screening exam, deterministic for ``seed``.
 
     ``malignant=None`` lets the seed decide (about 40 % of exams carry a malignant lesion);
     ``density=None`` draws a BI-RADS category with screening prevalence (a 10 %, b 40 %, c 40 %, d 10 %).
+    ``round_index`` > 1 is a later screening round of the same woman (same breasts and lesions, new
+    UIDs and noise); ``interval_cancer_round`` adds, from that round on, a malignant lesion absent from
+    the rounds before it (flagged ``new_since_prior`` in that round's truth).
     """
     if size not in _SIZES:
         raise ValueError(f"size must be one of {sorted(_SIZES)}, got {size!r}")
@@ -352,10 +358,17 @@ def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = N
     max_value = 2 ** bits_stored - 1
     breast = _draw_breast(rng, density, h * spacing)
     lesions = _draw_lesions(rng, malignant_exam)
-    sop_uids = {v: str(synth_uid(_KIND, seed, "sop", size, v)) for v in VIEWS}
+    new_lesions: set[int] = set()
+    if interval_cancer_round is not None and round_index >= interval_cancer_round:
+        cancer = _draw_lesion(np.random.default_rng([seed, 0x3A33, interval_cancer_round, 0x1C]), True)
+        if round_index == interval_cancer_round:
+            new_lesions.add(id(cancer))
+        lesions.append(cancer)
+    rounds = () if round_index == 1 else (f"round-{round_index}",)
+    sop_uids = {v: str(synth_uid(_KIND, seed, "sop", size, v, *rounds)) for v in VIEWS}
     views, masks, breasts, lesion_views = {}, {}, {}, {id(les): [] for les in lesions}
     for name in VIEWS:
-        vrng = np.random.default_rng([seed, VIEWS.index(name), 0x3A33])
+        vrng = np.random.default_rng([seed, VIEWS.index(name), 0x3A33, *([round_index] if rounds else [])])
         stored, mask, bmask, placements = _render_view(name, breast, lesions, h, w, spacing, vrng, max_value)
         views[name], masks[name], breasts[name] = stored, mask, bmask
         for lesion, (r0, c0), lmask, (r_lo, c_lo) in placements:
@@ -369,11 +382,13 @@ def make_mammo_phantom(seed: int, size: str = "full", malignant: bool | None = N
                 sop_instance_uid=sop_uids[name], view=name[1:],
                 center_px=(int(round(r0)), int(round(c0))), bbox_px=bbox))
     truth = MammoTruth(
-        seed=seed, study_instance_uid=str(synth_uid(_KIND, seed, "study", size)), sop_instance_uids=sop_uids,
-        density=density, malignant=any(les.malignant for les in lesions),
+        seed=seed, study_instance_uid=str(synth_uid(_KIND, seed, "study", size, *rounds)),
+        sop_instance_uids=sop_uids, density=density, malignant=any(les.malignant for les in lesions),
         lesions=[MammoLesionTruth(type=les.type, shape=les.shape, laterality=les.laterality,
-                                  malignant=les.malignant, size_mm=les.size_mm, views=lesion_views[id(les)])
+                                  malignant=les.malignant, size_mm=les.size_mm, views=lesion_views[id(les)],
+                                  new_since_prior=id(les) in new_lesions)
                  for les in lesions],
+        round=round_index,
     )
     return MammoPhantom(views=views, lesion_masks=masks, pixel_spacing_mm=spacing, bits_stored=bits_stored,
                         truth=truth, breast_masks=breasts, size=size)
@@ -383,8 +398,9 @@ def mammo_datasets(phantom: MammoPhantom) -> list[Dataset]:
     """Digital Mammography X-Ray Image Storage - For Presentation instances, LCC, LMLO, RCC, RMLO
     (PS3.3 A.26.1)."""
     truth = phantom.truth
-    series_uid = synth_uid(_KIND, truth.seed, "series", phantom.size)
-    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference", phantom.size)
+    rounds = () if truth.round == 1 else (f"round-{truth.round}",)
+    series_uid = synth_uid(_KIND, truth.seed, "series", phantom.size, *rounds)
+    frame_uid = synth_uid(_KIND, truth.seed, "frame-of-reference", phantom.size, *rounds)
     spacing = f"{phantom.pixel_spacing_mm:g}"
     out = []
     for number, name in enumerate(VIEWS, start=1):
