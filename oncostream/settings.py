@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # HMAC-SHA256 of IssuerOfPatientID + PatientID). Unset: studies are not linked to earlier rounds
     # in the results store (assembly warns once); the PACS query for priors still works.
     pseudonym_key: SecretStr | None = None
+    # results store (oncostream.store): SQLAlchemy URL, sqlite:///FILE (embedded, relative to the working
+    # directory) or postgresql://USER@HOST:PORT/DB (password from libpq's PGPASSFILE / PGPASSWORD, not the URL)
+    store_url: str = "sqlite:///.oncostream/results.db"
+    # FHIR R4 server base URL: every triage event is POSTed there as a transaction Bundle; unset: off
+    fhir_url: str | None = None
 
     # outputs
     allow_patient_identifiers: bool = False

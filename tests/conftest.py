@@ -8,4 +8,6 @@ pytest_plugins = [
     "tests.fixtures.prometheus",
     "tests.fixtures.s3proxy",
     "tests.fixtures.tls",
+    "tests.fixtures.postgres",
+    "tests.fixtures.store",
 ]

@@ -23,8 +23,13 @@ def make_backend(settings: Settings):
     return EmbeddedBackend(settings.model_repository)
 
 
-def delivery_sinks(settings: Settings) -> list:
-    """PACS delivery configured in the settings: C-STORE SCU and/or DICOMweb STOW-RS."""
+def delivery_sinks(settings: Settings, files_dir=None) -> list:
+    """Sinks every command adds to its own: PACS delivery configured in the settings (C-STORE SCU and/or
+    DICOMweb STOW-RS) and the results store (``settings.store_url``, always). ``files_dir``: where the
+    command's FileSink writes, so the store records each output's path."""
+    from oncostream.store import open_store
+    from postprocess.store_sink import StoreSink
+
     sinks = []
     if settings.pacs_address:
         from postprocess.pacs_sink import PacsSink
@@ -35,6 +40,8 @@ def delivery_sinks(settings: Settings) -> list:
 
         password = settings.stow_rs_password.get_secret_value() if settings.stow_rs_password else None
         sinks.append(StowRsSink(settings.stow_rs_url, username=settings.stow_rs_username, password=password))
+    store = open_store(settings.store_url, allow_patient_identifiers=settings.allow_patient_identifiers)
+    sinks.append(StoreSink(store, files_dir=files_dir))
     return sinks
 
 
@@ -49,8 +56,10 @@ class Pipeline:
         from postprocess.results import build_result
 
         kind = "ldct" if study.modality == "CT" else "mammo"
+        metrics.observe_assembly_wait(study)
         try:
-            with metrics.timed(metrics.INFERENCE_SECONDS, model=f"{kind}_screening"):
+            with metrics.timed(metrics.INFERENCE_SECONDS, model=f"{kind}_screening"), \
+                    metrics.stage("inference", study.modality):
                 if study.modality == "CT":
                     from ingest.ldct import infer_ldct_study
 
@@ -59,7 +68,8 @@ class Pipeline:
                     from ingest.mammo import infer_mammo_study
 
                     inference = infer_mammo_study(self.backend, study, repository=self.settings.model_repository)
-            return build_result(study, inference, self.settings)
+            with metrics.stage("postprocess", study.modality):
+                return build_result(study, inference, self.settings)
         except (BackendUnavailable, StudyFailed):
             raise
         except OncostreamError as exc:
