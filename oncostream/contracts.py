@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 Priority = Literal["URGENT", "HIGH", "ROUTINE", "LOW"]
 Modality = Literal["MG", "CT"]
@@ -31,7 +31,15 @@ class NoduleFinding(_Frozen):
     composition: Composition
     malignancy_probability: float = Field(ge=0, le=1)
     lung_rads: LungRads
-    tracking_uid: str
+    tracking_uid: str  # the same nodule keeps its tracking UID from round to round (TID 1500 tracking)
+    # follow-up (1.2): the prior round's nodule this one is, and its change; all null for a new nodule
+    # and at a baseline exam (no prior)
+    prior_tracking_uid: str | None = None
+    diameter_change_mm: float | None = None  # mean diameter now minus then
+    volume_change_percent: float | None = None
+    # interval x ln 2 / ln(V / V_prior); null too when the volume did not grow
+    volume_doubling_time_days: float | None = Field(default=None, gt=0)
+    growing: bool | None = None  # Lung-RADS v2022 growth: > 1.5 mm mean diameter within 12 months
 
 
 class MammoFinding(_Frozen):
@@ -44,6 +52,7 @@ class MammoFinding(_Frozen):
     center_px: tuple[int, int]
     bbox_px: tuple[int, int, int, int]
     score: float = Field(ge=0, le=1)
+    new_since_prior: bool | None = None  # 1.2: no finding near it on the prior exam; null without a prior
 
 
 Finding = Annotated[Union[NoduleFinding, MammoFinding], Field(union_mode="left_to_right")]
@@ -52,6 +61,7 @@ Finding = Annotated[Union[NoduleFinding, MammoFinding], Field(union_mode="left_t
 class LungRadsCategory(_Frozen):
     system: Literal["Lung-RADS v2022"] = "Lung-RADS v2022"
     lung_rads: LungRads
+    compared_with_prior: bool = False  # 1.2: follow-up rules (a prior exam was found) or baseline rules
 
 
 class MammoCategory(_Frozen):
@@ -60,12 +70,15 @@ class MammoCategory(_Frozen):
     density: Density
     malignancy_probability: float = Field(ge=0, le=1)
     recall: bool
+    compared_with_prior: bool = False  # 1.2: the prior exam's scores below, new findings flagged
+    prior_exam_score: int | None = Field(default=None, ge=1, le=10)
+    prior_malignancy_probability: float | None = Field(default=None, ge=0, le=1)
 
 
 class TriageEvent(_Frozen):
     """Published to ``oncostream.triage`` (key StudyInstanceUID) and written to ``triage.jsonl``."""
 
-    schema_version: Literal["1.1"] = SCHEMA_VERSION
+    schema_version: Literal["1.2"] = SCHEMA_VERSION
     study_instance_uid: str
     accession_number: str | None = None
     program: str
@@ -86,6 +99,11 @@ class TriageEvent(_Frozen):
     arrived_at: datetime
     triaged_at: datetime
     patient_id: str | None = None  # only when the program's settings allow patient identifiers
+    # screening rounds (1.2): the prior exam compared with (null: none found) and how long before
+    prior_study_instance_uid: str | None = None
+    prior_interval_days: int | None = None
+    # CT: centroid of the lung fields (LPS mm), what a later round aligns its scan to
+    lung_centroid_mm: tuple[float, float, float] | None = None
 
 
 class ClaimCheck(_Frozen):

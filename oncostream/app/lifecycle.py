@@ -92,18 +92,14 @@ def validate(data: bytes, settings: Settings):
     """Parse and route one received instance: (dataset, modality); RejectedInstance when unusable."""
     from ingest.decode import InstanceLimits, parse_instance, route
 
-    ds = parse_instance(data, max_bytes=settings.max_instance_bytes, limits=InstanceLimits.from_settings(settings))
+    with metrics.stage("parse", "any"):  # the modality is known once parsed
+        ds = parse_instance(data, max_bytes=settings.max_instance_bytes, limits=InstanceLimits.from_settings(settings))
     return ds, route(ds)
 
 
 def record_published(result: StudyResult) -> None:
     """Metrics once a study's outputs are durably published."""
-    event = result.event
-    outcome = "incomplete" if event.incomplete else "triaged"
-    latency = (event.triaged_at - event.arrived_at).total_seconds()
-    metrics.record(lambda: metrics.STUDIES.labels(modality=event.modality, outcome=outcome).inc())
-    metrics.record(lambda: metrics.STUDY_LATENCY.labels(modality=event.modality).observe(max(latency, 0.0)))
-    metrics.record(lambda: metrics.PRIORITY.labels(modality=event.modality, priority=event.priority).inc())
+    metrics.observe_published(result)  # outcome, latency by priority, publish time, model scores
 
 
 class DeadLetter(ABC):

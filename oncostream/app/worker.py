@@ -14,6 +14,7 @@ import signal
 import time
 from datetime import datetime, timezone
 
+from oncostream.app import health
 from oncostream.app.lifecycle import DeadLetter, Outcome, StudyLifecycle, validate
 from oncostream.errors import ClaimStoreUnavailable, NotScreened, RejectedInstance
 from oncostream.settings import Settings
@@ -134,6 +135,8 @@ class Worker:
                 self._commit()
                 self._apply_backpressure()
                 metrics.record(metrics.IN_FLIGHT.set, len(self.assembler) + len(self._queue))
+                metrics.record(metrics.observe_consumer_lag, self.source._consumer)
+                health.beat()
         except Exception:  # noqa: BLE001 - the commit rule still holds: unfinished studies are replayed
             log.exception("worker loop failed; stopping without committing past unfinished studies")
             status = 1
@@ -333,6 +336,7 @@ def main_worker(args) -> int:
     from oncostream.app.pipeline import Pipeline, delivery_sinks, make_backend
 
     quiet_kafka_client_logs()
+    health.configure(args.health_file)
     settings = Settings()
     settings = settings.model_copy(update={"kafka_bootstrap": args.bootstrap})
     if args.triton:

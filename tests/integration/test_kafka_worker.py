@@ -21,6 +21,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from oncostream.contracts import SCHEMA_VERSION
 from oncostream.app.worker import Worker
 from oncostream.streaming import produce_files
 
@@ -228,7 +229,7 @@ def test_twenty_studies_give_exactly_twenty_events_and_one_dead_letter(kafka_top
     assert {key.decode() for key, _ in events} == set(corpus.studies)
     assert {e["study_instance_uid"] for _, e in events} == set(corpus.studies)
     assert {e["modality"] for _, e in events} == {"MG", "CT"}
-    assert all(e["schema_version"] == "1.1" and not e["incomplete"] for _, e in events)
+    assert all(e["schema_version"] == SCHEMA_VERSION and not e["incomplete"] for _, e in events)
 
     srs = sr_references(kafka_topics)
     assert set(srs) == set(corpus.studies)

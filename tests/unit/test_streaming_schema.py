@@ -21,7 +21,7 @@ def test_schema_names_the_contract_fields():
                  "category", "findings", "confidence", "needs_human_review", "incomplete", "missing",
                  "model_versions", "sr_sop_instance_uid", "seg_sop_instance_uids", "arrived_at", "triaged_at"):
         assert name in schema["properties"], name
-    assert schema["properties"]["schema_version"]["const"] == "1.1"
+    assert schema["properties"]["schema_version"]["const"] == "1.2"
 
 
 def test_an_event_round_trips_through_its_json():
