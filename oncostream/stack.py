@@ -16,7 +16,7 @@ from pathlib import Path
 from oncostream.settings import REPO_ROOT
 
 STACK_DIR = REPO_ROOT / ".stack"
-SERVICES = ("kafka", "triton", "orthanc", "prometheus", "s3proxy")
+SERVICES = ("kafka", "triton", "orthanc", "prometheus", "s3proxy", "postgres")
 
 
 def _available() -> list[str]:
