@@ -24,6 +24,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from scipy import ndimage
 
 from ingest.preprocess import ldct as pre
 from oncostream.synth import ldct as synth
+from oncostream.synth.vendors import average_slices, draw_ct_vendor
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "ldct"
 # (size, seeds): full-size phantoms take ~8 s each on this machine (two builders at once), small
@@ -43,7 +45,7 @@ BIG_PATCH = 64
 DENOISE_CROP = 128
 DENOISE_CROPS = 12
 NEGATIVES_PER_PHANTOM = 6
-VERSION = 2
+VERSION = 3  # 3: training items from vendor-randomised reconstructions
 
 
 # These training seeds carry up to eight nodules (four draws): the malignancy head learns from
@@ -118,9 +120,43 @@ def _negative_centres(phantom, centres: list[np.ndarray], rng: np.random.Generat
     return out
 
 
-def build_item(seed: int, size: str, enriched: bool) -> dict[str, np.ndarray]:
-    """Everything the three models need from one phantom, as arrays."""
-    phantom = phantom_for(seed, size, enriched)
+@dataclass
+class _Reconstruction:
+    """A phantom as one reconstruction of its scan: the generator's own, or a vendor draw's (thicker
+    slices, another kernel) applied to every volume alike; labels become one soft mask per nodule."""
+
+    hu_clean: np.ndarray
+    hu_full: np.ndarray
+    hu_low: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    truth: object
+    _labels: np.ndarray
+    _draw: object | None
+
+    @classmethod
+    def of(cls, phantom, draw) -> _Reconstruction:
+        if draw is None:
+            return cls(phantom.hu_clean, phantom.hu_full, phantom.hu_low, phantom.spacing_mm, phantom.origin_mm,
+                       phantom.truth, phantom.labels, None)
+        pixel = float(phantom.spacing_mm[1])
+        spacing, origin = draw.spacing_and_origin(phantom.spacing_mm, phantom.origin_mm)
+        return cls(draw.volume(phantom.hu_clean, pixel), draw.volume(phantom.hu_full, pixel),
+                   draw.volume(phantom.hu_low, pixel), spacing, origin, phantom.truth, phantom.labels, draw)
+
+    def nodule_mask(self, label: int) -> np.ndarray:
+        mask = (self._labels == label).astype(np.float32)
+        if self._draw is not None and self._draw.slice_factor > 1:
+            mask = average_slices(mask, self._draw.slice_factor)
+        return mask
+
+
+def build_item(seed: int, size: str, enriched: bool, randomise: bool = False) -> dict[str, np.ndarray]:
+    """Everything the three models need from one phantom, as arrays; ``randomise``: from a randomly
+    drawn vendor reconstruction (oncostream/synth/vendors.py, domain randomisation) instead."""
+    generated = phantom_for(seed, size, enriched)
+    draw = draw_ct_vendor(np.random.default_rng([seed, 0xC7]), generated.spacing_mm[0]) if randomise else None
+    phantom = _Reconstruction.of(generated, draw)
     rng = np.random.default_rng([seed, 0x5EED])
     spacing = np.asarray(phantom.spacing_mm, np.float64)
     item: dict[str, np.ndarray] = {"spacing": spacing.astype(np.float32)}
@@ -161,7 +197,7 @@ def build_item(seed: int, size: str, enriched: bool) -> dict[str, np.ndarray]:
         for name, vol in (("clean", phantom.hu_clean), ("full", phantom.hu_full), ("low", phantom.hu_low)):
             cubes[name].append(pre.window(_big_patch(vol, spacing, c)).astype(np.float16))
         if j < n_pos:
-            label = (phantom.labels == j + 1).astype(np.float32)
+            label = phantom.nodule_mask(j + 1)
             masks.append(np.clip(_big_patch(label, spacing, c) * 255.0 + 0.5, 0, 255).astype(np.uint8))
         else:
             masks.append(np.zeros((BIG_PATCH,) * 3, np.uint8))
@@ -193,11 +229,12 @@ def cache_path(seed: int, size: str) -> Path:
 
 
 def ensure_cached(seed: int, size: str, enriched: bool) -> Path:
-    """Build the cached item for a seed once; later runs (and ``make models``) reuse it."""
+    """Build the cached item for a seed once; later runs (and ``make models``) reuse it. Training
+    items (``enriched``) come from vendor-randomised reconstructions; validation ones do not."""
     path = cache_path(seed, size)
     if not path.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        item = build_item(seed, size, enriched)
+        item = build_item(seed, size, enriched, randomise=enriched)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **item)
         tmp.replace(path)

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from pydicom import Dataset
 
 from ingest.canonical.mammo import MammoFrame, canonical_frame
 from ingest.preprocess.mammo import MODEL_SHAPE, frame_resample_reference, preprocess_view_reference
@@ -26,7 +27,8 @@ DENSITIES = ("a", "b", "c", "d")
 GRID = (MODEL_SHAPE[0] // 16, MODEL_SHAPE[1] // 16)
 CACHE_DIR = REPO_ROOT / ".cache" / "mammo"
 CHUNK = 100  # exams per cache file
-CACHE_VERSION = "2"  # bump when the preprocessing or the targets below change
+CACHE_VERSION = "3"  # bump when the preprocessing, the targets or the vendor randomisation below change
+MASK_LEVEL = 1000  # a lesion mask's stored value while it is re-expressed (linear resampling keeps 0.5 at its edge)
 CELL_COVER = 0.1  # a grid cell counts as lesion when its densest 1/16 row x col sample reaches this
 
 
@@ -53,37 +55,61 @@ def cell_targets(mask: np.ndarray, frame: MammoFrame) -> np.ndarray:
     return (cells >= CELL_COVER).astype(np.uint8)
 
 
-def exam_examples(seed: int, size: str) -> dict[str, np.ndarray]:
-    """One phantom exam -> arrays for its 4 views (VIEW_KEYS order)."""
+def _as_masks(datasets: list[Dataset], masks: list[np.ndarray]) -> list[Dataset]:
+    """Freshly written view datasets turned into their lesion masks (0 / MASK_LEVEL), so that the
+    geometric part of a vendor re-expression moves each mask exactly as it moves its image."""
+    for ds, mask in zip(datasets, masks):
+        ds.PixelData = (mask.astype(np.uint16) * MASK_LEVEL).tobytes()
+    return datasets
+
+
+def _malignant_target(phantom, key: str) -> tuple[np.ndarray, bool]:
+    """The malignant lesions' pixels of one view (their boxes when a mask misses them) and whether
+    the view shows one, in the view's own pixel grid."""
+    laterality, view = key[0], key[1:]
+    mask = phantom.lesion_masks[key]
+    boxes = np.zeros_like(mask)
+    for lesion_truth in phantom.truth.lesions:
+        if lesion_truth.laterality != laterality or not lesion_truth.malignant:
+            continue
+        for lesion_view in lesion_truth.views:
+            if lesion_view.view == view:
+                r0, c0, r1, c1 = lesion_view.bbox_px
+                boxes[max(r0, 0):r1, max(c0, 0):c1] = True
+    return (mask & boxes if (mask & boxes).any() else boxes), bool(boxes.any())
+
+
+def exam_examples(seed: int, size: str, randomise: bool = False) -> dict[str, np.ndarray]:
+    """One phantom exam -> arrays for its 4 views (VIEW_KEYS order); ``randomise``: re-expressed first
+    as a randomly drawn vendor would write it (oncostream/synth/vendors.py, domain randomisation)."""
     from oncostream.synth.mammo import VIEWS, make_mammo_phantom, mammo_datasets
+    from oncostream.synth.vendors import draw_mammo_vendor
 
     phantom = make_mammo_phantom(seed, size=size)
     truth = phantom.truth
-    datasets = dict(zip(VIEWS, mammo_datasets(phantom)))
-    images, lesion, malignant_map, view_malignant = [], [], [], []
+    written = dict(zip(VIEWS, mammo_datasets(phantom)))
+    pixels = {key: phantom.views[key] for key in VIEWS}
+    malignant = {key: _malignant_target(phantom, key) for key in VIEWS}
+    masks = {key: phantom.lesion_masks[key] for key in VIEWS}
+    malignant_masks = {key: malignant[key][0] for key in VIEWS}
+    if randomise:
+        draw = draw_mammo_vendor(np.random.default_rng([seed, 0xD0A1]))
+        written = dict(zip(VIEWS, draw.image(list(written.values()))))
+        pixels = {key: ds.pixel_array for key, ds in written.items()}
+        for targets in (masks, malignant_masks):
+            moved = draw.geometry(_as_masks(mammo_datasets(phantom), [targets[key] for key in VIEWS]))
+            targets.update({key: ds.pixel_array >= MASK_LEVEL / 2 for key, ds in zip(VIEWS, moved)})
+    images, lesion, malignant_map = [], [], []
     for key in VIEW_KEYS:
-        laterality, view = key[0], key[1:]
-        mask = phantom.lesion_masks[key]
-        boxes = np.zeros_like(mask)
-        malignant = False
-        for lesion_truth in truth.lesions:
-            if lesion_truth.laterality != laterality or not lesion_truth.malignant:
-                continue
-            for lesion_view in lesion_truth.views:
-                if lesion_view.view == view:
-                    r0, c0, r1, c1 = lesion_view.bbox_px
-                    boxes[max(r0, 0):r1, max(c0, 0):c1] = True
-                    malignant = True
-        frame = canonical_frame(datasets[key], phantom.views[key], laterality, view)
-        images.append(preprocess_view_reference(phantom.views[key], frame).astype(np.float16))
-        lesion.append(cell_targets(mask, frame))
-        malignant_map.append(cell_targets(mask & boxes if (mask & boxes).any() else boxes, frame))
-        view_malignant.append(malignant)
+        frame = canonical_frame(written[key], pixels[key], key[0], key[1:])
+        images.append(preprocess_view_reference(pixels[key], frame).astype(np.float16))
+        lesion.append(cell_targets(masks[key], frame))
+        malignant_map.append(cell_targets(malignant_masks[key], frame))
     return {
         "images": np.stack(images),
         "lesion": np.stack(lesion),
         "malignant_map": np.stack(malignant_map),
-        "view_malignant": np.array(view_malignant, np.uint8),
+        "view_malignant": np.array([malignant[key][1] for key in VIEW_KEYS], np.uint8),
         "density": np.full(4, DENSITIES.index(truth.density), np.int64),
         "exam_malignant": np.array([truth.malignant], np.uint8),
         "seeds": np.array([seed], np.int64),
@@ -107,16 +133,16 @@ def _fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
-def _chunk_dir(size: str, start: int, stop: int) -> Path:
-    return CACHE_DIR / _fingerprint() / f"{size}_{start}_{stop}"
+def _chunk_dir(size: str, start: int, stop: int, randomise: bool) -> Path:
+    return CACHE_DIR / _fingerprint() / f"{size}_{start}_{stop}{'_vendors' if randomise else ''}"
 
 
-def _build_chunk(args: tuple[str, int, int]) -> Path:
-    size, start, stop = args
-    out = _chunk_dir(size, start, stop)
+def _build_chunk(args: tuple[str, int, int, bool]) -> Path:
+    size, start, stop, randomise = args
+    out = _chunk_dir(size, start, stop, randomise)
     if (out / "done").exists():
         return out
-    parts = [exam_examples(seed, size) for seed in range(start, stop)]
+    parts = [exam_examples(seed, size, randomise) for seed in range(start, stop)]
     out.mkdir(parents=True, exist_ok=True)
     for name in parts[0]:
         np.save(out / f"{name}.npy", np.concatenate([p[name] for p in parts]))
@@ -124,9 +150,10 @@ def _build_chunk(args: tuple[str, int, int]) -> Path:
     return out
 
 
-def build(seeds: range, size: str, workers: int = 1) -> list[Path]:
-    """Generate (or reuse) the cache chunks that cover ``seeds``; returns their folders."""
-    chunks = [(size, s, min(s + CHUNK, seeds.stop)) for s in range(seeds.start, seeds.stop, CHUNK)]
+def build(seeds: range, size: str, workers: int = 1, randomise: bool = False) -> list[Path]:
+    """Generate (or reuse) the cache chunks that cover ``seeds``; returns their folders. Training sets
+    pass ``randomise`` (vendor re-expressions); validation and calibration sets keep the generator's."""
+    chunks = [(size, s, min(s + CHUNK, seeds.stop), randomise) for s in range(seeds.start, seeds.stop, CHUNK)]
     if workers <= 1:
         return [_build_chunk(c) for c in chunks]
     with ProcessPoolExecutor(workers) as pool:

@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     val_range = range(VALIDATION_SEEDS.start, VALIDATION_SEEDS.start + args.val_exams)
     log(f"phantoms: train small {train_range}, train full {full_range}, validation small {val_range}, "
         f"validation full {FULL_VALIDATION_SEEDS.start}+{args.full_val_exams}")
-    small_folders = mammo_data.build(train_range, "small", args.workers)
-    full_folders = mammo_data.build(full_range, "full", args.workers) if len(full_range) else []
+    small_folders = mammo_data.build(train_range, "small", args.workers, randomise=True)
+    full_folders = mammo_data.build(full_range, "full", args.workers, randomise=True) if len(full_range) else []
     train = mammo_data.load(small_folders + full_folders)
     # Full-size views (what screening sends; downsampled 4x, so less noisy than native small ones and
     # with finer lesion texture) make FULL_SHARE of the crops.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom import Dataset
@@ -203,24 +204,60 @@ def ct_reverse_order(datasets: list[Dataset]) -> list[Dataset]:
     return out
 
 
+def average_slices(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Adjacent groups of ``factor`` slices (axis 0) averaged: the thicker reconstruction of the same
+    scan (a trailing partial group is dropped)."""
+    usable = (volume.shape[0] // factor) * factor
+    grouped = volume[:usable].astype(np.float32).reshape(-1, factor, *volume.shape[1:])
+    return grouped.mean(axis=1)
+
+
+def kernel_filter(image: np.ndarray, pixel_mm: float, strength_mm: float) -> np.ndarray:
+    """Another reconstruction kernel's texture on axial slices (the last two axes): a smooth kernel
+    (``strength_mm`` < 0: a Gaussian of that many mm) or a sharp one (> 0: unsharp masking by that
+    weight over a 0.7 mm Gaussian), which changes noise texture and edge sharpness as vendors' soft
+    and lung kernels do."""
+    in_plane_mm = abs(strength_mm) if strength_mm < 0 else 0.7
+    sigma = [0.0] * (image.ndim - 2) + [in_plane_mm / pixel_mm] * 2
+    blurred = ndimage.gaussian_filter(image.astype(np.float32), sigma)
+    if strength_mm < 0:
+        return blurred
+    return image + strength_mm * (image - blurred)
+
+
 def ct_thick_slices(datasets: list[Dataset], factor: int = 2) -> list[Dataset]:
     """Adjacent groups of ``factor`` slices averaged (1.25 mm -> 2.5 mm): a thicker reconstruction of
     the same scan, positioned at each group's centre (resampling)."""
     ordered = sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
+    thick = average_slices(np.stack([_pixels(d) for d in ordered]), factor)
     out = []
-    for start in range(0, len(ordered) - factor + 1, factor):
-        group = ordered[start:start + factor]
-        mean = np.mean([_pixels(d).astype(np.float64) for d in group], axis=0)
-        new = _with_pixels(group[0], np.rint(mean))
+    for index, pixels in enumerate(thick):
+        group = ordered[index * factor:(index + 1) * factor]
+        new = _with_pixels(group[0], np.rint(pixels))
         positions = np.mean([np.asarray(d.ImagePositionPatient, np.float64) for d in group], axis=0)
         new.ImagePositionPatient = [f"{v:.6g}" for v in positions]
         thickness = float(group[0].get("SliceThickness", 1.0) or 1.0) * factor
         new.SliceThickness = f"{thickness:g}"
         new.SpacingBetweenSlices = f"{thickness:g}"
-        new.ImagesInAcquisition = len(ordered) // factor
+        new.ImagesInAcquisition = len(thick)
         new.SOPInstanceUID = derived_uid(group[0].SOPInstanceUID, "thick")
         new.SeriesInstanceUID = derived_uid(group[0].SeriesInstanceUID, "thick")
-        new.InstanceNumber = start // factor + 1
+        new.InstanceNumber = index + 1
+        out.append(new)
+    return out
+
+
+def ct_kernel(datasets: list[Dataset], strength_mm: float) -> list[Dataset]:
+    """The same scan reconstructed with a smoother (< 0) or sharper (> 0) kernel (``kernel_filter``)
+    as a new series; ConvolutionKernel says which (resampling: the voxels change, the anatomy not)."""
+    out = []
+    for ds in datasets:
+        pixels = kernel_filter(_pixels(ds)[None], float(ds.PixelSpacing[0]), strength_mm)[0]
+        info = np.iinfo(np.int16 if int(ds.PixelRepresentation) == 1 else np.uint16)
+        new = _with_pixels(ds, np.clip(np.rint(pixels), info.min, info.max))
+        new.ConvolutionKernel = "SMOOTH" if strength_mm < 0 else "SHARP"
+        new.SOPInstanceUID = derived_uid(ds.SOPInstanceUID, f"kernel{strength_mm:g}")
+        new.SeriesInstanceUID = derived_uid(ds.SeriesInstanceUID, f"kernel{strength_mm:g}")
         out.append(new)
     return out
 
@@ -263,6 +300,8 @@ CT_EXACT: dict[str, Transform] = {
 CT_RESAMPLING: dict[str, Transform] = {
     "thick_2.5mm": ct_thick_slices,
     "pixel_spacing_0.6mm": ct_pixel_spacing,
+    "smooth_kernel": lambda datasets: ct_kernel(datasets, -0.8),
+    "sharp_kernel": lambda datasets: ct_kernel(datasets, 0.6),
 }
 
 
@@ -273,3 +312,79 @@ def _unchanged(datasets: list[Dataset]) -> list[Dataset]:
 # every profile `oncostream eval --profile` knows, by modality
 MAMMO_PROFILES: dict[str, Transform] = {"default": _unchanged, **MAMMO_EXACT, **MAMMO_RESAMPLING}
 CT_PROFILES: dict[str, Transform] = {"default": _unchanged, **CT_EXACT, **CT_RESAMPLING}
+
+
+# --- domain randomisation: the variation training sees (training/mammo_data.py, training/ldct_data.py)
+
+@dataclass(frozen=True)
+class MammoVendorDraw:
+    """One exam's vendor re-expression, drawn at random: geometric parts (mirrors, detector margins,
+    pitch) apply to the image and to its lesion masks alike; photometric parts only to the image."""
+
+    mirror_columns: bool
+    mirror_rows: bool
+    margins_mm: tuple[float, float, float] | None
+    pitch_factor: float | None  # new pitch / stored pitch, < 1: a finer detector
+    marker: bool
+    sixteen_bits: bool
+    display_attributes: bool
+    monochrome1: bool
+
+    def geometry(self, datasets: list[Dataset]) -> list[Dataset]:
+        if self.mirror_columns:
+            datasets = mg_mirror_columns(datasets)
+        if self.mirror_rows:
+            datasets = mg_mirror_rows(datasets)
+        if self.margins_mm is not None:
+            datasets = mg_larger_detector(datasets, self.margins_mm)
+        if self.pitch_factor is not None:
+            datasets = [mg_pixel_pitch([ds], float(ds.PixelSpacing[0]) * self.pitch_factor)[0] for ds in datasets]
+        return datasets
+
+    def image(self, datasets: list[Dataset]) -> list[Dataset]:
+        datasets = self.geometry(datasets)
+        for applies, transform in ((self.marker, mg_burned_in_marker), (self.sixteen_bits, mg_sixteen_bits),
+                                   (self.display_attributes, mg_display_attributes),
+                                   (self.monochrome1, mg_monochrome1)):
+            if applies:
+                datasets = transform(datasets)
+        return datasets
+
+
+def draw_mammo_vendor(rng: np.random.Generator) -> MammoVendorDraw:
+    """Half the exams keep the generator's own detector; the rest get a larger field and/or a finer
+    pitch (0.7-1.0 of the stored one); every flag is a fair coin or rarer."""
+    margins = tuple(float(v) for v in rng.uniform(0.0, 50.0, 3)) if rng.random() < 0.4 else None
+    pitch = float(rng.uniform(0.7, 1.0)) if rng.random() < 0.4 else None
+    return MammoVendorDraw(
+        mirror_columns=bool(rng.random() < 0.5), mirror_rows=bool(rng.random() < 0.25),
+        margins_mm=margins, pitch_factor=pitch, marker=bool(rng.random() < 0.3),
+        sixteen_bits=bool(rng.random() < 0.3), display_attributes=bool(rng.random() < 0.5),
+        monochrome1=bool(rng.random() < 0.3))
+
+
+@dataclass(frozen=True)
+class CtVendorDraw:
+    """One series' reconstruction, drawn at random: slice thickness (groups of ``slice_factor``
+    slices averaged) and kernel texture (``kernel_filter``), applied to every volume of a phantom."""
+
+    slice_factor: int
+    kernel_mm: float  # 0: the generator's own kernel
+
+    def volume(self, volume: np.ndarray, pixel_mm: float) -> np.ndarray:
+        out = average_slices(volume, self.slice_factor) if self.slice_factor > 1 else volume.astype(np.float32)
+        return kernel_filter(out, pixel_mm, self.kernel_mm) if self.kernel_mm else out
+
+    def spacing_and_origin(self, spacing_mm, origin_mm):
+        """(slice, row, column) spacing and (x, y, z) origin of the thicker series: a group is
+        positioned at its centre."""
+        dz, dy, dx = spacing_mm
+        x, y, z = origin_mm
+        return (dz * self.slice_factor, dy, dx), (x, y, z + dz * (self.slice_factor - 1) / 2.0)
+
+
+def draw_ct_vendor(rng: np.random.Generator, slice_mm: float) -> CtVendorDraw:
+    """Thicker slices (up to 2.5 mm) for a third of the series; a smooth or sharp kernel for two thirds."""
+    factor = 2 if slice_mm * 2 <= 2.5 and rng.random() < 0.35 else 1
+    kernel = float(rng.choice([-0.8, -0.4, 0.0, 0.3, 0.6]))
+    return CtVendorDraw(slice_factor=factor, kernel_mm=kernel)

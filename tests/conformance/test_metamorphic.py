@@ -5,7 +5,7 @@ served inference path (canonical frame, embedded backend) -> build_result. Exact
 (oncostream/synth/vendors.py: inversion, mirroring with the orientation updated, bit depth, display
 attributes, transposition, reordering) must give the same priority, category and findings (positions
 mapped into the new pixel grid); resampling ones (a larger detector, another pixel pitch, 2.5 mm
-slices) the same priority and category and the same nodules >= 6 mm, volumes within
+slices, another reconstruction kernel) the same priority and category and the same nodules >= 6 mm, volumes within
 ``THICK_SLICE_VOLUME_TOLERANCE``.
 """
 
@@ -180,7 +180,18 @@ def test_ldct_exact_re_expression_keeps_the_answer(name, ldct_series, ldct_basel
     _same_nodules(_reportable(event), _reportable(ldct_baseline), volume_tolerance=0.005)
 
 
-@pytest.mark.parametrize("name", list(vendors.CT_RESAMPLING))
+# re-expressions the committed models do not yet read correctly: strict, so the test fails (and this
+# entry must go) as soon as retrained models read them
+NOT_YET_ROBUST = {
+    "sharp_kernel": "the LDCT models were trained on one kernel's texture: a sharper kernel's noise gives a "
+                    "false >= 6 mm nodule (README, Vendor conformance); vendor-randomised retraining pending",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NOT_YET_ROBUST[name]))
+    if name in NOT_YET_ROBUST else name
+    for name in vendors.CT_RESAMPLING])
 def test_ldct_resampled_re_expression_keeps_priority_category_and_nodules(name, ldct_series, ldct_baseline,
                                                                           settings, backend):
     _, event = triage(vendors.CT_RESAMPLING[name](copy.deepcopy(ldct_series[1])), settings, backend)
