@@ -46,14 +46,22 @@ def nodule(index: int, diameter: float, lung_rads: str, probability: float = 0.2
 
 def ct_result(study_uid: str, priority: str = "HIGH", lung_rads: str = "4A", patient_key: str | None = "pk-1",
               study_date: date | None = date(2026, 11, 2), arrived: datetime = T0, nodules: int = 2,
-              patient_id: str | None = None) -> StudyResult:
+              patient_id: str | None = None, prior: str | None = None) -> StudyResult:
+    """``prior``: a follow-up compared with that study: the first nodule grew 2 mm, the others are new."""
     findings = [nodule(i, 9.0 + 2 * i, lung_rads, 0.2 + 0.1 * i) for i in range(nodules)]
+    if prior and findings:
+        findings[0] = findings[0].model_copy(update={
+            "prior_tracking_uid": findings[0].tracking_uid, "diameter_change_mm": 2.0,
+            "volume_change_percent": 85.0, "volume_doubling_time_days": 412.0, "growing": True})
     sr_uid, seg_uid = f"{study_uid}.901", f"{study_uid}.902"
     event = TriageEvent(study_instance_uid=study_uid, accession_number=ACCESSION, program="default", modality="CT",
-                        priority=priority, category=LungRadsCategory(lung_rads=lung_rads), findings=findings,
-                        confidence=0.9, needs_human_review=False, model_versions={"ldct_detector": "1.0"},
-                        sr_sop_instance_uid=sr_uid, seg_sop_instance_uids=[seg_uid], arrived_at=arrived,
-                        triaged_at=arrived + timedelta(seconds=4), patient_id=patient_id)
+                        priority=priority, category=LungRadsCategory(lung_rads=lung_rads,
+                                                                     compared_with_prior=prior is not None),
+                        findings=findings, confidence=0.9, needs_human_review=False,
+                        model_versions={"ldct_detector": "1.0"}, sr_sop_instance_uid=sr_uid,
+                        seg_sop_instance_uids=[seg_uid], arrived_at=arrived,
+                        triaged_at=arrived + timedelta(seconds=4), patient_id=patient_id,
+                        prior_study_instance_uid=prior, prior_interval_days=371 if prior else None)
     image = _header(study_uid, f"{study_uid}.1", "1.2.840.10008.5.1.4.1.1.2", study_date)
     study = Study(study_instance_uid=study_uid, modality="CT", datasets=[image], arrived_at=arrived,
                   patient_key=patient_key)

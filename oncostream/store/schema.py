@@ -36,6 +36,8 @@ studies = Table(
     Column("needs_human_review", Boolean, nullable=False),
     Column("incomplete", Boolean, nullable=False),
     Column("prior_study_instance_uid", String(_UID), nullable=True),
+    Column("prior_interval_days", Integer, nullable=True),
+    Column("compared_with_prior", Boolean, nullable=True),  # the follow-up rules applied (a prior was found)
     Column("sr_sop_instance_uid", String(_UID), nullable=True),
     Column("schema_version", String(8), nullable=False),
     Column("event_json", Text, nullable=False),  # the TriageEvent as published, identifiers removed unless allowed
@@ -61,6 +63,8 @@ nodules = Table(
     Column("prior_tracking_uid", String(_UID), nullable=True),
     Column("diameter_change_mm", Float, nullable=True),
     Column("volume_doubling_time_days", Float, nullable=True),
+    Column("volume_change_percent", Float, nullable=True),
+    Column("growing", Boolean, nullable=True),  # Lung-RADS v2022 growth
 )
 Index("ix_nodules_tracking_uid", nodules.c.tracking_uid)
 
@@ -80,6 +84,7 @@ mammo_findings = Table(
     Column("bbox_col0", Integer, nullable=False),
     Column("bbox_row1", Integer, nullable=False),
     Column("bbox_col1", Integer, nullable=False),
+    Column("new_since_prior", Boolean, nullable=True),
 )
 
 outputs = Table(

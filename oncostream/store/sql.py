@@ -121,7 +121,9 @@ class ResultsStore:
             "recall": category.recall if mammo else None,
             "needs_human_review": ev.needs_human_review,
             "incomplete": ev.incomplete,
-            "prior_study_instance_uid": getattr(ev, "prior_study_instance_uid", None),
+            "prior_study_instance_uid": ev.prior_study_instance_uid,
+            "prior_interval_days": ev.prior_interval_days,
+            "compared_with_prior": category.compared_with_prior,
             "sr_sop_instance_uid": ev.sr_sop_instance_uid,
             "schema_version": ev.schema_version,
             "event_json": stored.model_dump_json(),
@@ -135,9 +137,9 @@ class ResultsStore:
                     "mean_diameter_mm": f.mean_diameter_mm, "long_axis_mm": f.long_axis_mm,
                     "volume_mm3": f.volume_mm3, "composition": f.composition,
                     "malignancy_probability": f.malignancy_probability, "lung_rads": f.lung_rads,
-                    "prior_tracking_uid": getattr(f, "prior_tracking_uid", None),
-                    "diameter_change_mm": getattr(f, "diameter_change_mm", None),
-                    "volume_doubling_time_days": getattr(f, "volume_doubling_time_days", None),
+                    "prior_tracking_uid": f.prior_tracking_uid, "diameter_change_mm": f.diameter_change_mm,
+                    "volume_doubling_time_days": f.volume_doubling_time_days,
+                    "volume_change_percent": f.volume_change_percent, "growing": f.growing,
                 })
             elif isinstance(f, MammoFinding):
                 mammo_rows.append({
@@ -145,7 +147,7 @@ class ResultsStore:
                     "laterality": f.laterality, "view": f.view, "sop_instance_uid": f.sop_instance_uid,
                     "score": f.score, "center_row": f.center_px[0], "center_col": f.center_px[1],
                     "bbox_row0": f.bbox_px[0], "bbox_col0": f.bbox_px[1],
-                    "bbox_row1": f.bbox_px[2], "bbox_col1": f.bbox_px[3],
+                    "bbox_row1": f.bbox_px[2], "bbox_col1": f.bbox_px[3], "new_since_prior": f.new_since_prior,
                 })
         output_rows = {}
         for kind, sub, datasets in (("SR", "sr", [result.sr] if result.sr is not None else []),

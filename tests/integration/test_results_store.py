@@ -52,6 +52,37 @@ def test_migrations_from_empty_build_the_schema(store_url) -> None:
         again.close()
 
 
+def test_migrations_keep_rows_of_an_earlier_schema(store_url) -> None:
+    from sqlalchemy import create_engine, text
+
+    from oncostream.store.migrate import upgrade
+    from oncostream.store.sql import normalise_url
+
+    if store_url.startswith("sqlite"):
+        Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    engine = create_engine(normalise_url(store_url))
+    upgrade(engine, "0001")  # a database a previous release created and filled
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO studies (study_instance_uid, patient_key, program, modality, priority, priority_rank, "
+            "study_date, arrived_at, triaged_at, needs_human_review, incomplete, schema_version, event_json) "
+            "VALUES ('1.2.826.0.0.1', 'pk-old', 'default', 'CT', 'LOW', 3, '2025-01-02', '2025-01-02 08:00:00', "
+            "'2025-01-02 08:00:04', false, false, '1.1', '{}')"))
+        conn.execute(text("INSERT INTO nodules VALUES ('1.2.826.0.0.1', 0, '2.25.1', 1, 2, 3, 5, 6, 65, 'solid', "
+                          "0.1, '2', NULL, NULL, NULL)"))
+    engine.dispose()
+    store = open_store(store_url)
+    try:
+        assert current_revision(store.engine) == head_revision() != "0001"
+        rows = rows_of(store)
+        assert [r[0] for r in rows["studies"]] == ["1.2.826.0.0.1"] and len(rows["nodules"]) == 1
+        store.record(cases.ct_result("1.2.826.0.0.2", prior="1.2.826.0.0.1"))  # the new columns take values
+        grown = [r for r in rows_of(store)["nodules"] if r[0] == "1.2.826.0.0.2"][0]
+        assert dict(zip([c.name for c in metadata.tables["nodules"].columns], grown))["growing"] is True
+    finally:
+        store.close()
+
+
 def test_record_is_idempotent(store, store_url, tmp_path) -> None:
     ct, mg = cases.ct_result("1.2.826.0.1.1"), cases.mg_result("1.2.826.0.1.2")
     store.record(ct)
