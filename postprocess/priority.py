@@ -76,17 +76,35 @@ class ReviewPolicy(_Strict):
     incomplete_needs_review: bool = True
 
 
+# minutes from arrival within which a study of each priority should be read (the worklist's SLA clock)
+DEFAULT_SLA_MINUTES: dict[str, int] = {"URGENT": 60, "HIGH": 24 * 60, "ROUTINE": 7 * 24 * 60, "LOW": 30 * 24 * 60}
+
+
 class ProgramPolicy(_Strict):
     name: str = Field(min_length=1)
     ldct: LdctPolicy
     mammo: MammoPolicy
     review: ReviewPolicy = ReviewPolicy()
+    sla_minutes: dict[Priority, int] = Field(default_factory=lambda: dict(DEFAULT_SLA_MINUTES))
+
+    @field_validator("sla_minutes")
+    @classmethod
+    def _sla_for_every_priority(cls, value: dict[str, int]) -> dict[str, int]:
+        order = ("URGENT", "HIGH", "ROUTINE", "LOW")
+        if set(value) != set(order):
+            raise ValueError(f"sla_minutes: give minutes for each of {', '.join(order)}")
+        minutes = [value[p] for p in order]
+        if any(m <= 0 for m in minutes) or any(b < a for a, b in zip(minutes, minutes[1:])):
+            raise ValueError("sla_minutes: need 0 < URGENT <= HIGH <= ROUTINE <= LOW")
+        return value
 
     @property
     def fingerprint(self) -> str:
-        """``<name>+<12 hex>`` of every setting: output UIDs derive from it, so a changed policy
-        (a 4X threshold, a priority band) never reissues a report under an earlier report's UIDs."""
-        return f"{self.name}+{hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]}"
+        """``<name>+<12 hex>`` of every setting that shapes a result: output UIDs derive from it, so a changed
+        policy (a 4X threshold, a priority band) never reissues a report under an earlier report's UIDs. The
+        reading deadlines (``sla_minutes``) change no result and are left out."""
+        settings = self.model_dump_json(exclude={"sla_minutes"})
+        return f"{self.name}+{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
     @model_validator(mode="after")
     def _recall_is_prioritised(self) -> "ProgramPolicy":
