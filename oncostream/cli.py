@@ -19,6 +19,7 @@ _HANDLERS = {
     "models": "oncostream.model_build:main",
     "eval": "oncostream.evaluation:main",
     "health": "oncostream.app.health:main_health",
+    "worklist": "oncostream.app.worklist:main_worklist",
 }
 
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default: loopback only; 0.0.0.0 for every interface)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port (0: a free one)")
 
+    p = sub.add_parser("worklist", help="serve the worklist page over the results store (rows as JSON at /api/studies)")
+    p.add_argument("--port", type=int, required=True, help="0: a free port (printed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+
     p = sub.add_parser("models", help="model repository tools")
     msub = p.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build", help="write a ready Triton repository")
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # libraries that narrate every step at INFO
-        for noisy in ("highdicom", "pynetdicom", "kafka"):
+        for noisy in ("highdicom", "pynetdicom", "kafka", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     module_name, _, func_name = _HANDLERS[args.command].partition(":")
     handler = getattr(importlib.import_module(module_name), func_name)

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.tls",
     "tests.fixtures.postgres",
     "tests.fixtures.store",
+    "tests.fixtures.browser",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -9,6 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from oncostream.store.schema import VERSION_TABLE
+
+log = logging.getLogger(__name__)
 
 SCRIPT_LOCATION = "oncostream.store:migrations"
 
@@ -35,4 +39,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     config = _config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
+        before = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
         command.upgrade(config, revision)
+        after = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    if after != before:
+        log.info("results store migrated from %s to %s", before or "empty", after)
