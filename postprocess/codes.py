@@ -66,6 +66,20 @@ LUNG_RADS_ASSESSMENT = _local("LUNGRADS", "Lung-RADS v2022 assessment category")
 LUNG_RADS_CODES: dict[str, Code] = {
     c: _local(f"LR{c}", f"Lung-RADS v2022 category {c}") for c in ("0", "1", "2", "3", "4A", "4B", "4X")
 }
+# follow-up: the comparison with the prior exam (TID 1500 exam-level evaluations, TID 1410 per nodule)
+PRIOR_STUDY = _local("PRIORSTUDY", "Prior study compared")  # UIDREF: its StudyInstanceUID
+DESCRIPTION_OF_CHANGE = codes.DCM.DescriptionOfChange
+LUNG_FIELD_CENTROID = _local("LUNGCENTROID", "Lung field centroid")  # SCOORD3D POINT, aligns later rounds
+DIAMETER_CHANGE = _local("DIAMCHANGE", "Change in mean diameter since prior")
+VOLUME_CHANGE = _local("VOLCHANGE", "Change in volume since prior")
+VOLUME_DOUBLING_TIME = _local("VDT", "Volume doubling time")
+UNIT_DAY = codes.UCUM.Day
+INTERVAL_CHANGE = _local("INTERVALCHANGE", "Interval change since prior")
+INTERVAL_CHANGE_CODES: dict[str, Code] = {
+    "new": _local("NEWNODULE", "New since prior"),
+    "growing": _local("GROWING", "Growing (Lung-RADS v2022)"),
+    "stable": _local("NOTGROWING", "Not growing (Lung-RADS v2022)"),
+}
 
 # --- mammography: TID 4000 Mammography CAD Document Root -------------------------------------
 MAMMOGRAPHY_CAD_REPORT = codes.DCM.MammographyCADReport

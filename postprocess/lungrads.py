@@ -40,32 +40,68 @@ class NoduleMeasurement:
 
 @dataclass(frozen=True)
 class PriorNodule:
-    """One nodule of a prior study, already matched to a current nodule (same tracking UID or location)."""
+    """One nodule of a prior study, already matched to a current nodule (same tracking UID or location).
+
+    ``index`` is its position in the prior nodules given to match_priors (None when built by hand)."""
 
     mean_diameter_mm: float
     solid_component_mm: float | None = None
     interval_days: float = 365.0
+    index: int | None = None
 
 
-def match_priors(current_centers_mm: Sequence[tuple[float, float, float]],
-                 prior_nodules: Sequence[tuple[tuple[float, float, float], float]], interval_days: float, *,
-                 max_distance_mm: float = 10.0) -> list[PriorNodule | None]:
-    """Pair each current nodule with the nearest unused prior nodule (centre, mean diameter) within reach.
-
-    Greedy by distance, each prior used once; None marks a new nodule. Centres must be in one
-    patient coordinate frame: a prior exam in another frame of reference needs registering first.
-    """
-    pairs = sorted(
-        (math.dist(c, p[0]), i, j) for i, c in enumerate(current_centers_mm) for j, p in enumerate(prior_nodules))
-    matched: list[PriorNodule | None] = [None] * len(current_centers_mm)
+def _greedy_pairs(current: Sequence[Sequence[float]], prior: Sequence[Sequence[float]],
+                  shift: Sequence[float], max_distance_mm: float) -> dict[int, int]:
+    pairs = sorted((math.dist(c, [p[k] + shift[k] for k in range(3)]), i, j)
+                   for i, c in enumerate(current) for j, p in enumerate(prior))
+    matched: dict[int, int] = {}
     used: set[int] = set()
     for distance, i, j in pairs:
         if distance > max_distance_mm:
             break
-        if matched[i] is None and j not in used:
-            matched[i] = PriorNodule(mean_diameter_mm=prior_nodules[j][1], interval_days=interval_days)
+        if i not in matched and j not in used:
+            matched[i] = j
             used.add(j)
     return matched
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def match_priors(current_centers_mm: Sequence[tuple[float, float, float]],
+                 prior_nodules: Sequence[tuple[tuple[float, float, float], float]], interval_days: float, *,
+                 max_distance_mm: float = 10.0, translation_mm: Sequence[float] = (0.0, 0.0, 0.0),
+                 refine: bool = False) -> list[PriorNodule | None]:
+    """Pair each current nodule with the nearest unused prior nodule (centre, mean diameter) within reach.
+
+    Greedy by distance, each prior used once; None marks a new nodule. Two exams' patient coordinates
+    are not one frame: ``translation_mm`` (current minus prior, e.g. from aligning the lung fields) is
+    added to every prior centre first. ``refine`` then re-centres that translation on the median
+    offset of the pairs found and matches again (translation-only point registration on the nodules
+    themselves; it corrects what the lung alignment left, a few millimetres).
+    """
+    shift = [float(v) for v in translation_mm]
+    centres = [p[0] for p in prior_nodules]
+    matched = _greedy_pairs(current_centers_mm, centres, shift, max_distance_mm)
+    if refine and matched:
+        for _ in range(2):
+            offsets = [[current_centers_mm[i][k] - centres[j][k] for k in range(3)] for i, j in matched.items()]
+            shift = [_median([o[k] for o in offsets]) for k in range(3)]
+            matched = _greedy_pairs(current_centers_mm, centres, shift, max_distance_mm)
+            if not matched:
+                break
+    return [PriorNodule(mean_diameter_mm=prior_nodules[matched[i]][1], interval_days=interval_days, index=matched[i])
+            if i in matched else None for i in range(len(current_centers_mm))]
+
+
+def volume_doubling_time_days(volume_mm3: float, prior_volume_mm3: float, interval_days: float) -> float | None:
+    """VDT = interval x ln 2 / ln(V / V_prior), in days; None when the volume did not grow (or is unknown)."""
+    if volume_mm3 <= 0 or prior_volume_mm3 <= 0 or interval_days <= 0 or volume_mm3 <= prior_volume_mm3:
+        return None
+    return interval_days * math.log(2.0) / math.log(volume_mm3 / prior_volume_mm3)
 
 
 def round_mm(value: float) -> float:

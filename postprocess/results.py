@@ -14,10 +14,11 @@ from functools import partial
 
 from oncostream.contracts import LungRadsCategory, MammoFinding, NoduleFinding, TriageEvent
 from oncostream.settings import Settings
-from oncostream.study import LdctInference, MammoInference, Study, StudyResult
+from oncostream.study import LdctInference, MammoInference, PriorStudy, Study, StudyResult
 from oncostream.uids import derive_uid, model_fingerprint
 from postprocess import lungrads
 from postprocess.heatmap import heatmap_images
+from postprocess.followup import LdctComparison, compare_ldct, compare_mammo, interval_days
 from postprocess.lungrads import NoduleMeasurement, PriorNodule
 from postprocess.mammo_policy import exam_score_edges, mammo_category
 from postprocess.priority import ProgramPolicy, ldct_priority, load_program, mammo_priority, needs_human_review
@@ -43,13 +44,18 @@ def inputs_fingerprint(study: Study) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()[:32]
 
 
-def output_uid(study: Study, model_versions: dict[str, str], policy: ProgramPolicy, role: str) -> str:
+def output_uid(study: Study, model_versions: dict[str, str], policy: ProgramPolicy, role: str,
+               prior_study_uid: str | None = None) -> str:
     """A derived UID for one output of ``study``; ``role`` says which (``sr``, ``seg-series``, ``nodule/3``...).
     Other models, another policy or another set of input instances (a view resent alone, long after its
-    exam was published) give other UIDs: their outputs differ in content. A replay of the same
-    instances gives the same UIDs."""
-    return str(derive_uid(study.study_instance_uid, model_fingerprint(model_versions), policy.fingerprint,
-                          inputs_fingerprint(study), role))
+    exam was published) give other UIDs: their outputs differ in content; so does a comparison with a
+    prior exam (``prior_study_uid``; the same study compared with no prior, or another, reports other
+    categories). A replay of the same instances against the same prior gives the same UIDs."""
+    parts = [study.study_instance_uid, model_fingerprint(model_versions), policy.fingerprint,
+             inputs_fingerprint(study), role]
+    if prior_study_uid:
+        parts += ["prior", prior_study_uid]
+    return str(derive_uid(*parts))
 
 
 def _patient_id(study: Study, settings: Settings) -> str | None:
@@ -59,8 +65,11 @@ def _patient_id(study: Study, settings: Settings) -> str | None:
 
 
 def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
-          priors: list[PriorNodule | None] | None) -> tuple[list[NoduleFinding], LungRadsCategory, float, float]:
+          priors: list[PriorNodule | None] | None, comparison: LdctComparison | None, uid
+          ) -> tuple[list[NoduleFinding], LungRadsCategory, float, float]:
     findings: list[NoduleFinding] = []
+    if comparison is not None:
+        priors = comparison.matches
     for i, nodule in enumerate(inference.nodules):
         # the category is computed from exactly the rounded values the event and the SR carry
         diameter, volume = _mm(nodule.mean_diameter_mm), round(max(float(nodule.volume_mm3), 0.0), 1)
@@ -78,10 +87,12 @@ def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
             mean_diameter_mm=diameter, long_axis_mm=_mm(nodule.long_axis_mm), volume_mm3=volume,
             composition=nodule.composition,  # type: ignore[arg-type]
             malignancy_probability=probability, lung_rads=category,
-            tracking_uid=output_uid(study, inference.model_versions, policy, f"nodule/{i}")))
+            **{"tracking_uid": uid(f"nodule/{i}"),
+               **(comparison.change_of(i, diameter, volume) if comparison is not None else {})}))
     exam = lungrads.exam_category([f.lung_rads for f in findings], incomplete=study.incomplete)
     uncertainty = max((_clip01(n.uncertainty) for n in inference.nodules), default=0.0)
-    return findings, LungRadsCategory(lung_rads=exam), round(1.0 - uncertainty, 4), uncertainty
+    return (findings, LungRadsCategory(lung_rads=exam, compared_with_prior=priors is not None),
+            round(1.0 - uncertainty, 4), uncertainty)
 
 
 def _mammo_findings(inference: MammoInference) -> list[MammoFinding]:
@@ -97,12 +108,18 @@ def _mammo_findings(inference: MammoInference) -> list[MammoFinding]:
 
 
 def build_result(study: Study, inference: LdctInference | MammoInference, settings: Settings,
-                 now: datetime | None = None, *, priors: list[PriorNodule | None] | None = None) -> StudyResult:
+                 now: datetime | None = None, *, priors: list[PriorNodule | None] | None = None,
+                 prior: PriorStudy | None = None,
+                 lung_centroid_mm: tuple[float, float, float] | None = None) -> StudyResult:
     """TriageEvent, SR, SEG and heatmaps for one study.
 
-    ``priors`` (LDCT only) switches Lung-RADS to its follow-up rules: one entry per current nodule,
-    the matched prior nodule or None for a new one. ``now`` stamps ``triaged_at`` only; nothing in
-    the DICOM outputs depends on the wall clock.
+    ``prior`` is the patient's previous exam of the same modality (the newest one before this study):
+    LDCT nodules are matched to its nodules after aligning the lung fields (``lung_centroid_mm`` of
+    this series against the prior event's), then categorised by the Lung-RADS follow-up rules with
+    their change, tracking UIDs carried over; mammography findings are compared with its findings and
+    its scores reported next to these. ``priors`` (LDCT, without ``prior``) gives the matches by hand:
+    one entry per current nodule, the matched prior nodule or None for a new one. ``now`` stamps
+    ``triaged_at`` only; nothing in the DICOM outputs depends on the wall clock.
     """
     if not isinstance(inference, (LdctInference, MammoInference)):
         raise TypeError(f"inference: expected LdctInference or MammoInference, got {type(inference).__name__}")
@@ -111,17 +128,25 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
     versions = dict(inference.model_versions)
     when = ContentTimestamp.from_datasets(study.datasets, study.arrived_at)
     device_uid = str(derive_uid(model_fingerprint(versions), "device"))
-    uid = partial(output_uid, study, versions, policy)
+    prior_uid = prior.study_instance_uid if prior is not None else None
+    uid = partial(output_uid, study, versions, policy, prior_study_uid=prior_uid)
     sr_uid = uid("sr")
     sr_series_uid = uid("sr-series")
     segs = []
     secondary = []
+    reasons = list(inference.review_reasons)
+    interval = interval_days(study.study_date, prior.study_date) if prior is not None else None
     if isinstance(inference, LdctInference):
-        findings, category, confidence, uncertainty = _ldct(study, inference, policy, priors)
+        comparison = None
+        if prior is not None:
+            comparison = compare_ldct([n.center_mm for n in inference.nodules], lung_centroid_mm, prior, interval)
+            reasons += comparison.review_reasons
+        findings, category, confidence, uncertainty = _ldct(study, inference, policy, priors, comparison, uid)
         priority = ldct_priority(category.lung_rads, policy)
         modality = "CT"
         sr = lung_nodule_report(study.datasets, findings, category.lung_rads, versions, sop_instance_uid=sr_uid,
-                                series_instance_uid=sr_series_uid, device_uid=device_uid, when=when)
+                                series_instance_uid=sr_series_uid, device_uid=device_uid, when=when,
+                                prior=prior, interval_days=interval, lung_centroid_mm=lung_centroid_mm)
         seg = nodule_segmentation(study.datasets, inference.nodules, findings, versions,
                                   sop_instance_uid=uid("seg"),
                                   series_instance_uid=uid("seg-series"),
@@ -132,17 +157,18 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         findings = _mammo_findings(inference)
         category = mammo_category(inference.exam_malignancy_probability, inference.density_probabilities,
                                   policy, exam_score_edges(policy, settings.model_repository))
+        if prior is not None:
+            findings, category = compare_mammo(findings, category, study.datasets, prior)
         priority = mammo_priority(category.exam_score, policy)
         modality = "MG"
         uncertainty = _clip01(inference.uncertainty)
         confidence = round(1.0 - uncertainty, 4)
         sr = MammographyCadSR(study.datasets, findings, category, versions, sop_instance_uid=sr_uid,
-                              series_instance_uid=sr_series_uid, when=when)
+                              series_instance_uid=sr_series_uid, when=when, interval_days=interval)
         secondary = heatmap_images(study.datasets, inference.views, versions,
                                    series_instance_uid=uid("heatmap-series"),
                                    uid_for=lambda sop: uid(f"heatmap/{sop}"), when=when)
 
-    reasons = list(inference.review_reasons)
     event = TriageEvent(
         study_instance_uid=study.study_instance_uid, accession_number=study.accession_number,
         program=study.program or settings.program, modality=modality, priority=priority, category=category,
@@ -152,5 +178,7 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         series_instance_uid=study.series_instance_uid, skipped_series=list(study.skipped_series),
         model_versions=versions,
         sr_sop_instance_uid=str(sr.SOPInstanceUID), seg_sop_instance_uids=[str(s.SOPInstanceUID) for s in segs],
-        arrived_at=study.arrived_at, triaged_at=triaged_at, patient_id=_patient_id(study, settings))
+        arrived_at=study.arrived_at, triaged_at=triaged_at, patient_id=_patient_id(study, settings),
+        prior_study_instance_uid=prior_uid, prior_interval_days=interval,
+        lung_centroid_mm=lung_centroid_mm if modality == "CT" else None)
     return StudyResult(study=study, event=event, sr=sr, segs=segs, secondary=secondary)

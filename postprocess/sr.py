@@ -37,9 +37,11 @@ from highdicom.sr import (
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
+    Scoord3DContentItem,
     ScoordContentItem,
     TextContentItem,
     TrackingIdentifier,
+    UIDRefContentItem,
 )
 from highdicom.sr.sop import _SR
 from pydicom import Dataset
@@ -47,6 +49,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
 from oncostream.contracts import LungRads, MammoCategory, MammoFinding, NoduleFinding
+from oncostream.study import PriorStudy
 from oncostream.uids import derive_uid
 from postprocess import codes
 
@@ -133,9 +136,32 @@ def _axial_circle(center: tuple[float, float, float], diameter: float) -> np.nda
     return np.array([[x - r, y, z], [x + r, y, z], [x, y - r, z], [x, y + r, z]], dtype=np.float64)
 
 
+def _change_items(finding: NoduleFinding, compared: bool) -> tuple[list[Measurement], list[QualitativeEvaluation]]:
+    """At a follow-up exam: the nodule's change since the prior (TID 1410 measurements and evaluations)."""
+    if not compared:
+        return [], []
+    if finding.prior_tracking_uid is None:
+        return [], [QualitativeEvaluation(name=codes.INTERVAL_CHANGE, value=codes.INTERVAL_CHANGE_CODES["new"])]
+    measurements = []
+    if finding.diameter_change_mm is not None:
+        measurements.append(Measurement(name=codes.DIAMETER_CHANGE, value=finding.diameter_change_mm,
+                                        unit=codes.UNIT_MM))
+    if finding.volume_change_percent is not None:
+        measurements.append(Measurement(name=codes.VOLUME_CHANGE, value=finding.volume_change_percent,
+                                        unit=codes.UNIT_PERCENT))
+    if finding.volume_doubling_time_days is not None:
+        measurements.append(Measurement(name=codes.VOLUME_DOUBLING_TIME, value=finding.volume_doubling_time_days,
+                                        unit=codes.UNIT_DAY))
+    state = "growing" if finding.growing else "stable"
+    return measurements, [QualitativeEvaluation(name=codes.INTERVAL_CHANGE, value=codes.INTERVAL_CHANGE_CODES[state])]
+
+
 def _nodule_group(index: int, finding: NoduleFinding, frame_of_reference_uid: str,
-                  algorithm: AlgorithmIdentification) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for one nodule: location as a SCOORD3D circle (long axis) centred on the nodule centre."""
+                  algorithm: AlgorithmIdentification,
+                  compared: bool = False) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for one nodule: location as a SCOORD3D circle (long axis) centred on the nodule centre;
+    at a follow-up (``compared``) also its change since the prior. A nodule seen before keeps the
+    prior report's tracking UID (TID 4108), which is what links the two reports' groups."""
     region = ImageRegion3D(graphic_type=GraphicTypeValues3D.ELLIPSE,
                            graphic_data=_axial_circle(finding.center_mm, finding.long_axis_mm),
                            frame_of_reference_uid=frame_of_reference_uid)
@@ -149,6 +175,9 @@ def _nodule_group(index: int, finding: NoduleFinding, frame_of_reference_uid: st
         QualitativeEvaluation(name=codes.NODULE_COMPOSITION, value=codes.COMPOSITION_CODES[finding.composition]),
         QualitativeEvaluation(name=codes.LUNG_RADS_ASSESSMENT, value=codes.LUNG_RADS_CODES[finding.lung_rads]),
     ]
+    changes, change_evaluations = _change_items(finding, compared)
+    measurements += changes
+    evaluations += change_evaluations
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=finding.tracking_uid, identifier=f"Nodule {index + 1}"),
         referenced_region=region,
@@ -164,17 +193,21 @@ def _nodule_group(index: int, finding: NoduleFinding, frame_of_reference_uid: st
 def lung_nodule_report(  # TID 1500
     datasets: Sequence[Dataset], findings: Sequence[NoduleFinding], exam_category: LungRads,
     model_versions: dict[str, str], *, sop_instance_uid: str, series_instance_uid: str, device_uid: str,
-    when: ContentTimestamp,
+    when: ContentTimestamp, prior: PriorStudy | None = None, interval_days: int | None = None,
+    lung_centroid_mm: Sequence[float] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """LDCT Measurement Report (TID 1500): one TID 1410 group per nodule, the exam Lung-RADS category.
 
-    References exactly ``datasets`` (the series the findings come from) as evidence.
+    References exactly ``datasets`` (the series the findings come from) as evidence. With a ``prior``
+    the exam-level evaluations name the prior study compared and summarise the change, and each nodule
+    states its own; ``lung_centroid_mm`` (a SCOORD3D point) is what a later round aligns to.
     """
     if not datasets:
         raise ValueError("datasets: an SR needs the instances it reports on")
     frame_of_reference_uid = str(datasets[0].FrameOfReferenceUID)
     algorithm = _algorithm(model_versions, "ldct_nodule_segmenter")
-    groups = [_nodule_group(i, f, frame_of_reference_uid, algorithm) for i, f in enumerate(findings)]
+    groups = [_nodule_group(i, f, frame_of_reference_uid, algorithm, compared=prior is not None)
+              for i, f in enumerate(findings)]
     # highdicom insists on one measurement group; TID 1500 only needs one of rows 6/10/12, so a
     # report without nodules is built around a placeholder whose Imaging Measurements container is
     # then dropped, leaving the exam-level Qualitative Evaluations (Lung-RADS 1).
@@ -191,8 +224,19 @@ def lung_nodule_report(  # TID 1500
     # TID 1500 row 12: exam-level Qualitative Evaluations container
     exam = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS,
                                 relationship_type=_CONTAINS)
-    exam.ContentSequence = ContentSequence([CodeContentItem(
-        name=codes.LUNG_RADS_ASSESSMENT, value=codes.LUNG_RADS_CODES[exam_category], relationship_type=_CONTAINS)])
+    exam_items = [CodeContentItem(
+        name=codes.LUNG_RADS_ASSESSMENT, value=codes.LUNG_RADS_CODES[exam_category], relationship_type=_CONTAINS)]
+    if prior is not None:
+        exam_items += [
+            UIDRefContentItem(name=codes.PRIOR_STUDY, value=prior.study_instance_uid, relationship_type=_CONTAINS),
+            TextContentItem(name=codes.DESCRIPTION_OF_CHANGE, value=_change_summary(findings, prior, interval_days),
+                            relationship_type=_CONTAINS)]
+    if lung_centroid_mm is not None:
+        exam_items.append(Scoord3DContentItem(
+            name=codes.LUNG_FIELD_CENTROID, graphic_type=GraphicTypeValues3D.POINT,
+            graphic_data=np.array([[float(v) for v in lung_centroid_mm]]),
+            frame_of_reference_uid=frame_of_reference_uid, relationship_type=_CONTAINS))
+    exam.ContentSequence = ContentSequence(exam_items)
     report[0].ContentSequence.append(exam)
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(datasets), content=report[0], series_instance_uid=series_instance_uid,
@@ -203,6 +247,28 @@ def lung_nodule_report(  # TID 1500
     sr.CodingSchemeIdentificationSequence = [codes.LOCAL_SCHEME_ITEM]
     stamp(sr, when)
     return sr
+
+
+def _change_summary(findings: Sequence[NoduleFinding], prior: PriorStudy, interval_days: int | None) -> str:
+    """One readable sentence: which prior, how long ago, what changed (Lung-RADS v2022 follow-up rules)."""
+    when = prior.study_date.isoformat() if prior.study_date else "date unknown"
+    days = f", {interval_days} days earlier" if interval_days is not None else ""
+    parts = []
+    for i, f in enumerate(findings):
+        if f.prior_tracking_uid is None:
+            parts.append(f"nodule {i + 1} new")
+        else:
+            vdt = f", VDT {f.volume_doubling_time_days:.0f} d" if f.volume_doubling_time_days else ""
+            state = "growing" if f.growing else "not growing"
+            parts.append(f"nodule {i + 1} {state} ({f.diameter_change_mm:+.1f} mm{vdt})")
+    seen = {f.prior_tracking_uid for f in findings if f.prior_tracking_uid}
+    resolved = sum(1 for f in prior.event.findings
+                   if isinstance(f, NoduleFinding) and f.tracking_uid not in seen)
+    if resolved:
+        parts.append(f"{resolved} prior nodule(s) not seen")
+    text = (f"compared with prior study of {when}{days}; Lung-RADS v2022 follow-up rules; "
+            + ("; ".join(parts) if parts else "no nodules then or now"))
+    return text[:1024]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,11 +352,24 @@ def _individual_impression(children: Sequence[Dataset]) -> Dataset:  # TID 4003
     return _node(container, [_rendering_intent(), *children])
 
 
-def _exam_impression(category: MammoCategory) -> list[Dataset]:  # TID 4002, under the findings summary
-    """Exam-level results: a readable impression, the recall as a recommended follow-up, score and probability."""
+def _prior_comparison(category: MammoCategory, findings: Sequence[MammoFinding], interval_days: int | None) -> str:
+    if not category.compared_with_prior:
+        return ""
+    days = f" ({interval_days} days earlier)" if interval_days is not None else ""
+    prior = f"exam score {category.prior_exam_score} then" if category.prior_exam_score is not None else ""
+    new = sum(1 for f in findings if f.new_since_prior)
+    return (f"; compared with the prior exam{days}: {prior}{', ' if prior else ''}{category.exam_score} now, "
+            f"{new} finding(s) new since the prior")
+
+
+def _exam_impression(category: MammoCategory, findings: Sequence[MammoFinding] = (),
+                     interval_days: int | None = None) -> list[Dataset]:  # TID 4002, under the findings summary
+    """Exam-level results: a readable impression, the recall as a recommended follow-up, score and probability;
+    at a comparison with a prior exam, the prior's score and how many findings are new since it."""
     recall = "recall suggested" if category.recall else "no recall suggested"
     text = (f"oncostream exam score {category.exam_score} of 10 (decile of the exam malignancy probability over "
-            f"the reference population); BI-RADS breast composition {category.density}; {recall}")
+            f"the reference population); BI-RADS breast composition {category.density}; {recall}"
+            + _prior_comparison(category, findings, interval_days))
     return [
         TextContentItem(name=codes.IMPRESSION_DESCRIPTION, value=text, relationship_type=_PROPERTIES),
         CodeContentItem(name=codes.RECOMMENDED_FOLLOW_UP,
@@ -319,7 +398,7 @@ class MammographyCadSR(_SR):  # TID 4000
 
     def __init__(self, datasets: Sequence[Dataset], findings: Sequence[MammoFinding], category: MammoCategory,
                  model_versions: dict[str, str], *, sop_instance_uid: str, series_instance_uid: str,
-                 when: ContentTimestamp):
+                 when: ContentTimestamp, interval_days: int | None = None):
         if not datasets:
             raise ValueError("datasets: a Mammography CAD SR needs the views it reports on")
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
@@ -341,7 +420,8 @@ class MammographyCadSR(_SR):  # TID 4000
                        for f in findings]
         summary = _node(CodeContentItem(name=codes.CAD_PROCESSING_AND_FINDINGS_SUMMARY, value=summary_value,
                                         relationship_type=_CONTAINS),
-                        [*_algorithm_items(*algorithm), *_exam_impression(category), *impressions,
+                        [*_algorithm_items(*algorithm), *_exam_impression(category, findings, interval_days),
+                         *impressions,
                          _breast_composition(category, algorithm)])
         detection_types = sorted({f.type for f in findings} | {"mass", "calcification"})
         detections = _node(CodeContentItem(name=codes.SUMMARY_OF_DETECTIONS, value=codes.SUCCEEDED,

@@ -13,6 +13,7 @@ from postprocess.lungrads import (
     follow_up_category,
     is_growing,
     match_priors,
+    volume_doubling_time_days,
     nodule_category,
     round_mm,
 )
@@ -149,6 +150,28 @@ def test_match_priors_pairs_nearest_and_marks_new_nodules() -> None:
     current = [(0.0, 0.0, 0.0), (50.0, 0.0, 0.0), (3.0, 0.0, 0.0)]
     prior = [((2.5, 0.0, 0.0), 6.0), ((0.5, 0.0, 0.0), 4.0)]
     matched = match_priors(current, prior, interval_days=365)
-    assert matched[0] == PriorNodule(4.0, interval_days=365)  # nearest: 0.5 mm away
+    assert matched[0] == PriorNodule(4.0, interval_days=365, index=1)  # nearest: 0.5 mm away
     assert matched[1] is None  # 47.5 mm from anything: new
-    assert matched[2] == PriorNodule(6.0, interval_days=365)  # each prior is used once
+    assert matched[2] == PriorNodule(6.0, interval_days=365, index=0)  # each prior is used once
+
+
+def test_match_priors_aligns_exams_in_different_frames() -> None:
+    # the patient lies 40 mm further along the table: raw coordinates match nothing (or the wrong one)
+    prior = [((10.0, 0.0, 0.0), 8.0), ((-30.0, 20.0, 15.0), 6.0), ((40.0, -10.0, -20.0), 5.0)]
+    shift = (2.0, -3.0, 40.0)
+    current = [(p[0][0] + shift[0], p[0][1] + shift[1], p[0][2] + shift[2]) for p in prior[:2]] + [(0.0, 50.0, 0.0)]
+    assert match_priors(current, prior, 365) == [None, None, None]
+    # lung alignment off by 6 mm in z: within reach, and the refinement recentres on the nodules
+    matched = match_priors(current, prior, 365, translation_mm=(0.0, 0.0, 34.0), refine=True)
+    assert [m.index if m else None for m in matched] == [0, 1, None]
+
+
+@pytest.mark.parametrize(("volume", "prior", "days", "expected"), [
+    (200.0, 100.0, 365.0, 365.0),  # doubled in a year
+    (400.0, 100.0, 730.0, 365.0),
+    (100.0, 100.0, 365.0, None),  # no growth: no doubling time
+    (80.0, 100.0, 365.0, None),
+], ids=["doubled", "quadrupled-in-two-years", "stable", "shrunk"])
+def test_volume_doubling_time(volume, prior, days, expected) -> None:
+    result = volume_doubling_time_days(volume, prior, days)
+    assert result == (pytest.approx(expected) if expected is not None else None)
