@@ -27,6 +27,7 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	scripts/fetch_kafka.sh
 	scripts/fetch_s3proxy.sh
+	scripts/install_deploy_tools.sh
 	$(BIN)/python -m pytest -q tests
 
 stack: $(STAMP) system-deps

@@ -88,6 +88,12 @@ def _initialise() -> None:
     # exam scores are deciles of the reference phantom population (postprocess/mammo_policy.py)
     for score_bin in SCORE_BINS:
         MODEL_SCORE_REFERENCE.labels(model=SCORED_MODELS["MG"], bin=score_bin).set(0.1)
+    # every bin of the configured program from zero: an empty bin is part of the drift measure
+    from oncostream.settings import Settings
+
+    program = Settings().program
+    for score_bin in SCORE_BINS:
+        MODEL_SCORE_BIN.labels(model=SCORED_MODELS["MG"], program=program, bin=score_bin)
 
 
 def serve(port: int, host: str | None = None) -> int:

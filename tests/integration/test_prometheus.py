@@ -19,8 +19,12 @@ pytestmark = pytest.mark.integration
 
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules.yml"
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "oncostream.json"
+# every family the dashboard charts (deploy/generate.py)
 EXPORTED = ("oncostream_studies_total", "oncostream_instances_total", "oncostream_dlq_total",
-            "oncostream_study_latency_seconds", "oncostream_inference_seconds", "oncostream_in_flight_studies")
+            "oncostream_study_latency_seconds", "oncostream_inference_seconds", "oncostream_in_flight_studies",
+            "oncostream_consumer_lag_records", "oncostream_triage_priority_total", "oncostream_stage_seconds",
+            "oncostream_loop_heartbeat_timestamp_seconds", "oncostream_model_score", "oncostream_model_score_bin_total",
+            "oncostream_model_score_reference_ratio", "oncostream_model_info", "oncostream_build_info")
 # a worker's metrics after 2 CT studies triaged, 1 mammography exam failed, 3 instances rejected
 _EXPORTER = """
 import sys, time
@@ -29,7 +33,7 @@ metrics.STUDIES.labels(modality="CT", outcome="triaged").inc(2)
 metrics.STUDIES.labels(modality="MG", outcome="failed").inc()
 metrics.INSTANCES.inc(250)
 metrics.DLQ.labels(reason="truncated").inc(3)
-metrics.STUDY_LATENCY.labels(modality="CT").observe(4.2)
+metrics.STUDY_LATENCY.labels(modality="CT", program="default", priority="URGENT").observe(4.2)
 metrics.INFERENCE_SECONDS.labels(model="ldct_screening").observe(1.5)
 metrics.IN_FLIGHT.set(1)
 print(metrics.serve(0), flush=True)
@@ -98,7 +102,8 @@ def test_shipped_rules_load_and_evaluate_healthy(prometheus, prometheus_targets,
             break
         assert time.monotonic() < deadline, "rules were not evaluated in time"
         time.sleep(0.25)
-    assert {group["name"] for group in groups} == {"oncostream-recording", "oncostream-sla"}
+    assert {group["name"] for group in groups} == {"oncostream-recording", "oncostream-pipeline", "oncostream-triton",
+                                                   "oncostream-models"}
     unhealthy = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
     assert not unhealthy
 
@@ -174,7 +179,7 @@ def test_every_dashboard_query_runs_on_real_series(prometheus, prometheus_target
     _poll_query(url, "oncostream_instances_total")
     dashboard = json.loads(DASHBOARD.read_text())
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):
             expr = target["expr"].replace("$job", ".+")
             response = requests.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5)
             assert response.ok and response.json()["status"] == "success", (panel["title"], response.text)
