@@ -122,3 +122,7 @@ FOLLOW_UP_RECALL = Code("386053000", "SCT", "Evaluation procedure")
 FOLLOW_UP_ROUTINE = Code("111140", "DCM", "Normal interval follow-up")
 LANGUAGE_EN_US = Code("en-US", "RFC5646", "English (United States)")  # TID 1204
 EXAM_SCORE = _local("EXAMSCORE", "oncostream exam score (decile 1-10)")
+
+# --- FHIR rendering of the triage event (postprocess/fhir.py) ----------------------------------------
+IMAGING_MEASUREMENT_REPORT = codes.DCM.ImagingMeasurementReport  # TID 1500 document title
+TRIAGE_PRIORITY = _local("TRIAGEPRIORITY", "oncostream triage priority (URGENT, HIGH, ROUTINE, LOW)")

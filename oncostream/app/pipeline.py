@@ -25,8 +25,8 @@ def make_backend(settings: Settings):
 
 def delivery_sinks(settings: Settings, files_dir=None) -> list:
     """Sinks every command adds to its own: PACS delivery configured in the settings (C-STORE SCU and/or
-    DICOMweb STOW-RS) and the results store (``settings.store_url``, always). ``files_dir``: where the
-    command's FileSink writes, so the store records each output's path."""
+    DICOMweb STOW-RS), a FHIR server (``settings.fhir_url``) and the results store (``settings.store_url``,
+    always). ``files_dir``: where the command's FileSink writes, so the store records each output's path."""
     from oncostream.store import open_store
     from postprocess.store_sink import StoreSink
 
@@ -40,6 +40,10 @@ def delivery_sinks(settings: Settings, files_dir=None) -> list:
 
         password = settings.stow_rs_password.get_secret_value() if settings.stow_rs_password else None
         sinks.append(StowRsSink(settings.stow_rs_url, username=settings.stow_rs_username, password=password))
+    if settings.fhir_url:
+        from postprocess.fhir_sink import FhirSink
+
+        sinks.append(FhirSink(settings.fhir_url))
     store = open_store(settings.store_url, allow_patient_identifiers=settings.allow_patient_identifiers)
     sinks.append(StoreSink(store, files_dir=files_dir))
     return sinks
