@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # HMAC-SHA256 of IssuerOfPatientID + PatientID). Unset: studies are not linked to earlier rounds
     # in the results store (assembly warns once); the PACS query for priors still works.
     pseudonym_key: SecretStr | None = None
+    # when the results store knows no prior exam, ask the PACS at pacs_address (C-FIND by PatientID, C-GET
+    # of the prior's oncostream SR; oncostream.app.priors); off by default: it needs Q/R rights there
+    prior_query_pacs: bool = False
     # results store (oncostream.store): SQLAlchemy URL, sqlite:///FILE (embedded, relative to the working
     # directory) or postgresql://USER@HOST:PORT/DB (password from libpq's PGPASSFILE / PGPASSWORD, not the URL)
     store_url: str = "sqlite:///.oncostream/results.db"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from oncostream import metrics
 from oncostream.errors import BackendUnavailable, OncostreamError, StudyFailed
+from oncostream.ids import loggable_uid
 from oncostream.settings import Settings
 from oncostream.study import Study, StudyResult
 
@@ -49,12 +51,43 @@ def delivery_sinks(settings: Settings, files_dir=None) -> list:
     return sinks
 
 
+def _lung_centroid(study: Study):
+    """The series' lung-field centroid (what a later round aligns to); None when it cannot be measured."""
+    from ingest.lung_field import lung_centroid_mm
+
+    try:
+        return lung_centroid_mm(study.datasets)
+    except Exception as exc:  # noqa: BLE001 - without it a later round matches unaligned (and says so)
+        log.warning("no lung-field centroid for study %s: %s: %s", loggable_uid(study.study_instance_uid),
+                    type(exc).__name__, exc)
+        return None
+
+
 class Pipeline:
     """Processes one assembled study at a time; a failing study raises StudyFailed and fails alone."""
 
-    def __init__(self, settings: Settings, backend):
+    def __init__(self, settings: Settings, backend, prior_lookup=None):
+        """``prior_lookup`` (oncostream.app.priors.PriorLookup) finds each study's prior exam; None: the one
+        the settings configure (results store; the PACS at ``pacs_address`` with ``prior_query_pacs``), opened on the
+        first study. ``False`` turns the comparison with priors off (every study read as a baseline)."""
         self.settings = settings
         self.backend = backend
+        self._prior_lookup = prior_lookup
+        self._prior_lookup_lock = threading.Lock()
+
+    def _priors(self):
+        if self._prior_lookup is None:
+            with self._prior_lookup_lock:
+                if self._prior_lookup is None:
+                    from oncostream.app.priors import prior_lookup
+
+                    try:
+                        self._prior_lookup = prior_lookup(self.settings)
+                    except Exception as exc:  # noqa: BLE001 - no store reachable: studies are read as baselines
+                        log.warning("prior lookup unavailable (%s: %s): studies are read without priors",
+                                    type(exc).__name__, exc)
+                        self._prior_lookup = False
+        return self._prior_lookup or None
 
     def process(self, study: Study) -> StudyResult:
         from postprocess.results import build_result
@@ -72,8 +105,17 @@ class Pipeline:
                     from ingest.mammo import infer_mammo_study
 
                     inference = infer_mammo_study(self.backend, study, repository=self.settings.model_repository)
+            prior, lookup_problem = None, None
+            lookup = self._priors()
+            if lookup is not None:
+                prior, lookup_problem = lookup.find(study)
+            if lookup_problem:
+                inference.review_reasons.append(lookup_problem)
             with metrics.stage("postprocess", study.modality):
-                return build_result(study, inference, self.settings)
+                lung_centroid = None
+                if study.modality == "CT":
+                    lung_centroid = _lung_centroid(study)
+                return build_result(study, inference, self.settings, prior=prior, lung_centroid_mm=lung_centroid)
         except (BackendUnavailable, StudyFailed):
             raise
         except OncostreamError as exc:

@@ -36,9 +36,10 @@ def write_config(workdir: Path, dicom_port: int, http_port: int, ae_title: str =
     ``callers`` are the AE titles allowed to store from loopback."""
     storage = workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
+    # oncostream itself also queries (C-FIND) and retrieves (C-GET) a patient's prior reports
     known = {f"caller-{title.lower()}": {"AET": title, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True,
-                                         "AllowStore": True, "AllowFind": False, "AllowMove": False,
-                                         "AllowGet": False}
+                                         "AllowStore": True, "AllowFind": title == "ONCOSTREAM",
+                                         "AllowMove": False, "AllowGet": title == "ONCOSTREAM"}
              for title in callers}
     known.update({name: {"AET": aet, "Host": host, "Port": port} for name, (aet, host, port) in
                   (modalities or {}).items()})
