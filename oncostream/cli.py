@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="default", metavar="NAME",
                    help="re-express the studies as another vendor would write them (oncostream/synth/vendors.py "
                         "MAMMO_PROFILES, CT_PROFILES); the JSON keys gain the suffix _<NAME>")
+    p.add_argument("--rounds", type=int, default=None, metavar="2",
+                   help="evaluate follow-up instead: two screening rounds per patient (seed), the second compared "
+                        "with the first (default 30 patients from 3,000,000)")
     return parser
 
 

@@ -57,6 +57,10 @@ TARGETS = {
     "mammo_exam_auc": (0.90, True),
     "mammo_density_kappa": (0.70, True),
     "ece_mammo": (0.05, False),
+    # issue 17: follow-up on synthetic screening rounds (followup.py)
+    "followup_lungrads_agreement_ge6mm": (0.85, True),
+    "followup_growth_sensitivity": (0.90, True),
+    "followup_false_growth_per_scan": (0.1, False),
 }
 
 
@@ -120,7 +124,28 @@ def _json_safe(value):
     return value
 
 
+def _main_rounds(args) -> int:
+    """``--rounds 2``: the follow-up evaluation (followup.py) instead of the single-round sets."""
+    from oncostream.evaluation.followup import DEFAULT_ROUNDS_FIRST_SEED, DEFAULT_ROUNDS_PATIENTS, evaluate_followup
+
+    if args.rounds != 2:
+        raise SystemExit(f"--rounds: only 2 is evaluated (a round compared with the one before), got {args.rounds}")
+    seeds = args.seeds or range(DEFAULT_ROUNDS_FIRST_SEED, DEFAULT_ROUNDS_FIRST_SEED + DEFAULT_ROUNDS_PATIENTS)
+    size = getattr(args, "size", "full")
+    results = evaluate_followup(seeds, size)
+    print(f"oncostream eval --rounds 2: patients (seeds) {seeds.start}:{seeds.stop}, size {size}")
+    print(format_table(results))
+    if args.json_path is not None:
+        args.json_path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"rounds_seeds": [seeds.start, seeds.stop], "size": size,
+                   **{k: _json_safe(v) for k, v in results.items()}}
+        args.json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
 def main(args) -> int:
+    if getattr(args, "rounds", None) is not None:
+        return _main_rounds(args)
     ldct_seeds = args.seeds or range(DEFAULT_FIRST_SEED, DEFAULT_FIRST_SEED + DEFAULT_LDCT_SERIES)
     mammo_seeds = args.seeds or range(DEFAULT_FIRST_SEED, DEFAULT_FIRST_SEED + DEFAULT_MAMMO_EXAMS)
     pooled_seeds = getattr(args, "pooled_seeds", None)
