@@ -1,7 +1,7 @@
 """The wheel the images install carries its data and runs outside the checkout.
 
-Built offline from this checkout (``pip wheel --no-build-isolation``: the build backend is already in
-.venv), installed into a fresh venv under a temporary directory, with .venv's site-packages appended
+Built offline (``pip wheel --no-build-isolation``: the build backend is already in .venv) from what
+the image's Dockerfile copies, installed into a fresh venv under a temporary directory, with .venv's site-packages appended
 as a plain path (its dependencies, no network) -- a plain path, so .venv's editable-install hook for
 this checkout is never processed and cannot shadow the wheel. Then ``oncostream run --size small`` from
 another temporary directory must triage every synthesised study.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,11 +31,28 @@ SHIPPED = ("oncostream/_data/model_repository/mammo_classifier/1/model.onnx",
            "postprocess/programs/default.yaml")
 
 
+def _image_build_context(target: Path) -> Path:
+    """What deploy/docker/oncostream.Dockerfile copies into its wheel stage (each to the same relative
+    path), copied to ``target``: the wheel is built from exactly that, never from a stale build/ folder."""
+    dockerfile = (REPO_ROOT / "deploy" / "docker" / "oncostream.Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                origin, copy = REPO_ROOT / source, target / source
+                if origin.is_dir():
+                    shutil.copytree(origin, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                else:
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(origin, copy)
+    return target
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = _image_build_context(tmp_path_factory.mktemp("context"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "-w", str(out), str(REPO_ROOT)], check=True, timeout=300)
+                    "--no-index", "-w", str(out), str(source)], check=True, timeout=300)
     (built,) = out.glob("oncostream-*.whl")
     return built
 
