@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from alembic import command
 from alembic.config import Config
@@ -34,10 +35,15 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
+# Alembic's migration context is one module-level global: threads of one process (a worker's sink and its
+# prior lookup opening stores together) must take turns; processes take turns on PostgreSQL's advisory lock
+_IN_PROCESS = threading.Lock()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the database to ``revision`` in one transaction where the database allows (PostgreSQL)."""
     config = _config()
-    with engine.begin() as conn:
+    with _IN_PROCESS, engine.begin() as conn:
         config.attributes["connection"] = conn
         before = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
         command.upgrade(config, revision)

@@ -234,3 +234,43 @@ def test_oncostream_run_records_every_triaged_study(tmp_path) -> None:
         assert {o.sop_instance_uid for o in entry.outputs if o.kind == "SR"} == {published.sr_sop_instance_uid}
     finally:
         store.close()
+
+
+def _open_after(barrier, url: str, results) -> None:
+    barrier.wait(timeout=60)
+    try:
+        store = open_store(url)
+        results.put(current_revision(store.engine))
+        store.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.integration
+def test_workers_starting_together_migrate_once(postgres_store_url) -> None:
+    """Worker processes opening an empty PostgreSQL store at the same moment: one migrates, the others wait
+    for it and find the schema current (advisory lock in migrations/env.py); none meets a half-made schema.
+    Threads of one process take turns too (a lock in oncostream.store.migrate)."""
+    import multiprocessing
+    import threading
+
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(4), context.Queue()
+    workers = [context.Process(target=_open_after, args=(barrier, postgres_store_url, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert outcomes == [head_revision()] * 4
+
+    import queue
+
+    barrier, same_process = threading.Barrier(3), queue.Queue()
+    threads = [threading.Thread(target=_open_after, args=(barrier, postgres_store_url, same_process))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [same_process.get(timeout=1) for _ in threads] == [head_revision()] * 3
