@@ -81,8 +81,11 @@ class Pipeline:
                 if self._prior_lookup is None:
                     from oncostream.app.priors import prior_lookup
 
+                    wanted = (getattr(self.settings, "pseudonym_key", None) is not None
+                              or getattr(self.settings, "prior_query_pacs", False))
                     try:
-                        self._prior_lookup = prior_lookup(self.settings)
+                        # without a pseudonym key no study has a patient key to ask the store with
+                        self._prior_lookup = prior_lookup(self.settings) if wanted else False
                     except Exception as exc:  # noqa: BLE001 - no store reachable: studies are read as baselines
                         log.warning("prior lookup unavailable (%s: %s): studies are read without priors",
                                     type(exc).__name__, exc)

@@ -215,7 +215,7 @@ def prior_lookup(settings) -> PriorLookup:
     """The lookup the settings configure: the results store (``store_url``) and, with ``prior_query_pacs``,
     the PACS oncostream delivers its reports to (``pacs_address``, ``pacs_called_ae``)."""
     store = None
-    if getattr(settings, "store_url", None):
+    if getattr(settings, "store_url", None) and getattr(settings, "pseudonym_key", None) is not None:
         from oncostream.store import open_store
 
         store = open_store(settings.store_url, allow_patient_identifiers=settings.allow_patient_identifiers)
