@@ -109,6 +109,11 @@ class ClaimCheckResolver:
                                                            "from its claim check")
         return data
 
+    def track(self, source: tuple, claim: ClaimCheck) -> None:
+        """An object written to the claim store for ``source`` (a held message spilled there): deleted by
+        ``committed`` like a claim check that arrived with the record."""
+        self._resolved[source] = claim
+
     def committed(self, offsets: dict[TopicPartitionKey, int], published: Iterable[tuple] = ()) -> int:
         """Offsets were committed (the next offset to read, per partition): delete the claim-checked
         objects of ``published`` sources below them, forget every other claim below them, and collect

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # assembled studies decoded, inferred and post-processed at once, each on a thread, while the source
     # keeps reading (oncostream.app.lifecycle.ConcurrentStudies); perf/RESULTS.md has the measurement
     max_studies_processing: int = Field(default=2, gt=0)
+    # raw records of unfinished studies the worker keeps in memory for their dead-letter records; past this
+    # they wait in the claim-check store (oncostream.app.worker.HeldMessages)
+    max_held_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # assembly bounds: past a cap the oldest pending study closes early, marked incomplete (RELIABILITY.md)
     max_pending_studies: int = Field(default=64, gt=0)
     max_pending_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)

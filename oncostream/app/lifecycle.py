@@ -205,6 +205,37 @@ class StudyLifecycle:
                 return self._dead_letter(study, exc.reason, exc.detail)
         return self._publish(study, result)
 
+    def publish(self, done: list[tuple[Study, StudyResult]]) -> list[Finished]:
+        """Publish several processed studies with one flush per sink stage instead of one per study.
+
+        One study goes through ``_publish`` unchanged. When a grouped add or flush fails, the sinks discard
+        the group and every study of it is published again alone under the per-study policy (re-adding
+        resends idempotently, as any retry does): one study's refusal never dead-letters another, and no
+        study loses one of its delivery attempts to the group.
+        """
+        if len(done) <= 1:
+            return [self._publish(study, result) for study, result in done]
+        try:
+            for stage in self._sink_stages:
+                for _study, result in done:
+                    for sink in stage:
+                        sink.add(result)
+                for sink in stage:
+                    sink.flush()
+        except Exception as exc:  # noqa: BLE001 - each study is retried alone under the policy
+            log.warning("grouped delivery of %d studies failed (%s: %s); publishing each alone", len(done),
+                        type(exc).__name__, exc)
+            # the sinks forget the group first, so that a failure met alone is that study's own
+            for study, _result in done:
+                self._discard(study)
+            return [self._publish(study, result) for study, result in done]
+        finished = []
+        for study, result in done:
+            record_published(result)
+            self._finished(study)
+            finished.append(Finished(Outcome.PUBLISHED, result=result))
+        return finished
+
     def _publish(self, study: Study, result: StudyResult) -> Finished:
         from postprocess.errors import SinkError
 
@@ -271,3 +302,143 @@ class StudyLifecycle:
     def _finished(self, study: Study) -> None:
         if self.assembler is not None and study.assembly_key:
             self.assembler.finished(study.assembly_key)
+
+
+@dataclass
+class _Work:
+    study: Study
+    attempt: int = 0  # backend-unavailable retries so far
+    dropped: bool = False  # its source went away (partition revoked): the result is thrown away
+
+
+class ConcurrentStudies:
+    """Up to ``capacity`` assembled studies processed at once, each on its own thread (decode,
+    canonicalise, infer, SR/SEG: ``pipeline.process``), while the caller's thread keeps reading,
+    validating and assembling the next ones. ONNX Runtime, DALI, NumPy and pydicom's decoders release the
+    GIL, so one study's decoding overlaps another's inference.
+
+    Everything else stays on the caller's thread, the one owner of offsets and acknowledgements:
+    ``collect`` hands the studies that came back to ``StudyLifecycle`` (one grouped publish, or a dead
+    letter, or a backoff wait and a resubmission under FAILURE_POLICY) and returns how each ended. Studies
+    end in whatever order they finish; the caller must treat every submitted study as unfinished (held)
+    until ``collect`` returns it. ``submit`` refuses beyond ``capacity`` + ``backlog``: the caller stops
+    reading. The backlog (studies submitted, waiting for a thread) keeps the threads busy while the caller
+    is away from ``collect`` (a Kafka poll that waits for records): only publishing waits for the caller.
+    """
+
+    def __init__(self, lifecycle: StudyLifecycle, capacity: int, backlog: int = 0):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity: must be an integer >= 1, got {capacity!r}")
+        if not isinstance(backlog, int) or backlog < 0:
+            raise ValueError(f"backlog: must be an integer >= 0, got {backlog!r}")
+        self.lifecycle = lifecycle
+        self.capacity = capacity
+        self.backlog = backlog
+        self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="oncostream-study")
+        self._running: dict = {}  # Future -> _Work
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    @property
+    def full(self) -> bool:
+        return len(self._running) >= self.capacity + self.backlog
+
+    def holds(self, study: Study) -> bool:
+        return any(work.study is study for work in self._running.values())
+
+    def processing(self, assembly_key: str | None) -> bool:
+        """True while a study of this assembly key is being processed: an instance of it arriving now is
+        late (its study closed without it), like one arriving after the study was published."""
+        return assembly_key is not None and any(w.study.assembly_key == assembly_key and not w.dropped
+                                                for w in self._running.values())
+
+    def submit(self, study: Study) -> None:
+        if self.full:
+            raise RuntimeError(f"{len(self._running)} studies already submitted (capacity {self.capacity}, "
+                               f"backlog {self.backlog})")
+        self._start(_Work(study))
+
+    def _start(self, work: _Work) -> None:
+        future = self._pool.submit(self._process, work.study)
+        self._running[future] = work
+
+    def _process(self, study: Study):
+        """On a processing thread: the pipeline's result, or the exception that decides the study's fate."""
+        try:
+            return self.lifecycle.pipeline.process(study)
+        except (BackendUnavailable, StudyFailed) as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
+            log.exception("a %s study failed in processing", study.modality)
+            return StudyFailed("processing_failed", f"{type(exc).__name__}: {exc}", study.study_instance_uid)
+
+    def drop(self, predicate: Callable[[Study], bool]) -> None:
+        """Studies whose source went away (a revoked partition): their results will be thrown away."""
+        for work in self._running.values():
+            if predicate(work.study):
+                work.dropped = True
+
+    def collect(self, timeout_s: float = 0.0) -> list[tuple[Study, Finished]]:
+        """Wait up to ``timeout_s`` for a study to come back, then finish every study that has: one grouped
+        publish for the results, the dead-letter sink for failures, a backoff and a resubmission for a
+        backend outage. Returns (study, how it ended); a study abandoned here (the caller is shutting down)
+        is returned ABANDONED and must stay unacknowledged."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if not self._running:
+            return []
+        done, _ = wait(list(self._running), timeout=max(timeout_s, 0.0), return_when=FIRST_COMPLETED)
+        ended: list[tuple[Study, Finished]] = []
+        results: list[tuple[Study, StudyResult]] = []
+        retry: list[tuple[_Work, BackendUnavailable]] = []
+        for future in done:
+            work = self._running.pop(future)
+            if work.dropped:
+                continue
+            value = future.result()
+            if isinstance(value, BackendUnavailable):
+                retry.append((work, value))
+            elif isinstance(value, StudyFailed):
+                ended.append((work.study, self.lifecycle._dead_letter(work.study, value.reason, value.detail)))
+            else:
+                results.append((work.study, value))
+        if results:
+            ended.extend(zip((study for study, _ in results), self.lifecycle.publish(results)))
+        for work, exc in retry:
+            delay = max(exc.retry_after, backoff_delay(self.lifecycle.settings, work.attempt))
+            log.warning("backend unavailable (%s); retrying in %.0f s", exc, delay)
+            if not self.lifecycle.wait(delay):
+                ended.append((work.study, Finished(Outcome.ABANDONED, reason=Failure.SHUTDOWN.value)))
+                continue
+            if not work.dropped:
+                work.attempt += 1
+                self._start(work)
+        return ended
+
+    def finish(self, study: Study) -> list[tuple[Study, Finished]]:
+        """Submit ``study`` (a study that failed assembly is dead-lettered at once), first collecting, and
+        waiting for, as many studies as it takes to make room: the caller's backpressure."""
+        ended = []
+        if study.error is not None:
+            return [(study, self.lifecycle._dead_letter(study, study.error.reason, study.error.detail))]
+        while self.full:
+            ended.extend(self.collect(timeout_s=1.0))
+        self.submit(study)
+        return ended
+
+    def drain(self) -> list[tuple[Study, Finished]]:
+        """Collect until nothing is processing."""
+        ended = []
+        while self._running:
+            ended.extend(self.collect(timeout_s=1.0))
+        return ended
+
+    def close(self) -> None:
+        """Stop: studies still processing are abandoned (their results are never published)."""
+        for work in self._running.values():
+            work.dropped = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._running.clear()

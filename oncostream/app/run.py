@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ingest.base import SourceMessage
 from oncostream import metrics
-from oncostream.app.lifecycle import Outcome, RejectionLog, StudyLifecycle, validate
+from oncostream.app.lifecycle import ConcurrentStudies, Outcome, RejectionLog, StudyLifecycle, validate
 from oncostream.contracts import LungRadsCategory, TriageEvent
 from oncostream.errors import DeadLetterUnavailable, NotScreened, RejectedInstance
 from oncostream.settings import Settings
@@ -63,7 +63,7 @@ def main_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ingest.assembly import Assembler
+    from ingest.assembly import Assembler, assembly_key
     from ingest.directory import DirectorySource
     from oncostream.app.pipeline import Pipeline, delivery_sinks, make_backend
     from postprocess.file_sink import FileSink
@@ -102,19 +102,26 @@ def main_run(args) -> int:
     assembler = Assembler(settings)
     lifecycle = StudyLifecycle(settings, Pipeline(settings, backend), [FileSink(out), *delivery_sinks(settings)],
                                rejections, _Patience(_RUN_PATIENCE_S), assembler=assembler)
+    # studies are processed on their own threads while the next files are read; with every thread busy,
+    # reading waits (backpressure), so memory follows max_studies_processing, not the folder
+    processing = ConcurrentStudies(lifecycle, settings.max_studies_processing)
     events: list[TriageEvent] = []  # what the worklist shows; the DICOM outputs are already on disk
     unfinished = 0
     started = time.monotonic()
 
-    def finish(studies) -> None:
+    def ended(finished_studies) -> None:
         nonlocal unfinished
-        for study in studies:
+        for study, finished in finished_studies:
             progress.update(task, description=f"{study.modality} study")
-            finished = lifecycle.finish(study)
             if finished.outcome is Outcome.PUBLISHED:
                 events.append(finished.result.event)
             elif finished.outcome is Outcome.ABANDONED:
                 unfinished += 1
+
+    def finish(studies) -> None:
+        for study in studies:
+            ended(processing.finish(study))
+        ended(processing.collect(timeout_s=0.0))
 
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -126,8 +133,12 @@ def main_run(args) -> int:
                 metrics.record(metrics.INSTANCE_BYTES.inc, len(message.data))
                 try:
                     ds, modality = validate(message.data, settings)
-                    studies = assembler.add(ds, source=("run", 0, index), modality=modality,
-                                            nbytes=len(message.data))
+                    if processing.processing(assembly_key(ds, modality)):
+                        log.info("ignoring %s: a late instance of a study already closed", message.origin)
+                        studies = []
+                    else:
+                        studies = assembler.add(ds, source=("run", 0, index), modality=modality,
+                                                nbytes=len(message.data))
                 except NotScreened:
                     log.info("ignoring %s: no pipeline reads it", message.origin)
                     studies = []
@@ -140,11 +151,13 @@ def main_run(args) -> int:
                 finish(studies)
                 progress.advance(task)
             finish(assembler.flush_all())
+            ended(processing.drain())
             progress.update(task, description="done")
     except DeadLetterUnavailable as exc:
         console.print(f"[red]stopped: {exc}[/red]")
         unfinished += 1
     finally:
+        processing.close()
         for sink in lifecycle.sinks:
             sink.close()
         backend.close()

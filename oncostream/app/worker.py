@@ -1,7 +1,8 @@
 """`oncostream worker`: a Kafka consumer-group member driving the study lifecycle.
 
-Poll, validate, assemble, then `StudyLifecycle.finish` each completed study (process, publish to every
-sink, or dead-letter it whole), and only then commit. The commit rule is `Watermark` (oncostream.streaming):
+Poll, validate, assemble, then hand each completed study to `ConcurrentStudies` (processed on its own
+thread while the loop keeps polling; published to every sink in groups, or dead-lettered whole, back on
+the loop's thread), and only then commit. The commit rule is `Watermark` (oncostream.streaming):
 a partition's committed offset never passes an instance whose study is unfinished or whose dead-letter
 record the broker has not acknowledged. A crash replays unfinished studies; output UIDs are deterministic,
 so replays republish identical results.
@@ -15,7 +16,7 @@ import time
 from datetime import datetime, timezone
 
 from oncostream.app import health
-from oncostream.app.lifecycle import DeadLetter, Outcome, StudyLifecycle, validate
+from oncostream.app.lifecycle import ConcurrentStudies, DeadLetter, Outcome, StudyLifecycle, validate
 from oncostream.errors import ClaimStoreUnavailable, NotScreened, RejectedInstance
 from oncostream.settings import Settings
 from oncostream.streaming import (
@@ -50,11 +51,90 @@ class _TopicDeadLetter(DeadLetter):
         self._worker.dlq.flush()
 
 
+class HeldMessages:
+    """The raw records of unfinished studies, by source (topic, partition, offset): what a failed study's
+    dead-letter records carry. Up to ``budget_bytes`` of record values stay in memory; a record held beyond
+    it waits in the claim-check store instead (its value replaced by a claim check, as a producer would have
+    sent it), so a large study still assembling costs its parsed datasets, not a second copy of every slice.
+    Spilled objects are deleted with the commit that covers their published study (ClaimCheckResolver), or
+    kept for the dead-letter record that points at them, until the store collects them by age."""
+
+    def __init__(self, budget_bytes: int, resolver):
+        self.budget_bytes = budget_bytes
+        self._resolver = resolver
+        self._messages: dict[tuple[str, int, int], object] = {}
+        self._inline_bytes = 0
+        self.spilled = 0  # records spilled so far (observability and tests)
+
+    @staticmethod
+    def _inline(message) -> int:
+        from oncostream.contracts import CONTENT_TYPE_DICOM
+
+        return len(message.data) if message.headers.get("content-type", CONTENT_TYPE_DICOM) == CONTENT_TYPE_DICOM \
+            else 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def __contains__(self, source) -> bool:
+        return source in self._messages
+
+    def __getitem__(self, source):
+        return self._messages[source]
+
+    def get(self, source, default=None):
+        return self._messages.get(source, default)
+
+    def values(self):
+        return self._messages.values()
+
+    @property
+    def inline_bytes(self) -> int:
+        return self._inline_bytes
+
+    def hold(self, source, message) -> None:
+        self.pop(source)
+        if self._inline_bytes + self._inline(message) > self.budget_bytes:
+            message = self._spill(source, message)
+        self._messages[source] = message
+        self._inline_bytes += self._inline(message)
+
+    def _spill(self, source, message):
+        from dataclasses import replace
+
+        from oncostream.contracts import CONTENT_TYPE_CLAIM_CHECK
+        from oncostream.errors import ClaimStoreUnavailable
+
+        try:
+            claim = self._resolver.store.write(message.data)
+        except (ClaimStoreUnavailable, OSError) as exc:
+            log.warning("claim store unavailable (%s); keeping a held record in memory", type(exc).__name__)
+            return message
+        self._resolver.track(source, claim)
+        self.spilled += 1
+        return replace(message, data=claim.model_dump_json().encode(),
+                       headers={**message.headers, "content-type": CONTENT_TYPE_CLAIM_CHECK})
+
+    def pop(self, source, default=None):
+        message = self._messages.pop(source, None)
+        if message is None:
+            return default
+        self._inline_bytes -= self._inline(message)
+        return message
+
+    def keep(self, wanted) -> None:
+        """Forget every record whose source ``wanted(source)`` refuses."""
+        for source in [s for s in self._messages if not wanted(s)]:
+            self.pop(source)
+
+
 class Worker:
     """One consumer-group member: poll, parse, assemble, finish studies, commit.
 
-    Single-threaded on purpose: the commit rule is easiest to trust when one loop owns every offset.
-    (Rebalance callbacks run on kafka-python's I/O thread, but only while this loop is blocked in poll.)
+    One loop owns every offset: the commit rule is easiest to trust that way. Only `Pipeline.process`
+    runs elsewhere, on `ConcurrentStudies`' threads; a study handed to them stays held (in `_queue`) until
+    the loop collects it, in whatever order studies finish. (Rebalance callbacks run on kafka-python's I/O
+    thread, but only while this loop is blocked in poll.)
     """
 
     def __init__(self, settings: Settings, bootstrap: str, topic: str, pipeline, sinks: list,
@@ -84,8 +164,11 @@ class Worker:
         self.sinks = [KafkaSink(self._producer, settings.topic_triage, settings.topic_results), *sinks]
         self.lifecycle = StudyLifecycle(settings, pipeline, self.sinks, _TopicDeadLetter(self), self._wait,
                                         assembler=self.assembler)
-        self._queue: list = []  # completed studies not yet finished
-        self._held: dict[tuple[str, int, int], object] = {}  # messages of unfinished studies, by source
+        self._queue: list = []  # completed studies not yet finished (waiting, or processing)
+        # a backlog as deep as the threads: they keep working while the loop waits in poll
+        self.processing = ConcurrentStudies(self.lifecycle, settings.max_studies_processing,
+                                            backlog=settings.max_studies_processing)
+        self._held = HeldMessages(settings.max_held_bytes, self.resolver)  # records of unfinished studies
         self._unread: dict[TopicPartitionKey, int] = {}  # instances whose claim store could not be asked
         self._last_commit = time.monotonic()
         self.source = KafkaSource(bootstrap, topic, settings.consumer_group, settings=settings,
@@ -106,8 +189,10 @@ class Worker:
         except Exception:  # noqa: BLE001 - the new owner replays from the last commit either way
             log.exception("commit on revoke failed; partitions will be replayed from the last commit")
         self.assembler.drop_partitions(partitions)
-        self._queue = [s for s in self._queue if not any((t, p) in partitions for t, p, _ in s.sources)]
-        self._held = {k: v for k, v in self._held.items() if (k[0], k[1]) not in partitions}
+        revoked = lambda study: any((t, p) in partitions for t, p, _ in study.sources)  # noqa: E731
+        self.processing.drop(revoked)
+        self._queue = [s for s in self._queue if not revoked(s)]
+        self._held.keep(lambda source: (source[0], source[1]) not in partitions)
         self.watermark.forget(partitions)
         self.ahead.forget(partitions)
         self._ahead_loaded -= set(partitions)
@@ -179,7 +264,10 @@ class Worker:
         if key is not None and self.ahead.already_published(partition, key, message.offset):
             log.info("skipping %s: its study was published before the last commit", message.origin)
             return
-        self._held[source] = message
+        if self.processing.processing(key):
+            log.info("ignoring a late instance of a study already closed and processing (%s)", message.origin)
+            return
+        self._held.hold(source, message)
         program = message.headers.get("program") or None
         try:
             completed = self.assembler.add(ds, source=source, modality=modality, program=program,
@@ -202,31 +290,41 @@ class Worker:
         metrics.record(lambda: metrics.DLQ.labels(reason=exc.reason).inc())
 
     def _finish_queue(self) -> None:
-        """Finish completed studies in order; a study the lifecycle abandons (shutdown) stays queued, held."""
-        finished = 0
-        while self._queue and not self.stopping and not self._done():
-            study = self._queue[0]
-            study.arrived_at = self._arrival(study)
-            outcome = self.lifecycle.finish(study)
-            if not self._queue or self._queue[0] is not study:
-                # its partition was revoked while the lifecycle waited (it polls): the new owner replays it,
-                # and whatever was delivered meanwhile is republished identically
-                continue
-            if outcome.outcome is Outcome.ABANDONED:
+        """Hand waiting studies to the processing threads while there is room, then finish those that came
+        back, in whatever order they did. A study the lifecycle abandons (shutdown) stays queued, held."""
+        for study in [s for s in self._queue if not self.processing.holds(s)]:
+            if self.processing.full or self.stopping or self._enough_in_flight():
                 break
-            self._queue.pop(0)
-            # finished either way: a replay from an earlier commit must not assemble its tail again
-            self.ahead.published(study.assembly_key, study.sources)
-            if outcome.outcome is Outcome.PUBLISHED:
-                self._published_sources.update(study.sources)
-                self.published += 1
-            else:
-                self.dead_lettered += 1
-            self._release(study)
-            finished += 1
+            study.arrived_at = self._arrival(study)
+            if study.error is not None:  # failed assembly: dead-lettered at once, never processed
+                self._ended(study, self.lifecycle.finish(study))
+                continue
+            self.processing.submit(study)
+        finished = 0
+        for study, outcome in self.processing.collect(timeout_s=0.0):
+            finished += self._ended(study, outcome)
         if finished:
             log.info("finished %d studies (%d published in total)", finished, self.published)
             self._commit(force=True)
+
+    def _enough_in_flight(self) -> bool:
+        """With --max-studies, start no more studies than could still be needed to reach it."""
+        return self.max_studies is not None and self.published + len(self.processing) >= self.max_studies
+
+    def _ended(self, study, outcome) -> int:
+        if not any(s is study for s in self._queue) or outcome.outcome is Outcome.ABANDONED:
+            # revoked while it was processed (the new owner replays it), or abandoned at shutdown: held
+            return 0
+        self._queue = [s for s in self._queue if s is not study]
+        # finished either way: a replay from an earlier commit must not assemble its tail again
+        self.ahead.published(study.assembly_key, study.sources)
+        if outcome.outcome is Outcome.PUBLISHED:
+            self._published_sources.update(study.sources)
+            self.published += 1
+        else:
+            self.dead_lettered += 1
+        self._release(study)
+        return 1
 
     def _arrival(self, study) -> datetime:
         """When the study's first instance reached Kafka: the same on every replay, unlike wall time."""
@@ -271,7 +369,7 @@ class Worker:
         self.resolver.committed(offsets, self._published_sources)
         self._published_sources = {s for s in self._published_sources if s[2] >= offsets.get((s[0], s[1]), -1)}
         # messages below a committed offset belong to no unfinished study (ignored views, localizers)
-        self._held = {k: v for k, v in self._held.items() if k[2] >= offsets.get((k[0], k[1]), -1)}
+        self._held.keep(lambda source: source[2] >= offsets.get((source[0], source[1]), -1))
         log.debug("committed %s", offsets)
 
     def _commit_metadata(self, offsets: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, str]:
@@ -321,6 +419,7 @@ class Worker:
         except Exception:  # noqa: BLE001 - nothing committed means a replay, never a loss
             log.exception("final commit failed; uncommitted studies will be replayed")
         finally:
+            self.processing.close()
             self.source.close()
             for sink in self.sinks[1:]:
                 sink.close()

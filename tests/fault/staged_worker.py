@@ -18,6 +18,7 @@ The halt is a wrapper installed here around the worker's own methods (``Assemble
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,8 +82,23 @@ def install(stage: str, folder: Path) -> None:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
 
 
+def one_at_a_time() -> None:
+    from oncostream.app.lifecycle import ConcurrentStudies
+
+    init = ConcurrentStudies.__init__
+
+    def without_backlog(self, lifecycle, capacity, backlog=0):
+        init(self, lifecycle, capacity, backlog=0)
+
+    ConcurrentStudies.__init__ = without_backlog
+
+
 def main(argv: list[str]) -> int:
     stage, folder, *worker_args = argv
+    # one study processed at a time, none waiting: "halted at a stage" then describes the whole worker (with
+    # several processing threads, or a backlog published in one group, other studies would carry on past it)
+    os.environ.setdefault("ONCOSTREAM_MAX_STUDIES_PROCESSING", "1")
+    one_at_a_time()
     install(stage, Path(folder))
     from oncostream.cli import main as oncostream_main
 

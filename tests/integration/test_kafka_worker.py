@@ -426,6 +426,51 @@ def test_replay_skips_the_tail_of_a_study_published_ahead_of_the_commit(kafka_to
     assert not any(e["incomplete"] for e in events)
 
 
+class HoldingPipeline:
+    """The served pipeline, except that one study waits in processing until the test releases it."""
+
+    def __init__(self, inner, held_uid: str):
+        self.inner, self.held_uid = inner, held_uid
+        self.release = threading.Event()
+
+    def process(self, study):
+        if study.study_instance_uid == self.held_uid and not self.release.wait(WAIT_S):
+            raise AssertionError("the held study was never released")
+        return self.inner.process(study)
+
+
+def test_studies_published_out_of_order_never_move_the_commit_past_an_unfinished_one(kafka_topics_factory,
+                                                                                       corpus, pipeline):
+    # one partition: d, a, b, c. a is held in processing while d, b and c are published around it; the commit
+    # reaches a's first offset and stays there until a itself is published
+    topics = kafka_topics_factory(1)
+    d, a, b, c = corpus.subset(mammo=4, ldct=0)
+    produce_files(corpus.files([d, a, b, c]), topics.settings(), topics.bootstrap)
+    first_of_a = min(r.offset for r in topics.read(topics.dicom) if r.key == a.encode())
+    holding = HoldingPipeline(pipeline, held_uid=a)
+    worker = Worker(topics.settings(max_studies_processing=2), topics.bootstrap, topics.dicom, holding, [],
+                    max_studies=4)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not (worker.published == 3 and list(topics.committed().values()) == [first_of_a]):
+            assert time.monotonic() < deadline, f"published {worker.published}, committed {topics.committed()}"
+            assert thread.is_alive()
+            time.sleep(0.2)
+        published = [e["study_instance_uid"] for _, e in triage_events(topics)]
+        assert sorted(published) == sorted([d, b, c]), "b and c finished while a was held"
+        holding.release.set()
+        thread.join(WAIT_S)
+    finally:
+        holding.release.set()
+        worker.stop()
+        thread.join(WAIT_S)
+    assert worker.published == 4
+    assert [e["study_instance_uid"] for _, e in triage_events(topics)][-1] == a
+    assert list(topics.committed().values()) == list(topics.end_offsets().values())
+
+
 # --- losses that the study lifecycle closes (docs/RELIABILITY.md) --------------------------------------------
 
 def _refusing_topic(topics, which: str):
