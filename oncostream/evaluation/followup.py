@@ -15,6 +15,9 @@ Matching to truth as in ldct.py (centre within max(0.5 x true diameter, 3 mm)). 
   ``..._all``: the same with missed nodules counted as disagreements;
 - ``followup_growth_sensitivity``: share of truly growing nodules (v2022 growth on the true sizes)
   reported with ``growing: true`` (missed ones count as not called);
+  ``followup_growth_missed_*``: why each uncalled one was missed (``not_found`` in round 2,
+  ``prior_not_found``: the round-1 read missed it so it was read as new, ``unmatched`` to its prior,
+  ``below_threshold``: matched but measured growth not above 1.5 mm a year);
 - ``followup_false_growth_per_scan``: reported ``growing: true`` findings that are not a truly growing
   nodule, per round-2 scan;
 - ``followup_match_accuracy``: of found nodules that existed in round 1 and were found there too, the
@@ -123,6 +126,7 @@ def followup_metrics(patients: list[_Patient]) -> dict:
     agree = found_ge6 = all_ge6 = 0
     growing_true = growing_called = false_growth = 0
     tracked = tracked_right = 0
+    missed = {"not_found": 0, "prior_not_found": 0, "unmatched": 0, "below_threshold": 0}
     for p in patients:
         found2, hits2 = _hits(p.event2, p.truth2)
         found1, hits1 = _hits(p.event1, p.truth1)
@@ -138,6 +142,14 @@ def followup_metrics(patients: list[_Patient]) -> dict:
             if nodule["growing"]:
                 growing_true += 1
                 growing_called += bool(finding is not None and finding.growing)
+                if finding is None:
+                    missed["not_found"] += 1
+                elif not finding.growing and nodule["prior_index"] not in tracking_of_truth1:
+                    missed["prior_not_found"] += 1  # read as new: the round-1 read missed it
+                elif not finding.growing and finding.prior_tracking_uid is None:
+                    missed["unmatched"] += 1
+                elif not finding.growing:
+                    missed["below_threshold"] += 1  # matched, measured growth <= 1.5 mm a year
             if finding is not None and nodule["prior_index"] is not None and nodule["prior_index"] in tracking_of_truth1:
                 tracked += 1
                 tracked_right += finding.prior_tracking_uid == tracking_of_truth1[nodule["prior_index"]]
@@ -153,6 +165,7 @@ def followup_metrics(patients: list[_Patient]) -> dict:
         "followup_match_accuracy": tracked_right / tracked if tracked else nan,
         "followup_nodules_ge6mm": all_ge6, "followup_nodules_ge6mm_found": found_ge6,
         "followup_growing_nodules": growing_true,
+        **{f"followup_growth_missed_{why}": count for why, count in missed.items()},
     }
 
 

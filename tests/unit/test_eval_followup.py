@@ -57,5 +57,16 @@ def test_a_wrong_match_and_a_missed_growth_are_errors():
     event2 = _event([_finding((0, 0, 0), "3", "b", "b", False), _finding((20, 0, 0), "3", "a", "a", False)])
     results = followup_metrics([_Patient(truth1, truth2, event1, event2)])
     assert results["followup_growth_sensitivity"] == 0.0
+    assert results["followup_growth_missed_below_threshold"] == 1  # matched (to the wrong prior), not growing
     assert results["followup_match_accuracy"] == 0.0
     assert results["followup_lungrads_agreement_ge6mm"] == 0.5
+
+
+def test_a_growing_nodule_missed_in_round_one_is_read_as_new():
+    truth1 = _truth([((0, 0, 0), 5, None, None, None)])
+    truth2 = _truth([((0, 0, 0), 9, True, 0, "4B")])
+    event2 = _event([_finding((0, 0, 0), "4B", "n", None, None)])
+    results = followup_metrics([_Patient(truth1, truth2, _event([]), event2)])
+    assert results["followup_growth_sensitivity"] == 0.0
+    assert results["followup_growth_missed_prior_not_found"] == 1
+    assert results["followup_lungrads_agreement_ge6mm"] == 1.0  # a new 9 mm solid nodule is 4B too
