@@ -149,3 +149,11 @@ def test_mammography_prior_scores_and_new_findings():
     assert (first_view.sop_instance_uid, True) in flags
     assert all(new == (sop == first_view.sop_instance_uid) for sop, new in flags)
     assert not any(isinstance(f, NoduleFinding) for f in event.findings)
+
+
+@pytest.mark.skipif(not dicom_tools.sr_validator_available(), reason="PixelMed's DicomSRValidator is not installed")
+def test_follow_up_sr_validates_against_its_templates(tmp_path: Path):
+    # PixelMed checks TID 1500 row by row, the comparison items added at a follow-up included (about 10 s)
+    path = tmp_path / "sr.dcm"
+    _rounds()[3].sr.save_as(path, enforce_file_format=True)
+    assert dicom_tools.sr_validator_errors(path) == []
