@@ -38,9 +38,10 @@ stack: $(STAMP) system-deps
 stack-down:
 	test ! -x $(BIN)/python || $(BIN)/python -m oncostream.stack down
 
+# QUICK=1: the quick variants only (seconds, no services), written under .cache/bench-quick/
 bench: $(STAMP) system-deps
 	scripts/fetch_kafka.sh
-	$(BIN)/python -m perf.run_all
+	$(BIN)/python -m perf.run_all $(if $(QUICK),--quick)
 
 models:
 	test -x $(TRAIN_VENV)/bin/python || $(PYTHON) -m venv $(TRAIN_VENV)
