@@ -106,13 +106,27 @@ def _child(command: list[str], env: dict[str, str], log: Path, timeout_s: float 
     return _reap(proc, timeout_s)
 
 
+def _high_water_mb(pid: int) -> float | None:
+    """VmHWM of a live process: its own peak resident set since exec."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _reap(proc: subprocess.Popen, timeout_s: float) -> tuple[int, float]:
+    """Wait for a child: (exit status, its peak RSS in MB). The peak is the child's VmHWM, read every 0.1 s
+    while it runs (wait4's ru_maxrss is no use here: Linux carries the parent's resident size across
+    fork and exec into it)."""
     deadline = time.monotonic() + timeout_s
+    peak = 0.0
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_maxrss / 1024.0
+        if proc.poll() is not None:
+            return proc.returncode, peak
+        peak = max(peak, _high_water_mb(proc.pid) or 0.0)
         if time.monotonic() > deadline:
             proc.kill()
         time.sleep(0.1)
