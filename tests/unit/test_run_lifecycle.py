@@ -88,3 +88,23 @@ def test_a_dose_report_in_the_folder_is_ignored_not_rejected(tmp_path, studies):
     assert run(inp, out) == 0
     assert len((out / "triage.jsonl").read_text().splitlines()) == 1
     assert not (out / "rejected.jsonl").exists()
+
+
+def test_studies_processed_at_once_give_the_same_outputs_as_one_at_a_time(tmp_path, studies, monkeypatch):
+    inp = tmp_path / "in"
+    for kind in ("mg", "ct"):
+        (inp / kind).mkdir(parents=True)
+        for path in studies[kind]:
+            shutil.copy(path, inp / kind / path.name)
+    outputs = []
+    for processing in ("1", "3"):
+        monkeypatch.setenv("ONCOSTREAM_MAX_STUDIES_PROCESSING", processing)
+        out = tmp_path / f"out-{processing}"
+        assert run(inp, out) == 0
+        events = sorted((json.loads(line) for line in (out / "triage.jsonl").read_text().splitlines()),
+                        key=lambda e: e["study_instance_uid"])
+        timeless = [{k: v for k, v in e.items() if k not in ("arrived_at", "triaged_at")} for e in events]
+        srs = {p.name: p.read_bytes() for p in sorted((out / "sr").iterdir())}
+        outputs.append((timeless, srs))
+    assert len(outputs[0][0]) == 2
+    assert outputs[0] == outputs[1], "the same events and byte-identical SRs whatever the concurrency"
