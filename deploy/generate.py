@@ -3,8 +3,8 @@
     .venv/bin/python deploy/generate.py          # rewrite
     .venv/bin/python deploy/generate.py --check  # exit 1 when a committed file differs (make test)
 
-- deploy/prometheus/slo_rules.yml: per-priority triage-SLA burn-rate rules, from a program policy's
-  `triage_sla_seconds` (postprocess/programs/*.yaml) where one has it, else deploy/prometheus/sla.yaml.
+- deploy/prometheus/slo_rules.yml: per-priority triage-SLA burn-rate rules, from each program policy's
+  `triage_sla_seconds` (postprocess/programs/*.yaml) and the objective in deploy/prometheus/sla.yaml.
 - deploy/grafana/oncostream.json: the Grafana dashboard (panels defined below).
 - deploy/k8s/base/monitoring/prometheusrule.yaml: a PrometheusRule holding rules.yml + slo_rules.yml.
 - deploy/k8s/base/monitoring/grafana-dashboard.yaml: a ConfigMap (Grafana sidecar label) holding the
@@ -58,27 +58,24 @@ def _bucket_bounds() -> set[float]:
 
 def sla_targets() -> tuple[float, dict[str, dict[str, float]], str]:
     """(objective, {program: {priority: seconds}}, source description)."""
-    defaults = yaml.safe_load(SLA_FILE.read_text())
-    objective = float(defaults["objective"])
+    sys.path.insert(0, str(ROOT))
+    from postprocess.priority import ProgramPolicy
+
+    objective = float(yaml.safe_load(SLA_FILE.read_text())["objective"])
     programs: dict[str, dict[str, float]] = {}
-    sources = []
-    for path in sorted(PROGRAMS.glob("*.yaml")):
-        policy = yaml.safe_load(path.read_text()) or {}
-        # `sla_minutes` there is the reading deadline (the worklist's clock, hours to weeks), not the
-        # pipeline's: a study triaged in seconds always meets it, so it cannot drive these alerts
-        seconds = policy.get("triage_sla_seconds")
-        if isinstance(seconds, dict) and seconds:
-            programs[policy.get("name", path.stem)] = {p: float(seconds[p]) for p in PRIORITIES}
-            sources.append(str(path.relative_to(ROOT)))
-    if not programs:
-        programs[".+"] = {p: float(defaults["targets_seconds"][p]) for p in PRIORITIES}
-        sources.append(str(SLA_FILE.relative_to(ROOT)))
+    paths = sorted(PROGRAMS.glob("*.yaml"))
+    for path in paths:
+        # validated as the pipeline validates it; `sla_minutes` there is the reading deadline (the
+        # worklist's clock, hours to weeks), not the pipeline's, so it cannot drive these alerts
+        policy = ProgramPolicy.model_validate(yaml.safe_load(path.read_text()))
+        programs[policy.name] = {p: float(policy.triage_sla_seconds[p]) for p in PRIORITIES}
     bounds = _bucket_bounds()
     for program, targets in programs.items():
         for priority, seconds in targets.items():
             if seconds not in bounds:
                 raise SystemExit(f"SLA {program}/{priority} = {seconds:g} s is not a bucket bound of "
                                  f"oncostream_study_latency_seconds {sorted(bounds)}: add it in oncostream/metrics.py")
+    sources = [str(path.relative_to(ROOT)) for path in paths] + [str(SLA_FILE.relative_to(ROOT))]
     return objective, programs, ", ".join(sources)
 
 

@@ -41,7 +41,7 @@ INSTANCE_BYTES = Counter("oncostream_instance_bytes_total", "Bytes of DICOM inst
 GATEWAY_STORES = Counter("oncostream_gateway_stores_total", "C-STORE requests the gateway answered, by status",
                          ["status"])  # status: success | rejected | cannot_encode | failed
 DLQ = Counter("oncostream_dlq_total", "Instances rejected to the dead-letter sink, by reason", ["reason"])
-# buckets hold every SLA objective of deploy/prometheus/sla.yaml (60, 120, 600, 1800 s): the SLO rules
+# buckets hold every program's triage_sla_seconds (default 60, 120, 600, 1800 s): the SLO rules
 # read the bucket whose le is the objective
 STUDY_LATENCY = Histogram("oncostream_study_latency_seconds",
                           "First instance of a study received to its triage event published",

@@ -78,6 +78,19 @@ class ReviewPolicy(_Strict):
 
 # minutes from arrival within which a study of each priority should be read (the worklist's SLA clock)
 DEFAULT_SLA_MINUTES: dict[str, int] = {"URGENT": 60, "HIGH": 24 * 60, "ROUTINE": 7 * 24 * 60, "LOW": 30 * 24 * 60}
+# seconds from a study's first instance to its triage event at every sink (the pipeline's SLA: the
+# burn-rate alerts deploy/generate.py writes); each must be a bucket bound of the latency histogram
+DEFAULT_TRIAGE_SLA_SECONDS: dict[str, int] = {"URGENT": 60, "HIGH": 120, "ROUTINE": 600, "LOW": 1800}
+_PRIORITY_ORDER = ("URGENT", "HIGH", "ROUTINE", "LOW")
+
+
+def _check_per_priority(name: str, value: dict[str, int]) -> dict[str, int]:
+    if set(value) != set(_PRIORITY_ORDER):
+        raise ValueError(f"{name}: give a value for each of {', '.join(_PRIORITY_ORDER)}")
+    ordered = [value[p] for p in _PRIORITY_ORDER]
+    if any(v <= 0 for v in ordered) or any(b < a for a, b in zip(ordered, ordered[1:])):
+        raise ValueError(f"{name}: need 0 < URGENT <= HIGH <= ROUTINE <= LOW")
+    return value
 
 
 class ProgramPolicy(_Strict):
@@ -86,24 +99,24 @@ class ProgramPolicy(_Strict):
     mammo: MammoPolicy
     review: ReviewPolicy = ReviewPolicy()
     sla_minutes: dict[Priority, int] = Field(default_factory=lambda: dict(DEFAULT_SLA_MINUTES))
+    triage_sla_seconds: dict[Priority, int] = Field(default_factory=lambda: dict(DEFAULT_TRIAGE_SLA_SECONDS))
 
     @field_validator("sla_minutes")
     @classmethod
     def _sla_for_every_priority(cls, value: dict[str, int]) -> dict[str, int]:
-        order = ("URGENT", "HIGH", "ROUTINE", "LOW")
-        if set(value) != set(order):
-            raise ValueError(f"sla_minutes: give minutes for each of {', '.join(order)}")
-        minutes = [value[p] for p in order]
-        if any(m <= 0 for m in minutes) or any(b < a for a, b in zip(minutes, minutes[1:])):
-            raise ValueError("sla_minutes: need 0 < URGENT <= HIGH <= ROUTINE <= LOW")
-        return value
+        return _check_per_priority("sla_minutes", value)
+
+    @field_validator("triage_sla_seconds")
+    @classmethod
+    def _triage_sla_for_every_priority(cls, value: dict[str, int]) -> dict[str, int]:
+        return _check_per_priority("triage_sla_seconds", value)
 
     @property
     def fingerprint(self) -> str:
         """``<name>+<12 hex>`` of every setting that shapes a result: output UIDs derive from it, so a changed
         policy (a 4X threshold, a priority band) never reissues a report under an earlier report's UIDs. The
-        reading deadlines (``sla_minutes``) change no result and are left out."""
-        settings = self.model_dump_json(exclude={"sla_minutes"})
+        deadlines (``sla_minutes``, ``triage_sla_seconds``) change no result and are left out."""
+        settings = self.model_dump_json(exclude={"sla_minutes", "triage_sla_seconds"})
         return f"{self.name}+{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
     @model_validator(mode="after")
