@@ -272,6 +272,18 @@ class KafkaSource(Source):
         self._consumer.commit_async({TopicPartition(t, p): OffsetAndMetadata(o, metadata.get((t, p), ""), -1)
                                      for (t, p), o in offsets.items()})
 
+    def seek(self, partition: TopicPartitionKey, offset: int | None) -> None:
+        """Read ``partition`` again from ``offset`` (None: from its committed offset, or from the beginning
+        when nothing was committed, as a new owner would)."""
+        from kafka.structs import TopicPartition
+
+        if offset is None:
+            offset = self.committed(partition)
+        if offset is None:
+            self._consumer.seek_to_beginning(TopicPartition(*partition))
+        else:
+            self._consumer.seek(TopicPartition(*partition), offset)
+
     def committed(self, partition: TopicPartitionKey) -> int | None:
         from kafka.structs import TopicPartition
 

@@ -170,6 +170,9 @@ class Worker:
                                             backlog=settings.max_studies_processing)
         self._held = HeldMessages(settings.max_held_bytes, self.resolver)  # records of unfinished studies
         self._unread: dict[TopicPartitionKey, int] = {}  # instances whose claim store could not be asked
+        # partitions to read again before accepting anything from them: None = from the committed offset
+        # (assigned after a revocation dropped their state), an offset = records polled but never accepted
+        self._rewind: dict[TopicPartitionKey, int | None] = {}
         self._last_commit = time.monotonic()
         self.source = KafkaSource(bootstrap, topic, settings.consumer_group, settings=settings,
                                   on_revoked=self._on_revoked, on_assigned=self._on_assigned)
@@ -194,12 +197,18 @@ class Worker:
         self._queue = [s for s in self._queue if not revoked(s)]
         self._held.keep(lambda source: (source[0], source[1]) not in partitions)
         self.watermark.forget(partitions)
+        for partition in partitions:
+            self._rewind.pop(partition, None)
         self.ahead.forget(partitions)
         self._ahead_loaded -= set(partitions)
 
     def _on_assigned(self, partitions: set[TopicPartitionKey]) -> None:
-        # the consumer resumes from each partition's committed offset by itself; nothing is paused now
+        # A partition revoked and assigned back may keep the consumer's position past records of studies whose
+        # state the revocation dropped (processing, queued or assembling): they must be read again, from the
+        # committed offset, which never passes an unfinished study. The loop seeks after this poll returns.
         log.info("resuming %d partitions from their committed offsets", len(partitions))
+        for partition in partitions:
+            self._rewind[partition] = None
 
     # -- the loop
     def run(self) -> int:
@@ -210,7 +219,7 @@ class Worker:
         status = 0
         try:
             while not self.stopping and not self._done():
-                messages = self.source.poll(timeout_s=0.5)
+                messages = self._rewound(self.source.poll(timeout_s=0.5))
                 for message in messages:
                     self._accept(message)
                     if self.stopping:
@@ -228,6 +237,16 @@ class Worker:
         finally:
             self._shutdown()
         return status
+
+    def _rewound(self, messages: list) -> list:
+        """Seek the partitions marked for rewinding, dropping what this poll returned from them (read again)."""
+        if not self._rewind:
+            return messages
+        rewind, self._rewind = self._rewind, {}
+        for partition, offset in rewind.items():
+            if partition in self.source.assignment():
+                self.source.seek(partition, offset)
+        return [m for m in messages if (m.topic, m.partition) not in rewind]
 
     def _done(self) -> bool:
         return self.max_studies is not None and self.published >= self.max_studies
@@ -404,7 +423,16 @@ class Worker:
         self.source.pause()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not self.stopping:
-            self.source.poll(timeout_s=min(0.5, max(deadline - time.monotonic(), 0.0)))
+            unread = self.source.poll(timeout_s=min(0.5, max(deadline - time.monotonic(), 0.0)))
+            # a rebalance meanwhile unpauses: records polled here are not accepted, so read them again later
+            for message in unread:
+                partition = (message.topic, message.partition)
+                if partition not in self._rewind:
+                    self._rewind[partition] = message.offset
+                elif self._rewind[partition] is not None:
+                    self._rewind[partition] = min(self._rewind[partition], message.offset)
+            if self.source.assignment() - self.source.paused:
+                self.source.pause()
         self.source.resume()
         return not self.stopping
 
