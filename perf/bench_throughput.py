@@ -43,7 +43,6 @@ from perf.results import RESULTS, write_section
 
 ONCOSTREAM = str(Path(sys.executable).with_name("oncostream"))
 REPO = Path(__file__).resolve().parent.parent
-RULES = REPO / "deploy" / "prometheus" / "rules.yml"
 # published TensorRT speed-up used by the GPU projection (see the section's text for the source)
 TENSORRT_SPEEDUPS = (10.0, 40.0)
 SECTION = "Throughput, latency and memory (perf/bench_throughput.py)"
@@ -53,13 +52,12 @@ OPEN_LOOP_FRACTIONS = (0.5, 1.0, 1.5, 2.0, 3.0)
 QUICK = True  # perf/run_all.py --quick runs this module with --quick
 
 
-def urgent_sla_s() -> float:
-    """The triage SLA in seconds, read from its one definition: the p95 latency alert in
-    deploy/prometheus/rules.yml (`oncostream:study_latency_seconds:p95_5m > N`)."""
-    match = re.search(r"oncostream:study_latency_seconds:p95_5m\s*>\s*([0-9.]+)", RULES.read_text())
-    if match is None:
-        raise RuntimeError(f"no p95 latency objective found in {RULES}")
-    return float(match.group(1))
+def urgent_sla_s(program: str = "default") -> float:
+    """The URGENT triage SLA in seconds, from its one definition: ``triage_sla_seconds`` of the program's
+    policy (postprocess/programs/<program>.yaml, the target the burn-rate alerts page on)."""
+    from postprocess.priority import load_program
+
+    return float(load_program(program).triage_sla_seconds["URGENT"])
 
 
 # ------------------------------------------------------------------------------------------------ measurements
@@ -581,8 +579,8 @@ class Report:
             body += [f"| {n} | {label} | {m.peak_rss_mb:.0f} | {m.studies_per_s:.3f} |" for n, label, m in self.rss]
         if self.loop:
             body += ["", "### open-loop Poisson arrivals (1 worker, 6 partitions, 30 s per rate)", "",
-                     f"URGENT SLA: p95 study latency <= {self.sla:.0f} s, read from its one definition, the "
-                     "`OncostreamStudyLatencyHigh` alert in deploy/prometheus/rules.yml (`urgent_sla_s()`). Rates "
+                     f"URGENT SLA: p95 study latency <= {self.sla:.0f} s, read from its one definition, "
+                     "`triage_sla_seconds` in postprocess/programs/default.yaml (`urgent_sla_s()`). Rates "
                      f"are fractions {OPEN_LOOP_FRACTIONS} of the 1-worker throughput measured above; studies are "
                      "drawn in order from the 100-study set.", "",
                      "| offered studies/s | studies sent | triaged | achieved studies/s | p50 s | p95 s | p99 s "
