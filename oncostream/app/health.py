@@ -69,7 +69,8 @@ def heartbeat_age(path: Path, now: float | None = None) -> float | None:
         written = float(Path(path).read_text().strip())
     except (OSError, ValueError):
         return None
-    return (time.time() if now is None else now) - written
+    # the file holds a rounded timestamp: a read right after a beat may come out a hair negative
+    return max(0.0, (time.time() if now is None else now) - written)
 
 
 def main_health(args) -> int:

@@ -98,8 +98,16 @@ def test_prometheus_returns_sla_stage_lag_and_drift_series(worker_scraped):
     five_minutes = [r["expr"] for g in slo["groups"] for r in g["rules"]
                     if r.get("record") == "oncostream:sla_error_ratio:rate5m"]
     seen = {p for p, _ in expected}
-    evaluated = {r["metric"]["priority"] for expr in five_minutes for r in _query(url, expr)}
-    assert evaluated == seen
+
+    def evaluated() -> set[str]:
+        return {r["metric"]["priority"] for expr in five_minutes for r in _query(url, expr)}
+
+    # a rate needs two scrapes of a series: a latency series born with its first study has one until
+    # the next scrape, so poll (bounded) rather than read once
+    deadline = time.monotonic() + WAIT_S
+    while evaluated() != seen and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert evaluated() == seen
 
     # one observation per study and stage, one parse per instance
     studies = float(len(events))
