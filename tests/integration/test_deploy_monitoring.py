@@ -116,7 +116,12 @@ def test_prometheus_returns_sla_stage_lag_and_drift_series(worker_scraped):
     assert _value(url, 'sum(oncostream_stage_seconds_count{stage="parse"})') == float(instances)
 
     # consumer lag per assigned partition: everything consumed
+    # (the worker samples lag every few seconds and Prometheus scrapes on its own clock: poll, bounded)
+    deadline = time.monotonic() + WAIT_S
     lag = _query(url, "oncostream_consumer_lag_records")
+    while (not lag or sum(float(r["value"][1]) for r in lag) != 0.0) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        lag = _query(url, "oncostream_consumer_lag_records")
     assert lag and {r["metric"]["partition"] for r in lag} <= {"0", "1", "2"}
     assert sum(float(r["value"][1]) for r in lag) == 0.0
 
