@@ -100,7 +100,7 @@ def main_run(args) -> int:
         return 2
     backend = make_backend(settings)
     assembler = Assembler(settings)
-    lifecycle = StudyLifecycle(settings, Pipeline(settings, backend), [FileSink(out), *delivery_sinks(settings)],
+    lifecycle = StudyLifecycle(settings, Pipeline(settings, backend), [FileSink(out), *delivery_sinks(settings, files_dir=out)],
                                rejections, _Patience(_RUN_PATIENCE_S), assembler=assembler)
     # studies are processed on their own threads while the next files are read; with every thread busy,
     # reading waits (backpressure), so memory follows max_studies_processing, not the folder

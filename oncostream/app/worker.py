@@ -475,7 +475,8 @@ def main_worker(args) -> int:
         from postprocess.file_sink import FileSink
 
         sinks.append(FileSink(args.out))
-    sinks.extend(delivery_sinks(settings))  # PACS by C-STORE / STOW-RS when the settings name one
+    # PACS (C-STORE / STOW-RS) and FHIR when the settings name them, and the results store
+    sinks.extend(delivery_sinks(settings, files_dir=args.out))
     backend = make_backend(settings)
     worker = Worker(settings, args.bootstrap, args.topic or settings.topic_dicom, Pipeline(settings, backend),
                     sinks, max_studies=args.max_studies)
