@@ -247,16 +247,23 @@ def _open_after(barrier, url: str, results) -> None:
 
 
 @pytest.mark.integration
-def test_workers_starting_together_migrate_once(postgres_store_url) -> None:
-    """Worker processes opening an empty PostgreSQL store at the same moment: one migrates, the others wait
-    for it and find the schema current (advisory lock in migrations/env.py); none meets a half-made schema.
-    Threads of one process take turns too (a lock in oncostream.store.migrate)."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_starting_together_migrate_once(backend, request, tmp_path) -> None:
+    """Worker processes opening an empty store at the same moment: one migrates, the others wait for it and
+    find the schema current (PostgreSQL: an advisory lock in migrations/env.py; one SQLite file: a lock file
+    beside it); none meets a half-made schema. Threads of one process take turns too (a lock in
+    oncostream.store.migrate)."""
     import multiprocessing
     import threading
 
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        url = request.getfixturevalue("url")
+
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(4), context.Queue()
-    workers = [context.Process(target=_open_after, args=(barrier, postgres_store_url, results)) for _ in range(4)]
+    workers = [context.Process(target=_open_after, args=(barrier, url, results)) for _ in range(4)]
     for worker in workers:
         worker.start()
     outcomes = [results.get(timeout=120) for _ in workers]
@@ -267,7 +274,7 @@ def test_workers_starting_together_migrate_once(postgres_store_url) -> None:
     import queue
 
     barrier, same_process = threading.Barrier(3), queue.Queue()
-    threads = [threading.Thread(target=_open_after, args=(barrier, postgres_store_url, same_process))
+    threads = [threading.Thread(target=_open_after, args=(barrier, url, same_process))
                for _ in range(3)]
     for thread in threads:
         thread.start()
