@@ -259,7 +259,7 @@ def test_workers_starting_together_migrate_once(backend, request, tmp_path) -> N
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'shared.db'}"
     else:
-        url = request.getfixturevalue("url")
+        url = request.getfixturevalue("postgres_store_url")
 
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(4), context.Queue()
