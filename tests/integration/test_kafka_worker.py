@@ -24,6 +24,7 @@ import pytest
 from oncostream.contracts import SCHEMA_VERSION
 from oncostream.app.worker import Worker
 from oncostream.streaming import produce_files
+from tests.fixtures.kafka import run_until_published
 
 pytestmark = pytest.mark.integration
 
@@ -88,15 +89,8 @@ def pipeline():
 
 def run_in_process(topics, pipeline, max_studies: int, wait_s: float = WAIT_S, **settings) -> Worker:
     """Run a worker in this process until it published `max_studies` (stopped after `wait_s` regardless)."""
-    worker = Worker(topics.settings(**settings), topics.bootstrap, topics.dicom, pipeline, [],
-                    max_studies=max_studies)
-    timer = threading.Timer(wait_s, worker.stop)
-    timer.start()
-    try:
-        worker.run()
-    finally:
-        timer.cancel()
-    return worker
+    return run_until_published(Worker(topics.settings(**settings), topics.bootstrap, topics.dicom, pipeline, [],
+                                      max_studies=max_studies), wait_s)
 
 
 class WorkerProcess:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from pathlib import Path
 
 import pydicom
@@ -22,6 +21,7 @@ from oncostream.app.pipeline import Pipeline, delivery_sinks, make_backend
 from oncostream.app.worker import Worker
 from oncostream.streaming import produce_files
 from oncostream.synth.rounds import LdctRoundPlan, write_rounds
+from tests.fixtures.kafka import run_until_published
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +64,8 @@ def _stream(topics, files: list[Path], settings, backend, count: int) -> dict[st
     """Produce ``files`` and run a worker (the served pipeline, the sinks `oncostream worker` adds) until
     it published ``count`` studies; the triage events by StudyInstanceUID."""
     produce_files(files, settings, topics.bootstrap)
-    worker = Worker(settings, topics.bootstrap, topics.dicom, Pipeline(settings, backend),
-                    delivery_sinks(settings), max_studies=count)
-    timer = threading.Timer(WAIT_S, worker.stop)
-    timer.start()
-    try:
-        worker.run()
-    finally:
-        timer.cancel()
+    worker = run_until_published(Worker(settings, topics.bootstrap, topics.dicom, Pipeline(settings, backend),
+                                        delivery_sinks(settings), max_studies=count), WAIT_S)
     assert worker.published == count, f"published {worker.published} of {count}"
     return {e["study_instance_uid"]: e for e in (json.loads(r.value) for r in topics.read(topics.triage))}
 
