@@ -63,6 +63,21 @@ def _lung_centroid(study: Study):
         return None
 
 
+def _import_processing_modules() -> None:
+    """Import, on the constructing thread, every module ``process`` and the libraries under it import lazily.
+    ``process`` runs on several threads while the owning thread parses the next instances: two threads
+    importing one module at once can meet Python's import-lock deadlock detection (seen as a
+    ``_DeadlockError`` from ``pydicom.sr.coding`` while an instance was being read, which rejected it)."""
+    import highdicom.seg  # noqa: F401
+    import highdicom.sr  # noqa: F401
+    import pydicom.sr.codedict  # noqa: F401
+    import pydicom.sr.coding  # noqa: F401
+
+    import ingest.ldct  # noqa: F401
+    import ingest.mammo  # noqa: F401
+    import postprocess.results  # noqa: F401
+
+
 class Pipeline:
     """Processes one assembled study at a time; a failing study raises StudyFailed and fails alone."""
 
@@ -74,6 +89,7 @@ class Pipeline:
         self.backend = backend
         self._prior_lookup = prior_lookup
         self._prior_lookup_lock = threading.Lock()
+        _import_processing_modules()
 
     def _priors(self):
         if self._prior_lookup is None:
