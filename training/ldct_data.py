@@ -209,7 +209,7 @@ def build_item(seed: int, size: str, enriched: bool, randomise: bool = False) ->
 
 
 @lru_cache(maxsize=1)
-def _fingerprint() -> str:
+def fingerprint() -> str:
     """Changes whenever the phantoms or the preprocessing change (judged by one small reference
     phantom and its detector input) or the cached arrays' definition does (VERSION); cosmetic edits
     of the generator keep the cache."""
@@ -225,7 +225,7 @@ def _fingerprint() -> str:
 
 
 def cache_path(seed: int, size: str) -> Path:
-    return CACHE_DIR / f"v{VERSION}-{_fingerprint()}-{size}-{seed}.npz"
+    return CACHE_DIR / f"v{VERSION}-{fingerprint()}-{size}-{seed}.npz"
 
 
 def ensure_cached(seed: int, size: str, enriched: bool) -> Path:
@@ -250,14 +250,16 @@ def load(paths: list[Path], prefixes: tuple[str, ...] = ("",)) -> list[dict[str,
     return out
 
 
-def build_all(split: str = "train", sizes: tuple[str, ...] = ("full", "small")) -> list[Path]:
+def build_all(split: str = "train", sizes: tuple[str, ...] = ("full", "small"), shard: tuple[int, int] = (0, 1)) -> list[Path]:
     """Cache every seed of a split (train: enriched nodules; validation: the natural draw); paths in
     the order of ``TRAIN_SEEDS`` / ``VALIDATION_SEEDS`` (full first), the order ``--cached-only``
-    loads them in, so both paths train on the same item order."""
+    loads them in, so both paths train on the same item order. ``shard`` (i, n): only every n-th seed
+    from the i-th, so that n builders can share the work (each item is its own file)."""
     seeds = TRAIN_SEEDS if split == "train" else VALIDATION_SEEDS
+    index, count = shard
     paths = []
     for size in sizes:
-        for seed in seeds[size]:
+        for seed in seeds[size][index::count]:
             start = time.time()
             paths.append(ensure_cached(seed, size, enriched=split == "train"))
             print(json.dumps({"split": split, "size": size, "seed": seed, "s": round(time.time() - start, 1)}),
@@ -266,7 +268,13 @@ def build_all(split: str = "train", sizes: tuple[str, ...] = ("full", "small")) 
 
 
 if __name__ == "__main__":
-    # arguments: split[:size] ..., e.g. "train:full validation:small"; default: everything
-    for arg in sys.argv[1:] or ["train", "validation"]:
+    # arguments: [--shard I/N] split[:size] ..., e.g. "--shard 0/2 train:full validation:small";
+    # default: everything. Two builders (--shard 0/2 and 1/2) use both cores of a 2-core machine.
+    args = sys.argv[1:]
+    shard = (0, 1)
+    if args[:1] == ["--shard"]:
+        index, _, count = args[1].partition("/")
+        shard, args = (int(index), int(count)), args[2:]
+    for arg in args or ["train", "validation"]:
         split, _, size = arg.partition(":")
-        build_all(split, (size,) if size else ("full", "small"))
+        build_all(split, (size,) if size else ("full", "small"), shard)

@@ -20,7 +20,7 @@ from scipy.special import logit
 from torch.nn import functional as F
 
 from oncostream.model_contract import record_calibration, record_weights
-from training import ldct_data
+from training import checkpoints, ldct_data
 from training.calibration import fit_logistic, fit_temperature
 from training.ldct_models import (CalibratedDetector, CalibratedSegmenter, DenoiseNet, DetectorNet,
                                   SegmenterNet, export_onnx)
@@ -61,6 +61,16 @@ class _Schedule:
     def running(self) -> bool:
         return self.progress() < 1.0
 
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+
+    def resumable(self) -> bool:
+        """Only a step-counted schedule can be resumed from a checkpoint (a wall-time one cannot)."""
+        return self.budget_s is None
+
     def step(self) -> None:
         """Set the learning rate for the next step: 10 % linear warm-up, then cosine to zero."""
         self.step_count += 1
@@ -76,7 +86,7 @@ def _log(**fields) -> None:
 
 # --- denoise ----------------------------------------------------------------------------------
 
-def train_denoise(items: list[dict], steps: int, rng: np.random.Generator) -> DenoiseNet:
+def train_denoise(items: list[dict], steps: int, rng: np.random.Generator, key: str) -> DenoiseNet:
     """Pairs (25 % dose slice, noiseless slice) as HU / 1000; mean squared error (PSNR's own loss)."""
     lows = np.concatenate([it["den_low"] for it in items])
     cleans = np.concatenate([it["den_clean"] for it in items])
@@ -88,8 +98,8 @@ def train_denoise(items: list[dict], steps: int, rng: np.random.Generator) -> De
     net = DenoiseNet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = _Schedule(opt, 1e-3, steps)
+    progress = checkpoints.Progress("ldct_denoise", key, net, opt, sched, rng, sched.resumable())
     crop, batch = 64, 16
-    step = 0
     while sched.running():
         sched.step()
         idx = rng.choice(len(lows), size=batch, p=weights)
@@ -109,9 +119,9 @@ def train_denoise(items: list[dict], steps: int, rng: np.random.Generator) -> De
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 250 == 0:
-            _log(model="ldct_denoise", step=step, rmse_hu=round(math.sqrt(loss.item()) * 1000, 2))
-        step += 1
+        if sched.step_count % 250 == 1:
+            _log(model="ldct_denoise", step=sched.step_count, rmse_hu=round(math.sqrt(loss.item()) * 1000, 2))
+        progress.tick(sched.step_count)
     return net.eval()
 
 
@@ -188,16 +198,18 @@ def centre_focal_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (pos_loss + neg_loss) / pos.sum().clamp(min=1)
 
 
-def train_detector(items: list[dict], steps: int, rng: np.random.Generator) -> DetectorNet:
+def train_detector(items: list[dict], steps: int, rng: np.random.Generator, key: str) -> DetectorNet:
     """The base schedule (refine_detector follows it in train_one)."""
     net = DetectorNet()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    _fit_detector(net, opt, _Schedule(opt, 2e-3, steps), lambda: _detector_batch(items, rng, batch=6))
+    sched = _Schedule(opt, 2e-3, steps)
+    progress = checkpoints.Progress("ldct_detector_base", key, net, opt, sched, rng, sched.resumable())
+    _fit_detector(net, opt, sched, lambda: _detector_batch(items, rng, batch=6), progress)
     return net.eval()
 
 
-def _fit_detector(net: DetectorNet, opt: torch.optim.Optimizer, sched: _Schedule, next_batch) -> None:
-    step = 0
+def _fit_detector(net: DetectorNet, opt: torch.optim.Optimizer, sched: _Schedule, next_batch,
+                  progress: checkpoints.Progress) -> None:
     while sched.running():
         sched.step()
         x, heat, diam, weight = next_batch()
@@ -208,9 +220,10 @@ def _fit_detector(net: DetectorNet, opt: torch.optim.Optimizer, sched: _Schedule
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 50 == 0:
-            _log(model="ldct_nodule_detector", step=step, focal=round(focal.item(), 4), size=round(size.item(), 4))
-        step += 1
+        if sched.step_count % 50 == 1:
+            _log(model="ldct_nodule_detector", step=sched.step_count, focal=round(focal.item(), 4),
+                 size=round(size.item(), 4))
+        progress.tick(sched.step_count)
 
 
 # Hard-example refinement of the detector: after the base schedule the detector runs over every
@@ -261,16 +274,18 @@ def mine_hard_examples(net: DetectorNet, items: list[dict]) -> dict[str, list[tu
     return hard
 
 
-def refine_detector(net: DetectorNet, items: list[dict], steps: int) -> DetectorNet:
+def refine_detector(net: DetectorNet, items: list[dict], steps: int, key: str) -> DetectorNet:
     """Second schedule on hard examples (above); its own seeds, so refining a saved base detector
-    gives what one ``train_one("detector")`` run gives."""
+    gives what one ``train_one("detector")`` run gives. The hard examples are mined from the base
+    detector again when the schedule resumes from a checkpoint."""
     hard = mine_hard_examples(net, items)
     torch.manual_seed(TORCH_SEED + 1)
     rng = np.random.default_rng([TORCH_SEED, 1])
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=REFINE_LR)
     sched = _Schedule(opt, REFINE_LR, steps)
-    _fit_detector(net, opt, sched, lambda: _detector_batch(items, rng, batch=6, hard=hard))
+    progress = checkpoints.Progress("ldct_detector", key, net, opt, sched, rng, sched.resumable())
+    _fit_detector(net, opt, sched, lambda: _detector_batch(items, rng, batch=6, hard=hard), progress)
     return net.eval()
 
 
@@ -315,11 +330,11 @@ def soft_dice_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3, 4)) + target.sum(dim=(1, 2, 3, 4)) + 1)).mean()
 
 
-def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> SegmenterNet:
+def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator, key: str) -> SegmenterNet:
     net = SegmenterNet()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-5)
     sched = _Schedule(opt, 3e-3, steps)
-    step = 0
+    progress = checkpoints.Progress("ldct_segmenter", key, net, opt, sched, rng, sched.resumable())
     while sched.running():
         sched.step()
         x, mask, malignant, composition, margin, positive = _segmenter_batch(items, rng, batch=8)
@@ -335,10 +350,11 @@ def train_segmenter(items: list[dict], steps: int, rng: np.random.Generator) -> 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 50 == 0:
-            _log(model="ldct_nodule_segmenter", step=step, bce=round(bce.item(), 4), dice=round(dice.item(), 4),
-                 malignancy=round(mal.item(), 4), composition=round(comp.item(), 4), margin=round(marg.item(), 4))
-        step += 1
+        if sched.step_count % 50 == 1:
+            _log(model="ldct_nodule_segmenter", step=sched.step_count, bce=round(bce.item(), 4),
+                 dice=round(dice.item(), 4), malignancy=round(mal.item(), 4), composition=round(comp.item(), 4),
+                 margin=round(marg.item(), 4))
+        progress.tick(sched.step_count)
     return net.eval()
 
 
@@ -426,13 +442,26 @@ def calibrate_served(segmenter: SegmenterNet, calibration: dict[str, float], see
     return calibrated
 
 
-CHECKPOINTS = ldct_data.CACHE_DIR / "checkpoints"
 _TRAINERS = {"denoise": (train_denoise, DenoiseNet), "detector": (train_detector, DetectorNet),
              "segmenter": (train_segmenter, SegmenterNet)}
+# the schedules each finished stage went through (part of its checkpoint key)
+_STAGE_STEPS = {"denoise": ("denoise",), "detector_base": ("detector",),
+                "detector": ("detector", "detector_refine"), "segmenter": ("segmenter",)}
 
 
 _NEEDS = {"denoise": ("den_", "spacing"), "detector": ("det_", "diameters"),
           "segmenter": ("seg_", "malignant", "composition", "diameters", "volumes")}  # + "margin" (_load_items)
+
+
+def stage_key(stage: str) -> str:
+    """What a stage's checkpoint was trained on: the phantom cache's definition and fingerprint, the
+    training seeds, the torch seed and the stage's step counts (or the wall-time budget)."""
+    seeds = ",".join(f"{size}{r.start}-{r.stop}" for size, r in ldct_data.TRAIN_SEEDS.items())
+    budget = os.environ.get("ONCOSTREAM_LDCT_TIME_BUDGET_S")
+    schedule = f"budget{budget}s" if budget else "steps" + "+".join(str(_steps(n)) for n in _STAGE_STEPS[stage])
+    extra = os.environ.get("ONCOSTREAM_LDCT_EXTRA_ITEMS")
+    return "/".join([f"ldct_{stage}", f"v{ldct_data.VERSION}-{ldct_data.fingerprint()}", seeds, f"torch{TORCH_SEED}",
+                     schedule] + ([f"extra:{Path(extra).name}"] if extra else []))
 
 
 def _load_items(split: str, cached_only: bool, prefixes: tuple[str, ...] = ("",)) -> list[dict]:
@@ -456,36 +485,49 @@ def _load_items(split: str, cached_only: bool, prefixes: tuple[str, ...] = ("",)
 
 
 def train_one(name: str, cached_only: bool = False) -> None:
-    """Train one model and keep its weights under .cache/ldct/checkpoints (export reads them)."""
+    """Train one model, resuming from its checkpoint (training/checkpoints.py) when one exists, and
+    keep its finished weights there (export reads them); a finished stage is not trained again."""
+    key = stage_key(name)
+    if checkpoints.finished(f"ldct_{name}", key) is not None:
+        _log(stage="skipped: finished weights in the checkpoints", model=name)
+        return
     torch.manual_seed(TORCH_SEED)
     items = _load_items("train", cached_only, _NEEDS[name])
     _log(stage="data", model=name, train_items=len(items))
     trainer, _ = _TRAINERS[name]
-    net = trainer(items, _steps(name), np.random.default_rng([TORCH_SEED, len(name)]))
-    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([TORCH_SEED, len(name)])
     if name == "detector":
-        torch.save(net.state_dict(), CHECKPOINTS / "detector_base.pt")
-        net = refine_detector(net, items, _steps("detector_refine"))
-    torch.save(net.state_dict(), CHECKPOINTS / f"{name}.pt")
+        base_key = stage_key("detector_base")
+        base = checkpoints.finished("ldct_detector_base", base_key)
+        if base is None:
+            net = trainer(items, _steps(name), rng, base_key)
+            checkpoints.save_finished("ldct_detector_base", base_key, net)
+        else:
+            net = DetectorNet()
+            net.load_state_dict(base)
+        net = refine_detector(net, items, _steps("detector_refine"), key)
+    else:
+        net = trainer(items, _steps(name), rng, key)
+    checkpoints.save_finished(f"ldct_{name}", key, net)
 
 
-def refine_saved_detector(cached_only: bool = False) -> None:
-    """``--refine-detector``: only the hard-example schedule, from the saved base detector."""
-    items = _load_items("train", cached_only, _NEEDS["detector"])
-    net = DetectorNet()
-    net.load_state_dict(torch.load(CHECKPOINTS / "detector_base.pt"))
-    net = refine_detector(net, items, _steps("detector_refine"))
-    torch.save(net.state_dict(), CHECKPOINTS / "detector.pt")
+def _finished_nets() -> dict[str, torch.nn.Module]:
+    nets = {}
+    for name, (_, cls) in _TRAINERS.items():
+        weights = checkpoints.finished(f"ldct_{name}", stage_key(name))
+        if weights is None:
+            raise SystemExit(f"no finished ldct_{name} weights for {stage_key(name)} in {checkpoints.CHECKPOINT_DIR}: "
+                             f"train it first (--only {name})")
+        net = cls()
+        net.load_state_dict(weights)
+        nets[name] = net.eval()
+    return nets
 
 
 def calibrate_and_export(cached_only: bool = False) -> None:
     """Temperatures on the validation patches (composition; malignancy as the starting point), the
     three ONNX files, then the served-path Platt calibration of malignancy (calibrate_served)."""
-    nets = {}
-    for name, (_, cls) in _TRAINERS.items():
-        net = cls()
-        net.load_state_dict(torch.load(CHECKPOINTS / f"{name}.pt"))
-        nets[name] = net.eval()
+    nets = _finished_nets()
     validation = _load_items("validation", cached_only, _NEEDS["segmenter"])
     mal_logits, mal_labels, comp_logits, comp_labels = validation_logits(nets["segmenter"], validation)
     t_mal = fit_temperature(mal_logits, mal_labels) if len(mal_labels) else 1.0
@@ -499,8 +541,8 @@ def calibrate_and_export(cached_only: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """No arguments: build the data, train all three, calibrate, export (what ``make models`` runs).
-    ``--only denoise|detector|segmenter`` trains one; ``--refine-detector`` runs only the detector's
-    hard-example schedule from the saved base; ``--export`` only calibrates and exports;
+    ``--only denoise|detector|segmenter`` trains one (the detector's hard-example schedule starts from
+    its finished base schedule when that is in the checkpoints); ``--export`` only calibrates and exports;
     ``--cached-only`` uses the phantoms already cached instead of building the missing ones."""
     args = sys.argv[1:] if argv is None else argv
     cached_only = "--cached-only" in args
@@ -508,14 +550,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if "--only" in args:
         train_one(args[args.index("--only") + 1], cached_only)
-    elif "--refine-detector" in args:
-        refine_saved_detector(cached_only)
     elif "--export" in args:
         calibrate_and_export(cached_only)
     else:
         for name in _TRAINERS:
             train_one(name, cached_only)
-        calibrate_and_export(cached_only)
+        export_key = "|".join(stage_key(name) for name in _TRAINERS)
+        if checkpoints.done("ldct_export", export_key):
+            _log(stage="skipped: exported from these checkpoints already")
+        else:
+            calibrate_and_export(cached_only)
+            checkpoints.mark_done("ldct_export", export_key)
     _log(stage="done", wall_s=round(time.time() - start, 1))
     return 0
 

@@ -117,7 +117,7 @@ def exam_examples(seed: int, size: str, randomise: bool = False) -> dict[str, np
 
 
 @lru_cache(maxsize=1)
-def _fingerprint() -> str:
+def fingerprint() -> str:
     """Changes whenever the phantoms (judged by one reference exam) or the cached arrays' definition
     (CACHE_VERSION) change; cosmetic edits of the generator keep the cache."""
     import hashlib
@@ -134,7 +134,7 @@ def _fingerprint() -> str:
 
 
 def _chunk_dir(size: str, start: int, stop: int, randomise: bool) -> Path:
-    return CACHE_DIR / _fingerprint() / f"{size}_{start}_{stop}{'_vendors' if randomise else ''}"
+    return CACHE_DIR / fingerprint() / f"{size}_{start}_{stop}{'_vendors' if randomise else ''}"
 
 
 def _build_chunk(args: tuple[str, int, int, bool]) -> Path:

@@ -30,7 +30,7 @@ from ingest.steps.mammo import augment, merge_augmented
 from oncostream.evaluation.mammo import cohen_kappa, roc_auc
 from oncostream.model_contract import record_weights
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
-from training import mammo_data
+from training import checkpoints, mammo_data
 from training.calibration import fit_logistic, fit_temperature
 from training.mammo_nets import ClassifierNet, DensityNet, ExportedClassifier, ExportedDensity, view_logit
 
@@ -120,9 +120,10 @@ def _crops(train: mammo_data.MammoExamples, idx: np.ndarray, rng: np.random.Gene
 
 def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamples, steps: int,
                      weights: np.ndarray | None = None, batch: int = 32, lr: float = 2e-3,
-                     validate_every: int = 300) -> ClassifierNet:
+                     validate_every: int = 300, key: str = "") -> ClassifierNet:
     """Fully convolutional training on grid-aligned crops (4x cheaper than whole views on this CPU);
-    views drawn with probability ``weights``; model selection by validation exam AUC on whole views."""
+    views drawn with probability ``weights``; model selection by validation exam AUC on whole views.
+    Resumable from its checkpoint (training/checkpoints.py) when ``key`` names the data."""
     rng = np.random.default_rng(TORCH_SEED)
     net = ClassifierNet()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -132,9 +133,11 @@ def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamp
     bce_lesion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(5.0))
     bce_map = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(5.0))
     bce_view = nn.BCEWithLogitsLoss()
-    best, best_state = -1.0, None
+    progress = checkpoints.Progress("mammo_classifier", key, net, opt, sched, rng, enabled=bool(key),
+                                    extra={"best": -1.0, "best_state": None})
+    best, best_state = progress.extra["best"], progress.extra["best_state"]
     t0, total = time.time(), 0.0
-    for step in range(1, steps + 1):
+    for step in range(progress.step + 1, steps + 1):
         net.train()
         idx = np.sort(rng.choice(len(train), batch, replace=False, p=weights))
         x, les, mal = _crops(train, idx, rng)
@@ -158,6 +161,8 @@ def train_classifier(train: mammo_data.MammoExamples, val: mammo_data.MammoExamp
             total = 0.0
             if exam_auc > best:
                 best, best_state = exam_auc, {k: v.clone() for k, v in net.state_dict().items()}
+                progress.extra.update(best=best, best_state=best_state)
+        progress.tick(step)
     net.load_state_dict(best_state)
     return net.eval()
 
@@ -246,10 +251,9 @@ def region_threshold(heatmaps: np.ndarray, lesion: np.ndarray) -> float:
 def write_contracts(repository: Path, classifier_calibration: dict[str, float],
                     density_calibration: dict[str, float]) -> None:
     shape = [-1, 1, *mammo_data.MODEL_SHAPE]
-    preprocessing = ("view / (2**BitsStored - 1); right-breast views mirrored left-right so the chest wall "
-                     "is on the left edge; resized to 512x416 (rows x cols) with an antialiased linear "
-                     "filter, edges clamped (DALI fn.resize INTERP_LINEAR antialias; "
-                     "ingest/preprocess/mammo.py)")
+    # the canonical frame the models read is defined by ingest/canonical/mammo.py; its description
+    # in the contract stays as written there
+    preprocessing = load_contract(repository, "mammo_classifier")["preprocessing"]
     image = {"name": "image", "dtype": "FP32", "shape": shape, "description": "one preprocessed view"}
     contracts = {
         "mammo_classifier": {
@@ -306,8 +310,33 @@ def recalibrate_exam(repository: Path, workers: int) -> None:
     write_contracts(repository, classifier, density)
 
 
+def load_contract(repository: Path, model: str) -> dict:
+    return yaml.safe_load((repository / model / "contract.yaml").read_text())
+
+
 def load_calibration(repository: Path, model: str) -> dict[str, float]:
-    return yaml.safe_load((repository / model / "contract.yaml").read_text())["calibration"]
+    return load_contract(repository, model)["calibration"]
+
+
+def _stage_key(stage: str, args: argparse.Namespace) -> str:
+    """What a mammography stage's checkpoint was trained on (phantoms' fingerprint, seeds, schedule)."""
+    seeds = (f"train{args.train_exams}-full{args.full_exams}-val{args.val_exams}-fullval{args.full_val_exams}-"
+             f"vendors{mammo_data.CACHE_VERSION}")
+    schedule = f"steps{args.steps}" if stage == "mammo_classifier" else f"epochs{args.density_epochs}"
+    return "/".join([stage, mammo_data.fingerprint(), seeds, f"torch{TORCH_SEED}", schedule])
+
+
+def _trained(stage: str, args: argparse.Namespace, net: nn.Module, train) -> nn.Module:
+    """The stage's finished weights from the checkpoints, or ``train(key)``'s, kept there."""
+    key = _stage_key(stage, args)
+    weights = checkpoints.finished(stage, key)
+    if weights is not None:
+        log(f"{stage}: finished weights from the checkpoints")
+        net.load_state_dict(weights)
+        return net.eval()
+    net = train(key)
+    checkpoints.save_finished(stage, key, net)
+    return net
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     val_selection = mammo_data.load(full_val_folders or val_folders[:2])
     log(f"{len(train)} training views, {len(val)} validation views ready ({time.time() - started:.0f} s)")
 
-    classifier = train_classifier(train, val_selection, args.steps, weights)
+    classifier = _trained("mammo_classifier", args, ClassifierNet(),
+                          lambda key: train_classifier(train, val_selection, args.steps, weights, key=key))
     repo = args.repository
     # Calibration on the validation split: Platt scaling of the view logit, temperature of density.
     a, b = fit_logistic(predict_classifier(classifier, val_selection.images)[:, None], val_selection.view_malignant)
@@ -364,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep_density:
         temperature = load_calibration(repo, "mammo_density")["temperature"]
     else:
-        density = train_density(train, val_selection, args.density_epochs)
+        density = _trained("mammo_density", args, DensityNet(),
+                           lambda key: train_density(train, val_selection, args.density_epochs))
         temperature = fit_temperature(predict_density(density, val.images), val.density)
         log(f"density temperature {temperature:.3f}")
         export(ExportedDensity(density, temperature), repo / "mammo_density" / "1" / "model.onnx", ["density"])
