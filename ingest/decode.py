@@ -46,7 +46,7 @@ from pydicom.uid import (
     RLETransferSyntaxes,
 )
 
-from oncostream.errors import NotScreened, RejectedInstance, UnsupportedTransferSyntax
+from oncostream.errors import NotScreened, ProcessFault, RejectedInstance, UnsupportedTransferSyntax
 from oncostream.ids import loggable_uid
 
 LOG = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ def parse_instance(data: bytes, *, max_bytes: int, limits: InstanceLimits | None
     ``too_many_elements``, ``unknown_sop_class``, ``missing_attribute``, ``invalid_uid``,
     ``invalid_geometry``, ``geometry_above_limit``, ``missing_pixel_data``, ``short_pixel_data``, or
     a mammography refusal of ingest/canonical/mammo.py.
-    Never raises anything else, whatever the bytes; ``limits`` default to the settings' values.
+    Never raises anything else, whatever the bytes, except ProcessFault when this process, not the
+    instance, is at fault (retried, never dead-lettered); ``limits`` default to the settings' values.
     """
     limits = limits or _configured_limits()
     if len(data) > max_bytes:
@@ -154,6 +155,9 @@ def parse_instance(data: bytes, *, max_bytes: int, limits: InstanceLimits | None
     except RejectedInstance:
         raise
     except Exception as exc:  # malformed values surface lazily, on first access
+        fault = ProcessFault.of(exc)
+        if fault is not None:
+            raise fault from exc
         raise RejectedInstance(
             "malformed", f"cannot read attribute values: {type(exc).__name__}: {exc}", sop_instance_uid
         ) from exc
@@ -564,6 +568,8 @@ def _read(data: bytes, limits: InstanceLimits) -> pydicom.Dataset:
         raise
     except InvalidDicomError as exc:
         raise RejectedInstance("not_dicom", f"not a DICOM Part 10 file: {exc}") from exc
+    except (ImportError, MemoryError, RuntimeError) as exc:
+        raise (ProcessFault.of(exc) or RejectedInstance("not_dicom", f"cannot parse as DICOM: {type(exc).__name__}: {exc}")) from exc
     except (EOFError, OSError) as exc:
         raise RejectedInstance("truncated", f"file ends inside its header: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on garbage after a valid preamble

@@ -44,6 +44,24 @@ class UnsupportedTransferSyntax(RejectedInstance):
                          sop_instance_uid)
 
 
+class ProcessFault(OncostreamError):
+    """This process could not read an instance for a reason of its own, not of the instance (a module
+    import failing or deadlocking between threads, memory running out, a decoder's dependency
+    missing): the instance is read again later (the worker stops without committing past it, the
+    gateway answers "out of resources"), never dead-lettered."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ProcessFault | None:
+        """The fault an exception raised while reading an instance stands for, or None when the
+        exception comes from the instance's bytes. pydicom reports malformed values with ValueError,
+        TypeError, KeyError and their kin, and deep nesting with RecursionError; an ImportError,
+        MemoryError or other RuntimeError says nothing about the bytes."""
+        if isinstance(exc, (ImportError, MemoryError)) or (
+                isinstance(exc, RuntimeError) and not isinstance(exc, RecursionError)):
+            return cls(f"cannot read an instance in this process: {type(exc).__name__}: {exc}")
+        return None
+
+
 class BackendUnavailable(OncostreamError):
     """The inference backend cannot serve now; callers pause and retry after ``retry_after`` s."""
 

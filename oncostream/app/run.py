@@ -15,7 +15,7 @@ from ingest.base import SourceMessage
 from oncostream import metrics
 from oncostream.app.lifecycle import ConcurrentStudies, Outcome, RejectionLog, StudyLifecycle, validate
 from oncostream.contracts import LungRadsCategory, TriageEvent
-from oncostream.errors import DeadLetterUnavailable, NotScreened, RejectedInstance
+from oncostream.errors import DeadLetterUnavailable, NotScreened, ProcessFault, RejectedInstance
 from oncostream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def main_run(args) -> int:
             finish(assembler.flush_all())
             ended(processing.drain())
             progress.update(task, description="done")
-    except DeadLetterUnavailable as exc:
+    except (DeadLetterUnavailable, ProcessFault) as exc:  # not the input's fault: a rerun reads it again
         console.print(f"[red]stopped: {exc}[/red]")
         unfinished += 1
     finally:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from oncostream.app import health
 from oncostream.app.lifecycle import ConcurrentStudies, DeadLetter, Outcome, StudyLifecycle, validate
-from oncostream.errors import ClaimStoreUnavailable, NotScreened, RejectedInstance
+from oncostream.errors import ClaimStoreUnavailable, NotScreened, ProcessFault, RejectedInstance
 from oncostream.settings import Settings
 from oncostream.streaming import (
     PublishedAhead,
@@ -263,9 +263,9 @@ class Worker:
             data = instance_bytes(message, self.resolver)
             metrics.record(metrics.INSTANCE_BYTES.inc, len(data))
             ds, modality = validate(data, self.settings)
-        except ClaimStoreUnavailable:
-            # an outage says nothing about the instance: no commit may pass it, and the loop stops (exit 1)
-            # so that the group reads it again from the committed offset once the store answers
+        except (ClaimStoreUnavailable, ProcessFault):
+            # an outage or a fault of this process says nothing about the instance: no commit may pass
+            # it, and the loop stops (exit 1) so that the group reads it again from the committed offset
             self._unread = merge_lowest(self._unread, {(message.topic, message.partition): message.offset})
             raise
         except NotScreened:

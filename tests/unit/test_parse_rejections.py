@@ -103,3 +103,36 @@ def test_corrupted_real_instance_raises_only_rejected_instance(valid_ct_bytes, e
         parse_instance(_mutated(valid_ct_bytes, edits, cut), max_bytes=VALID_CT_MAX_BYTES)
     except RejectedInstance:
         pass
+
+
+@pytest.mark.parametrize("fault", [ImportError("cannot import name 'codes'"), MemoryError(),
+                                   RuntimeError("deadlock detected by _ModuleLock('pydicom.sr.coding')")],
+                         ids=lambda e: type(e).__name__)
+def test_a_fault_of_this_process_is_not_blamed_on_the_instance(valid_ct_bytes, monkeypatch, fault):
+    """An import deadlocking between threads (seen once: a valid instance dead-lettered as `malformed`)
+    or memory running out is retried, not dead-lettered."""
+    from ingest import decode
+    from oncostream.errors import ProcessFault
+
+    def fails(*_args):
+        raise fault
+
+    monkeypatch.setattr(decode, "_check_required", fails)
+    with pytest.raises(ProcessFault) as caught:
+        parse_instance(valid_ct_bytes, max_bytes=VALID_CT_MAX_BYTES)
+    assert not isinstance(caught.value, RejectedInstance)
+    assert type(fault).__name__ in str(caught.value)
+
+
+@pytest.mark.parametrize("error", [ValueError("invalid literal for int()"), RecursionError("too deep")],
+                         ids=lambda e: type(e).__name__)
+def test_a_value_that_cannot_be_read_is_still_malformed(valid_ct_bytes, monkeypatch, error):
+    from ingest import decode
+
+    def fails(*_args):
+        raise error
+
+    monkeypatch.setattr(decode, "_check_required", fails)
+    with pytest.raises(RejectedInstance) as caught:
+        parse_instance(valid_ct_bytes, max_bytes=VALID_CT_MAX_BYTES)
+    assert caught.value.reason == "malformed"

@@ -108,3 +108,31 @@ def test_studies_processed_at_once_give_the_same_outputs_as_one_at_a_time(tmp_pa
         outputs.append((timeless, srs))
     assert len(outputs[0][0]) == 2
     assert outputs[0] == outputs[1], "the same events and byte-identical SRs whatever the concurrency"
+
+
+def test_a_fault_of_this_process_stops_the_run_without_blaming_the_instance(tmp_path, studies, monkeypatch):
+    """An instance this process could not read for a reason of its own (an import failing, memory) is
+    not dead-lettered: the run stops with exit 1, and running it again reads the instance."""
+    from ingest import decode
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for path in studies["mg"]:
+        shutil.copy(path, inp / path.name)
+    checks = decode._check_required
+    calls = []
+
+    def import_fails_once(ds, uid):
+        calls.append(uid)
+        if len(calls) == 2:
+            raise ImportError("cannot import name 'codes' (most likely due to a circular import)")
+        return checks(ds, uid)
+
+    monkeypatch.setattr(decode, "_check_required", import_fails_once)
+    out = tmp_path / "out"
+    assert run(inp, out) == 1
+    assert not (out / "rejected.jsonl").exists(), "a process fault is not the instance's"
+    assert not (out / "triage.jsonl").exists() or not (out / "triage.jsonl").read_text().strip()
+    assert run(inp, out) == 0
+    (line,) = (out / "triage.jsonl").read_text().splitlines()
+    assert not json.loads(line)["incomplete"]
