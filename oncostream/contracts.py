@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1.2"
+# Versions whose events this code reads back (the results store keeps events for years): every 1.x
+# change only added fields with defaults, so an older event reads as the current version with those
+# fields at their defaults (no prior compared, no review reasons).
+READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", "1.2")
 
 Priority = Literal["URGENT", "HIGH", "ROUTINE", "LOW"]
 Modality = Literal["MG", "CT"]
@@ -104,6 +109,17 @@ class TriageEvent(_Frozen):
     prior_interval_days: int | None = None
     # CT: centroid of the lung fields (LPS mm), what a later round aligns its scan to
     lung_centroid_mm: tuple[float, float, float] | None = None
+
+
+def read_triage_event(data: str | bytes) -> TriageEvent:
+    """A stored or received TriageEvent of any readable schema version, as the current version;
+    ValueError (pydantic's ValidationError is one) for a version this code does not read."""
+    raw = json.loads(data)
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"TriageEvent schema_version {version!r} is not one this code reads "
+                         f"({', '.join(READABLE_SCHEMA_VERSIONS)})")
+    return TriageEvent.model_validate({**raw, "schema_version": SCHEMA_VERSION})
 
 
 class ClaimCheck(_Frozen):

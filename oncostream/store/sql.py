@@ -22,7 +22,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, insert, selec
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from oncostream.contracts import MammoCategory, MammoFinding, NoduleFinding, Priority, TriageEvent
+from oncostream.contracts import MammoCategory, MammoFinding, NoduleFinding, Priority, TriageEvent, read_triage_event
 from oncostream.store.errors import StoreError
 from oncostream.store.schema import mammo_findings, nodules, outputs, studies
 from oncostream.study import PriorStudy, StudyResult
@@ -259,11 +259,13 @@ class ResultsStore:
     @staticmethod
     def _event(study_instance_uid: str, event_json: str) -> TriageEvent:
         try:
-            return TriageEvent.model_validate_json(event_json)
+            return read_triage_event(event_json)
         except ValidationError as exc:
             raise StoreError(f"results store: the stored event of study {study_instance_uid} no longer reads "
                              f"as a TriageEvent ({exc.error_count()} errors, first: {exc.errors()[0]['msg']})"
                              ) from exc
+        except ValueError as exc:  # a schema version this code does not read
+            raise StoreError(f"results store: the stored event of study {study_instance_uid}: {exc}") from exc
 
     def close(self) -> None:
         self.engine.dispose()
