@@ -51,11 +51,12 @@ class PipelineDestination(Destination):
     """The embedded pipeline: a durable spool, assembly under a lock (C-STORE handlers run on one thread
     per association), the study lifecycle on one worker thread, and a timer thread that closes studies
     quiet for ``settings.assembly_timeout_s``. ``pipeline`` and ``sinks`` default to the configured
-    backend and the file sink under ``out``."""
+    backend, and to the file sink under ``out`` with the configured deliveries (PACS, FHIR, the results
+    store), as ``run`` and the worker have."""
 
     def __init__(self, settings: Settings, out: Path, pipeline=None, sinks: list | None = None):
         from ingest.assembly import Assembler
-        from oncostream.app.pipeline import Pipeline, make_backend
+        from oncostream.app.pipeline import Pipeline, delivery_sinks, make_backend
         from postprocess.file_sink import FileSink
 
         self.settings = settings
@@ -75,7 +76,9 @@ class PipelineDestination(Destination):
         self._studies: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._failure: str | None = None  # set when the pipeline thread met an error no policy row covers
-        self.lifecycle = StudyLifecycle(settings, pipeline, sinks if sinks is not None else [FileSink(self.out)],
+        if sinks is None:
+            sinks = [FileSink(self.out), *delivery_sinks(settings, files_dir=self.out)]
+        self.lifecycle = StudyLifecycle(settings, pipeline, sinks,
                                         self._rejections, self._wait,
                                         assembler=_LockedAssembler(self._assembler, self._lock))
         self._seq = self._replay()

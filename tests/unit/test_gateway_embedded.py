@@ -209,3 +209,40 @@ def test_an_object_no_pipeline_reads_is_acknowledged_and_ignored(tmp_path, exam)
     (study,) = running.sink.published
     assert len(study.datasets) == 4, "the exam is read without it"
     assert not (tmp_path / "rejected.jsonl").exists(), "not a dead letter"
+
+
+def test_the_embedded_gateway_delivers_where_run_and_the_worker_do(tmp_path, exam):
+    """Without sinks given, the gateway writes files and the configured deliveries: here the results
+    store (always configured; the autouse fixture points it at a fresh SQLite file), with the real
+    embedded models."""
+    import os
+
+    from oncostream.store import open_store
+
+    destination = PipelineDestination(settings(assembly_timeout_s=0.5), tmp_path)
+    gateway = Gateway(destination, ae_title=AE_TITLE)
+    port = gateway.start(0, host="127.0.0.1")
+    try:
+        ae = AE(ae_title=CALLING)
+        for path in exam:
+            ds = pydicom.dcmread(path)
+            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title=AE_TITLE)
+        assert assoc.is_established
+        try:
+            for path in exam:
+                assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+        finally:
+            assoc.release()
+        triage = tmp_path / "triage.jsonl"
+        until(lambda: triage.exists() and triage.read_text().strip(), timeout_s=120.0)
+    finally:
+        gateway.stop()
+        destination.close()
+    store = open_store(os.environ["ONCOSTREAM_STORE_URL"])
+    try:
+        (row,) = store.worklist()
+    finally:
+        store.close()
+    assert row.event.study_instance_uid == str(pydicom.dcmread(exam[0]).StudyInstanceUID)
+    assert {o.kind for o in row.outputs} >= {"SR"}, "the outputs the file sink wrote are recorded"
