@@ -442,8 +442,10 @@ def calibrate_served(segmenter: SegmenterNet, calibration: dict[str, float], see
     return calibrated
 
 
-_TRAINERS = {"denoise": (train_denoise, DenoiseNet), "detector": (train_detector, DetectorNet),
-             "segmenter": (train_segmenter, SegmenterNet)}
+# in this order: the malignancy head first, the part most sensitive to other vendors' textures (a stopped
+# run keeps the finished stages; training/checkpoints.py)
+_TRAINERS = {"segmenter": (train_segmenter, SegmenterNet), "detector": (train_detector, DetectorNet),
+             "denoise": (train_denoise, DenoiseNet)}
 # the schedules each finished stage went through (part of its checkpoint key)
 _STAGE_STEPS = {"denoise": ("denoise",), "detector_base": ("detector",),
                 "detector": ("detector", "detector_refine"), "segmenter": ("segmenter",)}
