@@ -102,9 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pooled nodule-calibration phantoms (default: 200 from 2,000,000 unless --seeds is given)")
     p.add_argument("--json", type=Path, default=None, dest="json_path", metavar="FILE")
     p.add_argument("--size", choices=["small", "full"], default="full")
-    p.add_argument("--profile", default="default", metavar="NAME",
+    p.add_argument("--profile", default="default", metavar="NAME[,NAME...]|all",
                    help="re-express the studies as another vendor would write them (oncostream/synth/vendors.py "
-                        "MAMMO_PROFILES, CT_PROFILES); the JSON keys gain the suffix _<NAME>")
+                        "MAMMO_PROFILES, CT_PROFILES); several in one run, comma-separated, or all; each "
+                        "profile's JSON keys gain the suffix _<NAME> (the default's none)")
+    p.add_argument("--modality", choices=["both", "ct", "mg"], default="both",
+                   help="evaluate only one modality's models (e.g. after retraining only those)")
     p.add_argument("--rounds", type=int, default=None, metavar="2",
                    help="evaluate follow-up instead: two screening rounds per patient (seed), the second compared "
                         "with the first (default 30 patients from 3,000,000)")

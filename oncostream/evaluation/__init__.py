@@ -64,12 +64,15 @@ TARGETS = {
 }
 
 
+MODALITIES = ("CT", "MG")
+
+
 def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: range = range(0),
-             profile: str = "default") -> dict:
-    """Both modalities and the pooled nodule-calibration set (when ``pooled_seeds``); the keys merged.
-    Another ``profile`` evaluates the modalities it applies to (oncostream/synth/vendors.py), their
-    studies re-expressed by it, with its name appended to every key (``mammo_exam_auc_larger_detector``,
-    ``ldct_sensitivity_at_1fp_ge6mm_thick_2.5mm``)."""
+             profile: str = "default", modalities: tuple[str, ...] = MODALITIES) -> dict:
+    """Both modalities (or those in ``modalities``) and the pooled nodule-calibration set (when
+    ``pooled_seeds``); the keys merged. Another ``profile`` evaluates the modalities it applies to
+    (oncostream/synth/vendors.py), their studies re-expressed by it, with its name appended to every
+    key (``mammo_exam_auc_larger_detector``, ``ldct_sensitivity_at_1fp_ge6mm_thick_2.5mm``)."""
     from oncostream.evaluation.ldct import evaluate_ldct, evaluate_nodule_calibration
     from oncostream.evaluation.mammo import evaluate_mammo
 
@@ -77,17 +80,32 @@ def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: ran
         from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
 
         results = {}
-        if profile in CT_PROFILES:
+        if profile in CT_PROFILES and "CT" in modalities:
             results.update(evaluate_ldct(ldct_seeds, size, profile=profile))
-        if profile in MAMMO_PROFILES:
+        if profile in MAMMO_PROFILES and "MG" in modalities:
             results.update(evaluate_mammo(mammo_seeds, size, profile=profile))
         return {f"{k}_{profile}": v for k, v in results.items()}
     results = {}
-    results.update(evaluate_ldct(ldct_seeds, size))
-    if len(pooled_seeds):
-        results.update(evaluate_nodule_calibration(pooled_seeds, size))
-    results.update(evaluate_mammo(mammo_seeds, size))
+    if "CT" in modalities:
+        results.update(evaluate_ldct(ldct_seeds, size))
+        if len(pooled_seeds):
+            results.update(evaluate_nodule_calibration(pooled_seeds, size))
+    if "MG" in modalities:
+        results.update(evaluate_mammo(mammo_seeds, size))
     return results
+
+
+def profiles_of(argument: str) -> list[str]:
+    """``--profile``: one name, several separated by commas, or ``all`` (the default, then every other
+    profile); SystemExit naming the choices for an unknown one."""
+    from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
+
+    known = list({**MAMMO_PROFILES, **CT_PROFILES})
+    names = ["default", *[k for k in known if k != "default"]] if argument == "all" else argument.split(",")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"--profile: one or more of {', '.join(known)} (comma-separated) or all; got {unknown}")
+    return names
 
 
 def _without_profile(key: str) -> str:
@@ -153,21 +171,22 @@ def main(args) -> int:
         pooled_seeds = (range(0) if args.seeds else
                         range(DEFAULT_POOLED_FIRST_SEED, DEFAULT_POOLED_FIRST_SEED + DEFAULT_POOLED_SERIES))
     size = getattr(args, "size", "full")
-    profile = getattr(args, "profile", "default")
-    from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
-
-    if profile not in {**MAMMO_PROFILES, **CT_PROFILES}:
-        raise SystemExit(f"--profile: one of {', '.join({**MAMMO_PROFILES, **CT_PROFILES})}, got {profile!r}")
-    results = evaluate(ldct_seeds, mammo_seeds, size, pooled_seeds, profile)
+    profiles = profiles_of(getattr(args, "profile", "default"))
+    modalities = MODALITIES if getattr(args, "modality", "both") == "both" else (args.modality.upper(),)
+    results = {}
+    for profile in profiles:  # each profile's keys carry its name (the default's none)
+        results.update(evaluate(ldct_seeds, mammo_seeds, size, pooled_seeds, profile, modalities))
     print(f"oncostream eval: LDCT seeds {ldct_seeds.start}:{ldct_seeds.stop}, "
           f"pooled LDCT seeds {pooled_seeds.start}:{pooled_seeds.stop}, "
-          f"mammography seeds {mammo_seeds.start}:{mammo_seeds.stop}, size {size}")
+          f"mammography seeds {mammo_seeds.start}:{mammo_seeds.stop}, size {size}, profiles {','.join(profiles)}, "
+          f"modalities {','.join(modalities)}")
     print(format_table(results))
     if args.json_path is not None:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"ldct_seeds": [ldct_seeds.start, ldct_seeds.stop],
                    "pooled_seeds": [pooled_seeds.start, pooled_seeds.stop],
                    "mammo_seeds": [mammo_seeds.start, mammo_seeds.stop], "size": size,
+                   "profiles": profiles, "modalities": list(modalities),
                    **{k: _json_safe(v) for k, v in results.items()}}
         args.json_path.write_text(json.dumps(payload, indent=2) + "\n")
     return 0

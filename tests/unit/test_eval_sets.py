@@ -41,3 +41,27 @@ def test_progress_is_logged_every_so_many_seeds_and_at_the_end(caplog):
     assert list(evaluation.with_progress(range(10, 15), "things", every=2)) == [10, 11, 12, 13, 14]
     assert [r.getMessage() for r in caplog.records] == [
         "things: 2 of 5 done", "things: 4 of 5 done", "things: 5 of 5 done"]
+
+
+def test_several_profiles_in_one_run_give_each_its_keys_and_one_modality_only_its_own(monkeypatch):
+    """`oncostream eval --profile default,thick_2.5mm,larger_detector --modality ct`: the LDCT figures of
+    the default (no suffix) and of the CT profile (suffixed); the mammography profile and models untouched."""
+    import argparse
+
+    import pytest
+
+    from oncostream.evaluation import ldct, mammo
+
+    calls = []
+    monkeypatch.setattr(ldct, "evaluate_ldct", lambda seeds, size, profile="default": calls.append(("CT", profile))
+                        or {"ldct_auc": 0.9})
+    monkeypatch.setattr(ldct, "evaluate_nodule_calibration", lambda seeds, size: {"ldct_pooled_ece": 0.04})
+    monkeypatch.setattr(mammo, "evaluate_mammo", lambda seeds, size, profile="default": calls.append(("MG", profile))
+                        or {"mammo_auc": 0.9})
+    args = argparse.Namespace(seeds=range(1, 3), pooled_seeds=range(0), json_path=None, size="small",
+                              profile="default,thick_2.5mm,larger_detector", modality="ct", rounds=None)
+    assert evaluation.main(args) == 0
+    assert calls == [("CT", "default"), ("CT", "thick_2.5mm")]
+    assert evaluation.profiles_of("all")[0] == "default" and "smooth_kernel" in evaluation.profiles_of("all")
+    with pytest.raises(SystemExit, match="no_such_vendor"):
+        evaluation.profiles_of("default,no_such_vendor")
