@@ -1,4 +1,5 @@
-"""One assembled LDCT series -> nodule findings in patient coordinates.
+"""One assembled LDCT series -> nodule findings in patient coordinates (and the look-back candidates
+below the detector's operating point, kept for a later round's comparison, never reported).
 
 The backend works in voxel space (``LdctRaw``); this module owns the DICOM geometry: it builds the
 HU volume and spacing from the datasets, and maps each candidate's 1 mm mask patch back to patient
@@ -18,7 +19,7 @@ from ingest.canonical.ldct import THIN_SERIES_MM, CanonicalOrientation
 from ingest.decode import decode_pixels
 from ingest.preprocess.ldct import PATCH_SIZE, PATCH_SPACING_MM, patch_to_source_index, source_to_patch_index
 from oncostream.errors import OncostreamError
-from oncostream.study import LdctInference, NoduleCandidate, Study
+from oncostream.study import LdctInference, LookbackCandidate, NoduleCandidate, Study
 
 COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
 MASK_THRESHOLD = 0.5
@@ -125,7 +126,8 @@ def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
         if nodule.mask is not None:
             nodule.mask = orientation.to_stored(nodule.mask)
     return LdctInference(nodules=nodules, model_versions=backend.model_versions(),
-                         review_reasons=thickness_review(study.datasets, geometry))
+                         review_reasons=thickness_review(study.datasets, geometry),
+                         lookback=lookback_from_raw(raw, frame, nodules))
 
 
 def thickness_review(datasets: list[Dataset], geometry: SeriesGeometry) -> list[str]:
@@ -142,24 +144,16 @@ def thickness_review(datasets: list[Dataset], geometry: SeriesGeometry) -> list[
 
 
 def nodules_from_raw(raw: LdctRaw, geometry: SeriesGeometry, volume_shape: tuple[int, int, int]) -> list[NoduleCandidate]:
-    """Candidates with a non-empty mask, as NoduleCandidate; duplicates of a kept nodule are dropped."""
+    """Candidates at or above the operating point with a non-empty mask, as NoduleCandidate; duplicates of a
+    kept nodule are dropped."""
     nodules: list[NoduleCandidate] = []
-    kept_centres: list[np.ndarray] = []
-    kept_radii: list[float] = []
-    order = np.argsort(-raw.candidates[:, 4], kind="stable") if len(raw.candidates) else []
-    for k in order:
-        mask = central_component(raw.masks[k] >= MASK_THRESHOLD)
-        if not mask.any():
-            continue
-        centre_index = raw.candidates[k, :3].astype(np.float64)
-        measures = mask_measurements(mask, raw.masks[k])
-        centre_source = patch_to_source_index(measures["centroid"], centre_index, geometry.spacing_mm)
-        centre_mm = geometry.to_patient_mm(centre_source)
+    kept: list[tuple[np.ndarray, float]] = []
+    for k, mask, measures, centre_mm in _measured(raw, geometry, reported=True):
         radius = measures["mean_diameter_mm"] / 2.0
-        if any(np.linalg.norm(centre_mm - c) < max(r, radius) for c, r in zip(kept_centres, kept_radii)):
+        if _duplicate(centre_mm, radius, kept):
             continue
-        kept_centres.append(centre_mm)
-        kept_radii.append(radius)
+        kept.append((centre_mm, radius))
+        centre_index = raw.candidates[k, :3].astype(np.float64)
         nodules.append(NoduleCandidate(
             center_mm=tuple(float(v) for v in centre_mm),
             detection_score=float(raw.candidates[k, 4]),
@@ -172,6 +166,47 @@ def nodules_from_raw(raw: LdctRaw, geometry: SeriesGeometry, volume_shape: tuple
             mask=mask_on_source_grid(mask, centre_index, geometry.spacing_mm, volume_shape),
         ))
     return nodules
+
+
+def lookback_from_raw(raw: LdctRaw, geometry: SeriesGeometry,
+                      nodules: list[NoduleCandidate]) -> list[LookbackCandidate]:
+    """Candidates below the operating point with a non-empty mask (ingest/steps/ldct.py series_candidates),
+    measured as nodules are; one that duplicates a reported nodule or a higher look-back candidate is dropped."""
+    kept = [(np.asarray(n.center_mm, np.float64), n.mean_diameter_mm / 2.0) for n in nodules]
+    lookback: list[LookbackCandidate] = []
+    for k, _, measures, centre_mm in _measured(raw, geometry, reported=False):
+        radius = measures["mean_diameter_mm"] / 2.0
+        if _duplicate(centre_mm, radius, kept):
+            continue
+        kept.append((centre_mm, radius))
+        lookback.append(LookbackCandidate(
+            center_mm=tuple(float(v) for v in centre_mm), mean_diameter_mm=measures["mean_diameter_mm"],
+            volume_mm3=measures["volume_mm3"], detection_score=float(raw.candidates[k, 4])))
+    return lookback
+
+
+def _measured(raw: LdctRaw, geometry: SeriesGeometry, reported: bool):
+    """(row, patch mask, mask_measurements, centre in patient mm) of the candidates at or above the operating
+    point (``reported``) or below it, highest score first, each with a component at its patch centre."""
+    if not len(raw.candidates):
+        return
+    scores = raw.candidates[:, 4]
+    above = scores >= np.float32(raw.operating_point)  # float32, as the steps compared
+    for k in np.argsort(-scores, kind="stable"):
+        if bool(above[k]) != reported:
+            continue
+        mask = central_component(raw.masks[k] >= MASK_THRESHOLD)
+        if not mask.any():
+            continue
+        measures = mask_measurements(mask, raw.masks[k])
+        centre_source = patch_to_source_index(measures["centroid"], raw.candidates[k, :3].astype(np.float64),
+                                              geometry.spacing_mm)
+        yield int(k), mask, measures, geometry.to_patient_mm(centre_source)
+
+
+def _duplicate(centre_mm: np.ndarray, radius: float, kept: list[tuple[np.ndarray, float]]) -> bool:
+    """Whether a centre lies inside a kept nodule, or a kept one inside it: one object found twice."""
+    return any(np.linalg.norm(centre_mm - c) < max(r, radius) for c, r in kept)
 
 
 def central_component(mask: np.ndarray) -> np.ndarray:

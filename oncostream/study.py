@@ -71,12 +71,34 @@ class NoduleCandidate:
     solid_component_mm: float | None = None  # part-solid only: mean diameter of the solid core, when measured
 
 
+@dataclass(frozen=True)
+class LookbackCandidate:
+    """A detector peak below the operating point, segmented like a nodule but never reported (no finding,
+    no category, no priority): kept with the study in the results store so that a later round can look
+    back at it when it finds a nodule this read did not report (postprocess/followup.py). Patient LPS mm."""
+
+    center_mm: tuple[float, float, float]
+    mean_diameter_mm: float
+    volume_mm3: float
+    detection_score: float
+
+    def __post_init__(self):
+        if len(self.center_mm) != 3:
+            raise ValueError(f"center_mm: want x, y, z in mm, got {self.center_mm!r}")
+        for name in ("mean_diameter_mm", "volume_mm3"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: want a size >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.detection_score <= 1.0:
+            raise ValueError(f"detection_score: want a score in [0, 1], got {self.detection_score!r}")
+
+
 @dataclass
 class LdctInference:
     nodules: list[NoduleCandidate]
     model_versions: dict[str, str]
     denoised_hu: np.ndarray | None = None  # (slices, rows, cols), kept only when asked for
     review_reasons: list[str] = field(default_factory=list)  # why a reader must look whatever the category
+    lookback: list[LookbackCandidate] = field(default_factory=list)  # below the operating point, never reported
 
 
 @dataclass
@@ -107,6 +129,8 @@ class PriorStudy:
     study_instance_uid: str
     study_date: date | None
     event: "TriageEvent"  # noqa: F821 - oncostream.contracts.TriageEvent
+    # its read's look-back candidates, from the results store; a prior read back from its SR (PACS) has none
+    lookback_candidates: tuple[LookbackCandidate, ...] = ()
 
 
 @dataclass
@@ -118,3 +142,5 @@ class StudyResult:
     sr: Dataset | None
     segs: list[Dataset] = field(default_factory=list)
     secondary: list[Dataset] = field(default_factory=list)  # e.g. mammography heatmaps
+    # LDCT, internal: never published nor in the DICOM outputs; the results store keeps them for the next round
+    lookback_candidates: tuple[LookbackCandidate, ...] = ()

@@ -14,7 +14,7 @@ from functools import partial
 
 from oncostream.contracts import LungRadsCategory, MammoFinding, NoduleFinding, TriageEvent
 from oncostream.settings import Settings
-from oncostream.study import LdctInference, MammoInference, PriorStudy, Study, StudyResult
+from oncostream.study import LdctInference, LookbackCandidate, MammoInference, PriorStudy, Study, StudyResult
 from oncostream.uids import derive_uid, model_fingerprint
 from postprocess import lungrads
 from postprocess.heatmap import heatmap_images
@@ -95,6 +95,16 @@ def _ldct(study: Study, inference: LdctInference, policy: ProgramPolicy,
             round(1.0 - uncertainty, 4), uncertainty)
 
 
+def _lookback(inference: LdctInference) -> tuple[LookbackCandidate, ...]:
+    """The look-back candidates rounded as findings are, so a later round compares with exactly what the
+    results store keeps (they are never findings: no category, no priority, not in the event or SR)."""
+    return tuple(LookbackCandidate(center_mm=tuple(round(float(c), 2) for c in candidate.center_mm),
+                                   mean_diameter_mm=_mm(candidate.mean_diameter_mm),
+                                   volume_mm3=round(max(float(candidate.volume_mm3), 0.0), 1),
+                                   detection_score=_p(candidate.detection_score))
+                 for candidate in inference.lookback)
+
+
 def _mammo_findings(inference: MammoInference) -> list[MammoFinding]:
     findings = []
     for view in inference.views:
@@ -116,7 +126,8 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
     ``prior`` is the patient's previous exam of the same modality (the newest one before this study):
     LDCT nodules are matched to its nodules after aligning the lung fields (``lung_centroid_mm`` of
     this series against the prior event's), then categorised by the Lung-RADS follow-up rules with
-    their change, tracking UIDs carried over; mammography findings are compared with its findings and
+    their change, tracking UIDs carried over (a nodule it did not report, with its look-back candidates:
+    postprocess/followup.py); mammography findings are compared with its findings and
     its scores reported next to these. ``priors`` (LDCT, without ``prior``) gives the matches by hand:
     one entry per current nodule, the matched prior nodule or None for a new one. ``now`` stamps
     ``triaged_at`` only; nothing in the DICOM outputs depends on the wall clock.
@@ -134,6 +145,7 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
     sr_series_uid = uid("sr-series")
     segs = []
     secondary = []
+    lookback: tuple[LookbackCandidate, ...] = ()
     reasons = list(inference.review_reasons)
     interval = interval_days(study.study_date, prior.study_date) if prior is not None else None
     if isinstance(inference, LdctInference):
@@ -153,6 +165,7 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
                                   device_uid=device_uid, when=when)
         if seg is not None:
             segs.append(seg)
+        lookback = _lookback(inference)
     else:
         findings = _mammo_findings(inference)
         category = mammo_category(inference.exam_malignancy_probability, inference.density_probabilities,
@@ -181,4 +194,5 @@ def build_result(study: Study, inference: LdctInference | MammoInference, settin
         arrived_at=study.arrived_at, triaged_at=triaged_at, patient_id=_patient_id(study, settings),
         prior_study_instance_uid=prior_uid, prior_interval_days=interval,
         lung_centroid_mm=lung_centroid_mm if modality == "CT" else None)
-    return StudyResult(study=study, event=event, sr=sr, segs=segs, secondary=secondary)
+    return StudyResult(study=study, event=event, sr=sr, segs=segs, secondary=secondary,
+                       lookback_candidates=lookback)

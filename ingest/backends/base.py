@@ -20,6 +20,10 @@ class LdctRaw:
     malignancy: np.ndarray  # float32 [K]: calibrated probability
     composition: np.ndarray  # float32 [K, 4]: solid, part_solid, ground_glass, calcified
     uncertainty: np.ndarray  # float32 [K]: flip test-time-augmentation spread of the malignancy probability
+    # not a tensor: the detector's operating point (its contract's calibration.detection_threshold). The
+    # candidates scoring below it are look-back candidates (ingest/steps/ldct.py series_candidates): kept
+    # for a later round's comparison, never reported
+    operating_point: float
 
 
 @dataclass

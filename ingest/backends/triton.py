@@ -28,7 +28,7 @@ import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from ingest.backends.base import PATCH_SIZE, InferenceBackend, LdctRaw, MammoRaw
-from ingest.steps.ldct import MAX_CANDIDATES
+from ingest.steps.ldct import MAX_SERIES_CANDIDATES, detection_threshold
 from oncostream.errors import BackendUnavailable, ContractMismatch, OncostreamError
 from oncostream.model_contract import MODEL_NAMES, WEIGHTS_PARAMETER, ModelContract, load_contract
 from oncostream.settings import Settings
@@ -47,10 +47,12 @@ RETRY_AFTER_S = 10.0
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED")
 _LDCT_OUTPUTS = ("candidates", "masks", "malignancy", "composition", "uncertainty")
 _MAMMO_OUTPUTS = ("malignancy", "heatmaps", "density", "uncertainty")
-# ingest/steps/ldct.py keeps at most MAX_CANDIDATES candidates per series: that bounds every output
-_LDCT_OUTPUT_BOUNDS = {"candidates": MAX_CANDIDATES * 5 * 4, "masks": MAX_CANDIDATES * PATCH_SIZE**3 * 4,
-                       "malignancy": MAX_CANDIDATES * 4, "composition": MAX_CANDIDATES * 4 * 4,
-                       "uncertainty": MAX_CANDIDATES * 4}
+# ingest/steps/ldct.py keeps at most MAX_SERIES_CANDIDATES candidates per series (reported and look-back):
+# that bounds every output
+_LDCT_OUTPUT_BOUNDS = {"candidates": MAX_SERIES_CANDIDATES * 5 * 4,
+                       "masks": MAX_SERIES_CANDIDATES * PATCH_SIZE**3 * 4,
+                       "malignancy": MAX_SERIES_CANDIDATES * 4, "composition": MAX_SERIES_CANDIDATES * 4 * 4,
+                       "uncertainty": MAX_SERIES_CANDIDATES * 4}
 _region_ids = itertools.count()
 _backend_ids = itertools.count()
 
@@ -267,7 +269,9 @@ class TritonBackend(InferenceBackend):
         out = self._infer(LDCT_ENSEMBLE, {"volume_hu": np.ascontiguousarray(volume_hu, np.float32),
                                           "spacing_mm": np.ascontiguousarray(spacing_mm, np.float32)},
                           _LDCT_OUTPUTS, _LDCT_OUTPUT_BOUNDS)
-        return LdctRaw(**out)
+        # the server's detect step kept look-back candidates below its detector contract's operating point;
+        # the served weights are this contract's (checked at start-up) and the operating point is fitted with them
+        return LdctRaw(**out, operating_point=detection_threshold(self._contracts["ldct_nodule_detector"]))
 
     def infer_mammo(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> MammoRaw:
         if not (len(images) == len(frames) == len(masks)):

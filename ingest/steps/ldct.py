@@ -4,7 +4,7 @@ The embedded backend composes them in :func:`run`; Triton's CPU python-backend m
 same functions, so both realisations compute the same thing:
 
     HU volume -> denoise_input -> ldct_denoise (slice batches) -> detector_input (2 mm, windowed)
-    -> ldct_nodule_detector -> extract_candidates -> nodule_patches (1 mm, 48^3)
+    -> ldct_nodule_detector -> series_candidates (reported, then look-back) -> nodule_patches (1 mm, 48^3)
     -> ldct_nodule_segmenter (+ left-right flip) -> combine_segmentations -> LdctRaw
 """
 
@@ -61,6 +61,19 @@ def detection_threshold(detector: ModelContract) -> float:
     return detector.calibration["detection_threshold"]
 
 
+# Look-back: detector peaks from this floor up to the operating point are segmented as well and kept with
+# the study, never reported, so that a later round can look back at a nodule this read did not report
+# (a radiologist who finds a nodule looks for it on the prior). The floor sits well below the operating
+# point because the question differs: not "is this a nodule?" but "was the nodule a later round found
+# here already visible?". Below the operating point a peak is less often a nodule (that is what the
+# operating point trades), so these are never findings and one counts only when a later round's finding
+# lands on it (postprocess/followup.py). 0.1 is also as low as the detector's served calibration reads
+# candidates (training/ldct_train.py CALIBRATION_FLOOR): nothing below it has been looked at.
+LOOKBACK_FLOOR = 0.1
+MAX_LOOKBACK_CANDIDATES = 16  # highest first: bounds the segmenter's extra work per series
+MAX_SERIES_CANDIDATES = MAX_CANDIDATES + MAX_LOOKBACK_CANDIDATES
+
+
 def extract_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: ResampleGrid,
                        threshold: float, max_candidates: int = MAX_CANDIDATES) -> np.ndarray:
     """Local maxima of the centre heatmap above ``threshold`` -> float32 [K, 5]:
@@ -77,6 +90,23 @@ def extract_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: Resam
         out[:, 3] = diameters
         out[:, 4] = scores
     return out
+
+
+def lookback_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: ResampleGrid,
+                        threshold: float) -> np.ndarray:
+    """Local maxima of the centre heatmap scoring from LOOKBACK_FLOOR up to (not including) the operating
+    point ``threshold``, at most MAX_LOOKBACK_CANDIDATES, highest first; rows as extract_candidates."""
+    peaks = extract_candidates(heatmap, diameter_mm, grid, LOOKBACK_FLOOR, max_candidates=heatmap.size)
+    return peaks[peaks[:, 4] < threshold][:MAX_LOOKBACK_CANDIDATES]
+
+
+def series_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: ResampleGrid,
+                      threshold: float) -> np.ndarray:
+    """What the segmenter characterises for one series: the candidates at the operating point
+    ``threshold`` (extract_candidates), then the look-back candidates below it. float32 [K, 5]; the
+    score column tells the two apart (ingest/ldct.py)."""
+    return np.concatenate([extract_candidates(heatmap, diameter_mm, grid, threshold),
+                           lookback_candidates(heatmap, diameter_mm, grid, threshold)])
 
 
 def segment(denoised_hu: np.ndarray, spacing_mm: np.ndarray, candidates: np.ndarray,
@@ -112,7 +142,7 @@ def run(volume_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel, thre
     spacing_mm = np.asarray(spacing_mm, np.float32)
     denoised = denoise(volume_hu, run_model)
     heatmap, diameter, grid = detect(denoised, spacing_mm, run_model)
-    candidates = extract_candidates(heatmap, diameter, grid, threshold)
+    candidates = series_candidates(heatmap, diameter, grid, threshold)
     masks, malignancy, composition, uncertainty = segment(denoised, spacing_mm, candidates, run_model)
     return LdctRaw(candidates=candidates, masks=masks, malignancy=malignancy,
-                   composition=composition, uncertainty=uncertainty)
+                   composition=composition, uncertainty=uncertainty, operating_point=float(threshold))

@@ -162,10 +162,11 @@ def score_series(seed: int, size: str, run_model: LdctModels, threshold: float |
     denoised = steps.denoise(volume, run_model)
     heatmap, diameter, grid = steps.detect(denoised, spacing, run_model)
     threshold = run_model.threshold if threshold is None else threshold
-    candidates = steps.extract_candidates(heatmap, diameter, grid, threshold)
+    # with the look-back candidates, as served: they cost segmenter time and never become findings
+    candidates = steps.series_candidates(heatmap, diameter, grid, threshold)
     masks, mal, composition, uncertainty = steps.segment(denoised, spacing, candidates, run_model)
     raw = LdctRaw(candidates=candidates, masks=masks, malignancy=mal, composition=composition,
-                  uncertainty=uncertainty)
+                  uncertainty=uncertainty, operating_point=threshold)
     nodules = nodules_from_raw(raw, geometry, volume.shape)
     seconds = time.perf_counter() - started
 

@@ -23,7 +23,7 @@ class LdctDetectCandidates(StepModel):
     def compute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         heatmap, diameter, grid = ldct.detect(inputs["denoised_hu"], np.asarray(inputs["spacing_mm"], np.float32),
                                               self.run_network)
-        return {"candidates": ldct.extract_candidates(heatmap, diameter, grid, self.threshold)}
+        return {"candidates": ldct.series_candidates(heatmap, diameter, grid, self.threshold)}
 
 
 class LdctCharacteriseNodules(StepModel):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ingest.backends.base import LdctRaw
-from ingest.ldct import SeriesGeometry, mask_measurements, nodules_from_raw, series_volume_hu
+from ingest.ldct import SeriesGeometry, lookback_from_raw, mask_measurements, nodules_from_raw, series_volume_hu
 from ingest.preprocess import ldct as pre
 from ingest.steps import ldct as steps
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
@@ -98,6 +98,27 @@ def test_extract_candidates_finds_peaks_in_source_voxels():
     np.testing.assert_allclose(candidates[0, :3], (np.array([10, 20, 30]) + 0.5) * 2.0 / spacing - 0.5, rtol=1e-5)
 
 
+def test_series_candidates_keep_look_back_peaks_below_the_operating_point():
+    spacing = np.array([1.25, 0.7, 0.7])
+    grid = pre.detector_grid((64, 128, 128), spacing)
+    heatmap = np.zeros(grid.shape, np.float32)
+    diameter = np.zeros(grid.shape, np.float32)
+    heatmap[10, 20, 30] = 0.9  # reported
+    heatmap[30, 10, 5] = 0.35  # reported: at the operating point counts as above
+    heatmap[20, 40, 40] = 0.2  # look-back
+    heatmap[5, 5, 5] = steps.LOOKBACK_FLOOR  # look-back: the floor is included
+    heatmap[25, 5, 40] = 0.05  # below the floor: nothing
+    candidates = steps.series_candidates(heatmap, diameter, grid, threshold=0.35)
+    np.testing.assert_allclose(candidates[:, 4], [0.9, 0.35, 0.2, steps.LOOKBACK_FLOOR])
+    # at most MAX_LOOKBACK_CANDIDATES below the operating point, the highest
+    many = np.zeros(grid.shape, np.float32)
+    for k in range(steps.MAX_LOOKBACK_CANDIDATES + 5):
+        many[2 + 3 * (k // 8), 4 + 6 * (k % 8), 4] = 0.11 + 0.01 * k
+    below = steps.series_candidates(many, diameter, grid, threshold=0.5)
+    assert len(below) == steps.MAX_LOOKBACK_CANDIDATES
+    assert below[-1, 4] == pytest.approx(0.11 + 0.01 * 5) and np.all(np.diff(below[:, 4]) <= 0)
+
+
 def test_extract_candidates_on_an_empty_heatmap():
     grid = pre.detector_grid((16, 32, 32), np.ones(3))
     out = steps.extract_candidates(np.zeros(grid.shape, np.float32), np.zeros(grid.shape, np.float32), grid, 0.1)
@@ -153,7 +174,7 @@ def test_nodules_from_raw_geometry_and_empty_masks(small_phantom):
                                        [*(centre + [0.0, 0.5, 0.0]), 12.0, 0.7]], np.float32),
                   masks=masks, malignancy=np.array([0.7, 0.2, 0.6], np.float32),
                   composition=np.array([[0.1, 0.7, 0.1, 0.1], [1, 0, 0, 0], [1, 0, 0, 0]], np.float32),
-                  uncertainty=np.array([0.05, 0.0, 0.0], np.float32))
+                  uncertainty=np.array([0.05, 0.0, 0.0], np.float32), operating_point=0.5)
     nodules = nodules_from_raw(raw, geometry, shape)
     assert len(nodules) == 1  # the empty mask is dropped, the third is a duplicate of the first
     nodule = nodules[0]
@@ -165,6 +186,27 @@ def test_nodules_from_raw_geometry_and_empty_masks(small_phantom):
     assert nodule.mask.shape == shape and nodule.mask.dtype == bool
     voxel_mm3 = float(np.prod(small_phantom.spacing_mm))
     assert abs(nodule.mask.sum() * voxel_mm3 - nodule.volume_mm3) / nodule.volume_mm3 < 0.35
+    assert lookback_from_raw(raw, geometry, nodules) == []  # every candidate is above the operating point
+
+
+def test_candidates_below_the_operating_point_are_look_back_never_nodules(small_phantom):
+    geometry = SeriesGeometry.from_datasets(ldct_datasets(small_phantom))
+    shape = small_phantom.hu_low.shape
+    centre = np.array([24.0, 64.0, 60.0])
+    elsewhere = np.array([12.0, 30.0, 90.0])
+    raw = LdctRaw(candidates=np.array([[*centre, 12.0, 0.9],
+                                       [*elsewhere, 5.0, 0.3],  # look-back
+                                       [*(centre + [0.0, 0.5, 0.0]), 12.0, 0.25],  # the reported nodule again
+                                       [10.0, 10.0, 10.0, 6.0, 0.2]], np.float32),  # empty mask
+                  masks=np.stack([_sphere(6.0), _sphere(2.5), _sphere(6.0), np.zeros((48, 48, 48), np.float32)]),
+                  malignancy=np.full(4, 0.3, np.float32), composition=np.tile([[1, 0, 0, 0]], (4, 1)).astype(np.float32),
+                  uncertainty=np.zeros(4, np.float32), operating_point=0.34)
+    nodules = nodules_from_raw(raw, geometry, shape)
+    assert [n.detection_score for n in nodules] == [pytest.approx(0.9)]
+    (seen,) = lookback_from_raw(raw, geometry, nodules)
+    np.testing.assert_allclose(seen.center_mm, geometry.to_patient_mm(elsewhere), atol=0.6)
+    assert seen.detection_score == pytest.approx(0.3) and abs(seen.mean_diameter_mm - 5.0) < 1.0
+    assert seen.volume_mm3 > 0
 
 
 def test_small_phantom_through_the_committed_models(small_phantom):
@@ -173,7 +215,10 @@ def test_small_phantom_through_the_committed_models(small_phantom):
     models = LdctModels(DEFAULT_MODEL_REPOSITORY)
     raw = steps.run(small_phantom.hu_low, np.asarray(small_phantom.spacing_mm, np.float32), models, models.threshold)
     k = len(raw.candidates)
-    assert raw.candidates.shape == (k, 5) and k <= steps.MAX_CANDIDATES
+    assert raw.candidates.shape == (k, 5) and k <= steps.MAX_SERIES_CANDIDATES
+    assert raw.operating_point == models.threshold
+    assert np.sum(raw.candidates[:, 4] < models.threshold) <= steps.MAX_LOOKBACK_CANDIDATES
+    assert np.all(raw.candidates[:, 4] >= steps.LOOKBACK_FLOOR)
     assert raw.masks.shape == (k, 48, 48, 48)
     assert raw.malignancy.shape == raw.uncertainty.shape == (k,)
     assert raw.composition.shape == (k, 4)
