@@ -98,4 +98,20 @@ outputs = Table(
     Column("path", Text, nullable=True),  # where a file sink wrote it, when the store was told
 )
 
-CHILD_TABLES = (nodules, mammo_findings, outputs)
+# LDCT detections below the detector's operating point, never reported: what a later round looks back at
+# when it finds a nodule this study's read did not report (postprocess/followup.py). The primary key,
+# led by the study, is the index a prior lookup reads them by.
+lookback_candidates = Table(
+    "lookback_candidates", metadata,
+    Column("study_instance_uid", String(_UID), ForeignKey("studies.study_instance_uid", ondelete="CASCADE"),
+           primary_key=True),
+    Column("candidate_index", Integer, primary_key=True),  # highest detection score first
+    Column("center_x_mm", Float, nullable=False),
+    Column("center_y_mm", Float, nullable=False),
+    Column("center_z_mm", Float, nullable=False),
+    Column("mean_diameter_mm", Float, nullable=False),
+    Column("volume_mm3", Float, nullable=False),
+    Column("detection_score", Float, nullable=False),
+)
+
+CHILD_TABLES = (nodules, mammo_findings, outputs, lookback_candidates)

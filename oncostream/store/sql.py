@@ -1,8 +1,9 @@
 """The results store on SQLAlchemy Core: SQLite (embedded default) and PostgreSQL (production), one schema.
 
 Every study is one transaction: its ``studies`` row is upserted first (on PostgreSQL that row lock
-serialises two workers writing the same study), then its nodules, mammography findings and output
-objects are replaced. A replayed study therefore leaves exactly the rows it left the first time
+serialises two workers writing the same study), then its nodules, mammography findings, output
+objects and LDCT look-back candidates (detections below the operating point, never reported, which the
+next round's comparison looks back at) are replaced. A replayed study therefore leaves exactly the rows it left the first time
 (delivery is at-least-once). Nothing that identifies a patient in clear is written: the patient is
 ``Study.patient_key``, and the stored event loses ``patient_id`` and ``accession_number`` (removed by
 DICOM PS3.15's basic de-identification profile too) unless the program allows identifiers.
@@ -24,8 +25,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from oncostream.contracts import MammoCategory, MammoFinding, NoduleFinding, Priority, TriageEvent, read_triage_event
 from oncostream.store.errors import StoreError
-from oncostream.store.schema import mammo_findings, nodules, outputs, studies
-from oncostream.study import PriorStudy, StudyResult
+from oncostream.store.schema import lookback_candidates, mammo_findings, nodules, outputs, studies
+from oncostream.study import LookbackCandidate, PriorStudy, StudyResult
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class PreparedStudy:
     nodule_rows: tuple[dict, ...]
     mammo_rows: tuple[dict, ...]
     output_rows: tuple[dict, ...]
+    lookback_rows: tuple[dict, ...] = ()
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -80,8 +82,8 @@ def _error(action: str, exc: SQLAlchemyError) -> StoreError:
 
 
 class ResultsStore:
-    """Per study: the TriageEvent, patient key, dates, priority, nodules, mammography scores, output UIDs.
-    Use ``open_store(url)``, which migrates the schema to the current version first."""
+    """Per study: the TriageEvent, patient key, dates, priority, nodules, mammography scores, output UIDs and
+    LDCT look-back candidates. Use ``open_store(url)``, which migrates the schema to the current version first."""
 
     def __init__(self, engine: Engine, allow_patient_identifiers: bool = False):
         if not isinstance(engine, Engine):
@@ -165,7 +167,13 @@ class ResultsStore:
                 ("SEG", s) for s in ev.seg_sop_instance_uids]:
             output_rows.setdefault(sop, {"study_instance_uid": uid, "sop_instance_uid": sop, "kind": kind,
                                          "series_instance_uid": None, "sop_class_uid": None, "path": None})
-        return PreparedStudy(uid, study_row, tuple(nodule_rows), tuple(mammo_rows), tuple(output_rows.values()))
+        lookback_rows = tuple({
+            "study_instance_uid": uid, "candidate_index": index, "center_x_mm": c.center_mm[0],
+            "center_y_mm": c.center_mm[1], "center_z_mm": c.center_mm[2], "mean_diameter_mm": c.mean_diameter_mm,
+            "volume_mm3": c.volume_mm3, "detection_score": c.detection_score,
+        } for index, c in enumerate(result.lookback_candidates))
+        return PreparedStudy(uid, study_row, tuple(nodule_rows), tuple(mammo_rows), tuple(output_rows.values()),
+                             lookback_rows)
 
     def write(self, prepared: Sequence[PreparedStudy]) -> None:
         """Write prepared studies in one transaction (all or none); a study written before is replaced."""
@@ -181,7 +189,7 @@ class ResultsStore:
                         set_={k: stmt.excluded[k] for k in row if k != "study_instance_uid"})
                     conn.execute(stmt)
                     for table, rows in ((nodules, study.nodule_rows), (mammo_findings, study.mammo_rows),
-                                        (outputs, study.output_rows)):
+                                        (outputs, study.output_rows), (lookback_candidates, study.lookback_rows)):
                         conn.execute(delete(table).where(table.c.study_instance_uid == study.study_instance_uid))
                         if rows:
                             conn.execute(insert(table), list(rows))
@@ -205,8 +213,9 @@ class ResultsStore:
     # -- reading -----------------------------------------------------------------------------------------
     def priors(self, patient_key: str, modality: str, before: date | None,
                exclude_study_uid: str) -> list[PriorStudy]:
-        """The patient's earlier studies of ``modality``, newest first. With ``before``, only studies dated
-        strictly before it (an undated study cannot be placed and is left out); without, every study."""
+        """The patient's earlier studies of ``modality``, newest first, each with its look-back candidates.
+        With ``before``, only studies dated strictly before it (an undated study cannot be placed and is left
+        out); without, every study."""
         if not isinstance(patient_key, str) or not patient_key:
             raise ValueError("patient_key: want a non-empty string")
         query = (select(studies.c.study_instance_uid, studies.c.study_date, studies.c.event_json)
@@ -219,10 +228,27 @@ class ResultsStore:
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
+                lookback = self._lookback(conn, [r.study_instance_uid for r in rows])
         except SQLAlchemyError as exc:
             raise _error("look up priors", exc) from exc
         return [PriorStudy(study_instance_uid=r.study_instance_uid, study_date=r.study_date,
-                           event=self._event(r.study_instance_uid, r.event_json)) for r in rows]
+                           event=self._event(r.study_instance_uid, r.event_json),
+                           lookback_candidates=tuple(lookback.get(r.study_instance_uid, ()))) for r in rows]
+
+    @staticmethod
+    def _lookback(conn, study_uids: list[str]) -> dict[str, list[LookbackCandidate]]:
+        """The look-back candidates of these studies, in the order they were recorded (highest score first)."""
+        by_study: dict[str, list[LookbackCandidate]] = {}
+        if not study_uids:
+            return by_study
+        t = lookback_candidates
+        query = (select(t).where(t.c.study_instance_uid.in_(study_uids))
+                 .order_by(t.c.study_instance_uid, t.c.candidate_index))
+        for r in conn.execute(query):
+            by_study.setdefault(r.study_instance_uid, []).append(LookbackCandidate(
+                center_mm=(r.center_x_mm, r.center_y_mm, r.center_z_mm), mean_diameter_mm=r.mean_diameter_mm,
+                volume_mm3=r.volume_mm3, detection_score=r.detection_score))
+        return by_study
 
     def worklist(self, limit: int = 200) -> list[WorklistEntry]:
         """The ``limit`` most pressing studies: by priority (URGENT first), then oldest arrival first, which
@@ -318,7 +344,8 @@ def open_store(url: str, allow_patient_identifiers: bool = False) -> ResultsStor
     return ResultsStore(engine, allow_patient_identifiers=allow_patient_identifiers)
 
 
-def rows_of(store: ResultsStore, tables: Iterable = (studies, nodules, mammo_findings, outputs)) -> dict:
+def rows_of(store: ResultsStore,
+            tables: Iterable = (studies, nodules, mammo_findings, outputs, lookback_candidates)) -> dict:
     """Every row of the store's tables, in key order (tests compare replays with it)."""
     with store.engine.connect() as conn:
         return {t.name: [tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key.columns))]

@@ -3,18 +3,20 @@ tests on both, since one schema serves both."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import delete, inspect
 
 from oncostream.store import StoreError, open_store
 from oncostream.store.migrate import current_revision, head_revision
-from oncostream.store.schema import VERSION_TABLE, metadata
+from oncostream.store.schema import VERSION_TABLE, metadata, studies
 from oncostream.store.sql import rows_of
+from oncostream.study import LookbackCandidate
 from postprocess.errors import SinkError
 from postprocess.store_sink import StoreSink
 from tests import store_cases as cases
@@ -183,6 +185,59 @@ def test_sink_paths_and_discard(store, tmp_path) -> None:
     assert {o.kind: o.path for o in rows[0].outputs} == {
         "SR": str(tmp_path / "out" / "sr" / "1.2.826.0.5.1.901.dcm"),
         "SEG": str(tmp_path / "out" / "seg" / "1.2.826.0.5.1.902.dcm")}
+
+
+LOOKBACK = (LookbackCandidate(center_mm=(-61.25, 20.5, -140.75), mean_diameter_mm=4.1, volume_mm3=36.1,
+                               detection_score=0.2734),
+            LookbackCandidate(center_mm=(30.0, -5.0, -90.0), mean_diameter_mm=2.3, volume_mm3=6.4, detection_score=0.12))
+
+
+def test_lookback_candidates_are_kept_with_the_study_and_come_back_with_the_prior(store) -> None:
+    prior = replace(cases.ct_result("1.2.826.0.7.1", patient_key="pk-L", study_date=date(2025, 1, 2)),
+                    lookback_candidates=LOOKBACK)
+    sink = StoreSink(store)  # the sink writes them in the study's own transaction
+    sink.add(prior)
+    sink.add(cases.mg_result("1.2.826.0.7.2", patient_key="pk-L", study_date=date(2025, 1, 3)))
+    sink.flush()
+    (found,) = store.priors("pk-L", "CT", date(2026, 1, 5), exclude_study_uid="1.2.826.0.7.9")
+    assert found.lookback_candidates == LOOKBACK  # exactly, highest score first
+    assert found.event.findings == prior.event.findings  # never findings
+    assert store.priors("pk-L", "MG", None, "x")[0].lookback_candidates == ()
+    store.record(prior)  # a replay leaves the same rows
+    assert [r[:2] for r in rows_of(store)["lookback_candidates"]] == [("1.2.826.0.7.1", 0), ("1.2.826.0.7.1", 1)]
+    store.record(replace(prior, lookback_candidates=LOOKBACK[1:]))  # read again: what this read kept replaces them
+    assert store.priors("pk-L", "CT", None, "x")[0].lookback_candidates == LOOKBACK[1:]
+    with store.engine.begin() as conn:  # a study deleted takes its look-back candidates with it
+        conn.execute(delete(studies).where(studies.c.study_instance_uid == "1.2.826.0.7.1"))
+    assert rows_of(store)["lookback_candidates"] == []
+
+
+def test_migration_0003_adds_and_removes_the_lookback_table(store_url) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from oncostream.store.migrate import _config, upgrade
+    from oncostream.store.sql import normalise_url
+
+    if store_url.startswith("sqlite"):
+        Path(store_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    engine = create_engine(normalise_url(store_url))
+    try:
+        upgrade(engine, "0002")  # a store of the previous release, holding a study
+        with engine.connect() as conn:
+            assert "lookback_candidates" not in inspect(conn).get_table_names()
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert current_revision(engine) == "0003" and "lookback_candidates" in inspect(conn).get_table_names()
+        config = _config()
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0002")
+        with engine.connect() as conn:
+            assert current_revision(engine) == "0002"
+            assert "lookback_candidates" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.integration
