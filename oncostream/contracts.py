@@ -38,7 +38,9 @@ class NoduleFinding(_Frozen):
     lung_rads: LungRads
     tracking_uid: str  # the same nodule keeps its tracking UID from round to round (TID 1500 tracking)
     # follow-up (1.2): the prior round's nodule this one is, and its change; all null for a new nodule
-    # and at a baseline exam (no prior)
+    # and at a baseline exam (no prior). A nodule the prior read did not report but that is visible there
+    # in retrospect, below the detector's operating point, has its change and no prior_tracking_uid
+    # (postprocess/followup.py seen_in_retrospect)
     prior_tracking_uid: str | None = None
     diameter_change_mm: float | None = None  # mean diameter now minus then
     volume_change_percent: float | None = None

@@ -80,6 +80,10 @@ INTERVAL_CHANGE_CODES: dict[str, Code] = {
     "growing": _local("GROWING", "Growing (Lung-RADS v2022)"),
     "stable": _local("NOTGROWING", "Not growing (Lung-RADS v2022)"),
 }
+# a nodule the prior report did not list, found on the prior among its detections below the reporting
+# threshold (look-back, postprocess/followup.py): the change above is measured against that detection
+SEEN_ON_PRIOR = _local("SEENONPRIOR", "Seen on prior")
+SEEN_IN_RETROSPECT = _local("RETROSPECT", "In retrospect, below the reporting threshold")
 
 # --- mammography: TID 4000 Mammography CAD Document Root -------------------------------------
 MAMMOGRAPHY_CAD_REPORT = codes.DCM.MammographyCADReport

@@ -5,6 +5,13 @@ The prior is a ``PriorStudy`` (its TriageEvent, from the results store or read b
 the PACS). Two exams' patient coordinates are not one frame: the translation between them is the
 difference of their lung-field centroids (``lung_centroid_mm`` of each event, ingest/lung_field.py),
 refined on the matched nodules themselves (lungrads.match_priors).
+
+A current nodule that no reported prior nodule matches is looked for, as a radiologist would, on the
+prior at a lower operating point: among the prior read's look-back candidates (``PriorStudy.lookback_candidates``,
+detections below the detector's operating point, from the results store; a prior read back from an SR
+has none). Found there, it is not new: its change is measured against that detection, its growth called
+by the v2022 rules, and a reader is asked to check it on the prior images. Its ``prior_tracking_uid``
+stays null (the prior reported no such nodule): ``seen_in_retrospect`` tells such a finding from the event.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from datetime import date
 from pydicom import Dataset
 
 from oncostream.contracts import MammoCategory, MammoFinding, NoduleFinding
-from oncostream.study import PriorStudy
+from oncostream.study import LookbackCandidate, PriorStudy
 from postprocess import lungrads
 from postprocess.lungrads import PriorNodule
 
@@ -33,33 +40,42 @@ def interval_days(current: date | None, prior: date | None) -> int | None:
     return (current - prior).days
 
 
+def seen_in_retrospect(finding: NoduleFinding) -> bool:
+    """Whether a follow-up finding was measured against a look-back candidate of the prior: its change is
+    stated while no prior nodule is named (the prior read had not reported it)."""
+    return finding.prior_tracking_uid is None and finding.diameter_change_mm is not None
+
+
 @dataclass
 class LdctComparison:
-    """Current nodules (by index) matched to the prior event's nodules, and what changed."""
+    """Current nodules (by index) matched to the prior event's nodules, or to the prior's look-back
+    candidates (``PriorNodule.seen_in_retrospect``), and what changed."""
 
     prior_nodules: list[NoduleFinding]
     matches: list[PriorNodule | None]
     interval_days: float
     translation_mm: tuple[float, float, float]
     review_reasons: list[str] = field(default_factory=list)
+    lookback: tuple[LookbackCandidate, ...] = ()
 
     def change_of(self, index: int, diameter_mm: float, volume_mm3: float) -> dict:
         """NoduleFinding fields for current nodule ``index`` (measured as given): the prior's tracking
-        UID carried over, diameter and volume change, volume doubling time, growth; none for a new one."""
+        UID carried over, diameter and volume change, volume doubling time, growth; none for a new one.
+        Measured against a look-back candidate, the change and growth are stated and no prior tracking UID."""
         match = self.matches[index] if index < len(self.matches) else None
         if match is None or match.index is None:
             return {}
-        before = self.prior_nodules[match.index]
+        before = self.lookback[match.index] if match.seen_in_retrospect else self.prior_nodules[match.index]
         vdt = lungrads.volume_doubling_time_days(volume_mm3, before.volume_mm3, self.interval_days)
         change = {
-            "tracking_uid": before.tracking_uid,
-            "prior_tracking_uid": before.tracking_uid,
             "diameter_change_mm": lungrads.round_mm(diameter_mm - before.mean_diameter_mm),
             "volume_change_percent": (round(100.0 * (volume_mm3 - before.volume_mm3) / before.volume_mm3, 1)
                                       if before.volume_mm3 > 0 else None),
             "volume_doubling_time_days": round(vdt, 1) if vdt is not None else None,
             "growing": lungrads.is_growing(diameter_mm, match),
         }
+        if not match.seen_in_retrospect:
+            change |= {"tracking_uid": before.tracking_uid, "prior_tracking_uid": before.tracking_uid}
         return change
 
 
@@ -79,10 +95,18 @@ def compare_ldct(current_centres_mm: Sequence[Sequence[float]], lung_centroid_mm
         if prior_nodules and current_centres_mm:
             reasons.append("lung fields not aligned (no lung-field centroid): nodules matched in raw patient "
                            "coordinates; check the comparison with the prior")
+    lookback = tuple(prior.lookback_candidates)
     matches = lungrads.match_priors([tuple(c) for c in current_centres_mm],
                                     [(f.center_mm, f.mean_diameter_mm) for f in prior_nodules], days,
-                                    max_distance_mm=MATCH_DISTANCE_MM, translation_mm=translation, refine=True)
-    return LdctComparison(prior_nodules, matches, days, translation, reasons)  # type: ignore[arg-type]
+                                    max_distance_mm=MATCH_DISTANCE_MM, translation_mm=translation, refine=True,
+                                    lookback=[(c.center_mm, c.mean_diameter_mm) for c in lookback])
+    for i, match in enumerate(matches):
+        if match is not None and match.seen_in_retrospect:
+            seen = lookback[match.index]
+            reasons.append(f"nodule {i + 1} seen in retrospect on the prior exam, below the detector's reporting "
+                           f"threshold (detection score {seen.detection_score:.2f}, {seen.mean_diameter_mm:.1f} mm "
+                           "then): its change is measured against that detection; check it on the prior images")
+    return LdctComparison(prior_nodules, matches, days, translation, reasons, lookback)  # type: ignore[arg-type]
 
 
 def compare_mammo(findings: list[MammoFinding], category: MammoCategory, datasets: Sequence[Dataset],

@@ -42,12 +42,16 @@ class NoduleMeasurement:
 class PriorNodule:
     """One nodule of a prior study, already matched to a current nodule (same tracking UID or location).
 
-    ``index`` is its position in the prior nodules given to match_priors (None when built by hand)."""
+    ``index`` is its position in the prior nodules given to match_priors (None when built by hand), or, when
+    ``seen_in_retrospect``, in its look-back candidates: the prior read did not report the nodule, but it is
+    visible there below the detector's operating point and measured from that detection. v2022: a nodule
+    visible in retrospect on the prior is not new; the growth and stability rules apply."""
 
     mean_diameter_mm: float
     solid_component_mm: float | None = None
     interval_days: float = 365.0
     index: int | None = None
+    seen_in_retrospect: bool = False
 
 
 def _greedy_pairs(current: Sequence[Sequence[float]], prior: Sequence[Sequence[float]],
@@ -74,7 +78,8 @@ def _median(values: list[float]) -> float:
 def match_priors(current_centers_mm: Sequence[tuple[float, float, float]],
                  prior_nodules: Sequence[tuple[tuple[float, float, float], float]], interval_days: float, *,
                  max_distance_mm: float = 10.0, translation_mm: Sequence[float] = (0.0, 0.0, 0.0),
-                 refine: bool = False) -> list[PriorNodule | None]:
+                 refine: bool = False,
+                 lookback: Sequence[tuple[tuple[float, float, float], float]] = ()) -> list[PriorNodule | None]:
     """Pair each current nodule with the nearest unused prior nodule (centre, mean diameter) within reach.
 
     Greedy by distance, each prior used once; None marks a new nodule. Two exams' patient coordinates
@@ -82,6 +87,10 @@ def match_priors(current_centers_mm: Sequence[tuple[float, float, float]],
     added to every prior centre first. ``refine`` then re-centres that translation on the median
     offset of the pairs found and matches again (translation-only point registration on the nodules
     themselves; it corrects what the lung alignment left, a few millimetres).
+
+    ``lookback`` (centre, mean diameter): the prior read's detections below its operating point. A current
+    nodule no prior nodule matched is then paired the same way, with the same translation and reach, with
+    one of them (``seen_in_retrospect``); they never move the translation, which the reported nodules set.
     """
     shift = [float(v) for v in translation_mm]
     centres = [p[0] for p in prior_nodules]
@@ -93,8 +102,17 @@ def match_priors(current_centers_mm: Sequence[tuple[float, float, float]],
             matched = _greedy_pairs(current_centers_mm, centres, shift, max_distance_mm)
             if not matched:
                 break
-    return [PriorNodule(mean_diameter_mm=prior_nodules[matched[i]][1], interval_days=interval_days, index=matched[i])
-            if i in matched else None for i in range(len(current_centers_mm))]
+    matches: list[PriorNodule | None] = [
+        PriorNodule(mean_diameter_mm=prior_nodules[matched[i]][1], interval_days=interval_days, index=matched[i])
+        if i in matched else None for i in range(len(current_centers_mm))]
+    unmatched = [i for i, m in enumerate(matches) if m is None]
+    if lookback and unmatched:
+        seen = _greedy_pairs([current_centers_mm[i] for i in unmatched], [c[0] for c in lookback], shift,
+                             max_distance_mm)
+        for position, j in seen.items():
+            matches[unmatched[position]] = PriorNodule(mean_diameter_mm=lookback[j][1], interval_days=interval_days,
+                                                       index=j, seen_in_retrospect=True)
+    return matches
 
 
 def volume_doubling_time_days(volume_mm3: float, prior_volume_mm3: float, interval_days: float) -> float | None:

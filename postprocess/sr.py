@@ -52,6 +52,7 @@ from oncostream.contracts import LungRads, MammoCategory, MammoFinding, NoduleFi
 from oncostream.study import PriorStudy
 from oncostream.uids import derive_uid
 from postprocess import codes
+from postprocess.followup import seen_in_retrospect
 
 MAMMOGRAPHY_CAD_SR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.50")
 SERIES_NUMBER_SR = 9001  # a fixed, high series number keeps derived objects after the source series
@@ -137,10 +138,12 @@ def _axial_circle(center: tuple[float, float, float], diameter: float) -> np.nda
 
 
 def _change_items(finding: NoduleFinding, compared: bool) -> tuple[list[Measurement], list[QualitativeEvaluation]]:
-    """At a follow-up exam: the nodule's change since the prior (TID 1410 measurements and evaluations)."""
+    """At a follow-up exam: the nodule's change since the prior (TID 1410 measurements and evaluations);
+    for a nodule seen in retrospect on the prior, also that it was."""
     if not compared:
         return [], []
-    if finding.prior_tracking_uid is None:
+    retrospect = seen_in_retrospect(finding)
+    if finding.prior_tracking_uid is None and not retrospect:
         return [], [QualitativeEvaluation(name=codes.INTERVAL_CHANGE, value=codes.INTERVAL_CHANGE_CODES["new"])]
     measurements = []
     if finding.diameter_change_mm is not None:
@@ -153,7 +156,10 @@ def _change_items(finding: NoduleFinding, compared: bool) -> tuple[list[Measurem
         measurements.append(Measurement(name=codes.VOLUME_DOUBLING_TIME, value=finding.volume_doubling_time_days,
                                         unit=codes.UNIT_DAY))
     state = "growing" if finding.growing else "stable"
-    return measurements, [QualitativeEvaluation(name=codes.INTERVAL_CHANGE, value=codes.INTERVAL_CHANGE_CODES[state])]
+    evaluations = [QualitativeEvaluation(name=codes.INTERVAL_CHANGE, value=codes.INTERVAL_CHANGE_CODES[state])]
+    if retrospect:
+        evaluations.append(QualitativeEvaluation(name=codes.SEEN_ON_PRIOR, value=codes.SEEN_IN_RETROSPECT))
+    return measurements, evaluations
 
 
 def _nodule_group(index: int, finding: NoduleFinding, frame_of_reference_uid: str,
@@ -255,12 +261,14 @@ def _change_summary(findings: Sequence[NoduleFinding], prior: PriorStudy, interv
     days = f", {interval_days} days earlier" if interval_days is not None else ""
     parts = []
     for i, f in enumerate(findings):
-        if f.prior_tracking_uid is None:
+        retrospect = seen_in_retrospect(f)
+        if f.prior_tracking_uid is None and not retrospect:
             parts.append(f"nodule {i + 1} new")
         else:
             vdt = f", VDT {f.volume_doubling_time_days:.0f} d" if f.volume_doubling_time_days else ""
             state = "growing" if f.growing else "not growing"
-            parts.append(f"nodule {i + 1} {state} ({f.diameter_change_mm:+.1f} mm{vdt})")
+            seen = ", seen in retrospect on the prior below the reporting threshold" if retrospect else ""
+            parts.append(f"nodule {i + 1} {state} ({f.diameter_change_mm:+.1f} mm{vdt}{seen})")
     seen = {f.prior_tracking_uid for f in findings if f.prior_tracking_uid}
     resolved = sum(1 for f in prior.event.findings
                    if isinstance(f, NoduleFinding) and f.tracking_uid not in seen)

@@ -1,6 +1,7 @@
 """Follow-up exams: LDCT nodules matched to the prior round's after aligning the lungs, Lung-RADS v2022
-follow-up categories, growth and tracking UIDs carried over, the SR stating the comparison; mammography
-findings new since the prior exam."""
+follow-up categories, growth and tracking UIDs carried over, the SR stating the comparison; nodules the
+prior read did not report looked for among its look-back candidates; mammography findings new since the
+prior exam."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from pydicom import dcmread
 from ingest.lung_field import lung_centroid_mm
 from oncostream.contracts import NoduleFinding
 from oncostream.settings import Settings
-from oncostream.study import LdctInference, NoduleCandidate, PriorStudy, Study
+from oncostream.study import LdctInference, LookbackCandidate, NoduleCandidate, PriorStudy, Study
 from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
 from oncostream.synth.rounds import LdctRoundPlan, ldct_next_round
 from postprocess import codes
+from postprocess.followup import seen_in_retrospect
 from postprocess.results import build_result
 from tests import dicom_tools
 from tests.unit import screening_cases as cases
@@ -131,6 +133,79 @@ def _items(ds):
         yield from _items(item)
 
 
+@lru_cache(maxsize=1)
+def _looked_back():
+    """Round 1 read reports only the 7 mm nodule: the stable 10 mm and the growing 9 mm ones sit below the
+    detector's operating point (look-back candidates, measured as the truth says), with an unrelated
+    detection far from every nodule. Round 2 reads all three nodules (and the new one)."""
+    first, second, _, _, study2 = _rounds()
+    day1 = dt.date(2024, 3, 4)
+    study1 = _study(first, day1)
+    stable, grown, small = first.truth.nodules
+    inference = _inference(first)
+    inference.nodules = inference.nodules[2:]
+    far = (stable.center_mm[0], stable.center_mm[1] + 60.0, stable.center_mm[2])
+    inference.lookback = [LookbackCandidate(t.center_mm, t.diameter_mm, t.volume_mm3, score)
+                          for t, score in ((grown, 0.31), (stable, 0.22))] + [LookbackCandidate(far, 5.0, 65.4, 0.18)]
+    baseline = build_result(study1, inference, Settings(), now=cases.NOW, lung_centroid_mm=lung_centroid_mm(study1.datasets))
+    prior = PriorStudy(study1.study_instance_uid, study1.study_date, baseline.event,
+                       lookback_candidates=baseline.lookback_candidates)
+    follow_up = build_result(study2, _inference(second), Settings(), now=cases.NOW, prior=prior,
+                             lung_centroid_mm=lung_centroid_mm(study2.datasets))
+    return baseline, follow_up
+
+
+def test_look_back_candidates_are_never_findings():
+    baseline, follow_up = _looked_back()
+    assert len(baseline.lookback_candidates) == 3
+    assert [f.mean_diameter_mm for f in baseline.event.findings] == [7.0]  # only the reported nodule
+    assert baseline.event.category.lung_rads == "3" and not baseline.event.needs_human_review
+    text = baseline.event.model_dump_json()
+    assert all(f"{c.center_mm[0]}" not in text for c in baseline.lookback_candidates)
+    assert len(follow_up.event.findings) == 3  # the current nodules, nothing of the prior's candidates
+
+
+def test_a_nodule_unreported_on_the_prior_is_measured_against_its_look_back_candidate():
+    baseline, follow_up = _looked_back()
+    event = follow_up.event
+    stable, grown, new = event.findings
+    reported_before = {f.tracking_uid for f in baseline.event.findings}
+    # grown 9 -> 13 mm in 400 days, seen in retrospect on the prior: growing, not new
+    assert grown.growing is True and grown.lung_rads == "4B" and seen_in_retrospect(grown)
+    assert grown.diameter_change_mm == pytest.approx(4.0, abs=0.1) and 150 < grown.volume_doubling_time_days < 300
+    assert grown.prior_tracking_uid is None and grown.tracking_uid not in reported_before
+    # stable 10 mm: a stable 4A at follow-up is 3 (new, it would have been 4B)
+    assert stable.growing is False and stable.lung_rads == "3" and seen_in_retrospect(stable)
+    assert abs(stable.diameter_change_mm) <= 0.5 and stable.prior_tracking_uid is None
+    # the new 6.5 mm nodule: no candidate near it (the unrelated one lies 60 mm away) -> still new, 4A
+    assert new.lung_rads == "4A" and not seen_in_retrospect(new)
+    assert new.diameter_change_mm is None and new.growing is None
+    retrospect = [r for r in event.review_reasons if "seen in retrospect" in r]
+    assert [r.split(" seen")[0] for r in retrospect] == ["nodule 1", "nodule 2"]
+    assert "score 0.31, 9.0 mm then" in retrospect[1] and event.needs_human_review
+    assert event.category.lung_rads == "4B"
+
+
+def test_follow_up_sr_says_a_nodule_was_seen_in_retrospect(tmp_path: Path):
+    _, follow_up = _looked_back()
+    path = tmp_path / "sr.dcm"
+    follow_up.sr.save_as(path, enforce_file_format=True)
+    assert dicom_tools.dciodvfy_errors(path) == []
+    ds = dcmread(path)
+    (summary,) = [item.TextValue for item in _items(ds)
+                  if "TextValue" in item and item.ConceptNameCodeSequence[0].CodeValue == codes.DESCRIPTION_OF_CHANGE.value]
+    assert "nodule 2 growing (+4.0 mm" in summary and "seen in retrospect on the prior below the reporting" in summary
+    assert "nodule 3 new" in summary and "prior nodule(s) not seen" in summary  # the reported 7 mm one resolved
+    seen = [item for item in _items(ds) if item.get("ValueType") == "CODE"
+            and item.ConceptNameCodeSequence[0].CodeValue == codes.SEEN_ON_PRIOR.value]
+    assert len(seen) == 2 and all(item.ConceptCodeSequence[0].CodeValue == codes.SEEN_IN_RETROSPECT.value
+                                  for item in seen)
+    # read back from the PACS as a later round's prior: its nodules (an SR keeps no look-back candidates)
+    from postprocess.sr_readback import lung_nodule_report_event
+
+    assert len(lung_nodule_report_event(ds).findings) == 3
+
+
 def test_mammography_prior_scores_and_new_findings():
     study = cases.mammo_study()
     prior_inference = cases.mammo_inference(study, exam_probability=0.2)
@@ -152,8 +227,9 @@ def test_mammography_prior_scores_and_new_findings():
 
 
 @pytest.mark.skipif(not dicom_tools.sr_validator_available(), reason="PixelMed's DicomSRValidator is not installed")
-def test_follow_up_sr_validates_against_its_templates(tmp_path: Path):
+@pytest.mark.parametrize("case", ["matched", "seen-in-retrospect"])
+def test_follow_up_sr_validates_against_its_templates(tmp_path: Path, case: str):
     # PixelMed checks TID 1500 row by row, the comparison items added at a follow-up included (about 10 s)
     path = tmp_path / "sr.dcm"
-    _rounds()[3].sr.save_as(path, enforce_file_format=True)
+    (_rounds()[3] if case == "matched" else _looked_back()[1]).sr.save_as(path, enforce_file_format=True)
     assert dicom_tools.sr_validator_errors(path) == []

@@ -88,6 +88,11 @@ FOLLOW_UP = [
     ("v2022 ground-glass >=30 mm stable -> 2", N(31.0, "ground_glass"), PriorNodule(31.0), "2"),
     ("v2022 ground-glass <30 mm new -> 2", N(12.0, "ground_glass"), None, "2"),
     ("v2022 calcified at follow-up -> 1", N(6.0, "calcified"), None, "1"),
+    # a nodule the prior read did not report but visible there in retrospect is not new
+    ("v2022 seen in retrospect on the prior and stable: not new, stable 4A -> 3",
+     N(10.0, "solid"), PriorNodule(9.8, index=0, seen_in_retrospect=True), "3"),
+    ("v2022 seen in retrospect on the prior and growing solid <8 mm -> 4A (new 4-<6 mm would be 3)",
+     N(5.5, "solid"), PriorNodule(3.5, index=0, seen_in_retrospect=True), "4A"),
 ]
 
 
@@ -164,6 +169,25 @@ def test_match_priors_aligns_exams_in_different_frames() -> None:
     # lung alignment off by 6 mm in z: within reach, and the refinement recentres on the nodules
     matched = match_priors(current, prior, 365, translation_mm=(0.0, 0.0, 34.0), refine=True)
     assert [m.index if m else None for m in matched] == [0, 1, None]
+
+
+def test_match_priors_looks_back_for_nodules_no_reported_prior_matches() -> None:
+    # the patient lies 8 mm further along x; the lung alignment says 0: the reported pair recentres it
+    current = [(0.0, 0.0, 0.0), (50.0, 0.0, 0.0), (0.0, 40.0, 0.0), (-60.0, 0.0, 0.0)]
+    reported = [((-8.0, 0.0, 0.0), 6.0)]
+    lookback = [((-7.5, 0.5, 0.0), 5.5),  # the reported nodule again: never used, a reported prior comes first
+                ((39.0, 0.0, 0.0), 4.0),  # 11 mm off before the recentring, 3 mm after
+                ((-8.0, 52.5, 0.0), 3.0),  # 12.5 mm from the third nodule after recentring: too far
+                ((-68.0, 1.0, 0.0), 7.0)]
+    matched = match_priors(current, reported, 365, translation_mm=(0.0, 0.0, 0.0), refine=True, lookback=lookback)
+    assert matched[0] == PriorNodule(6.0, interval_days=365, index=0)
+    assert matched[1] == PriorNodule(4.0, interval_days=365, index=1, seen_in_retrospect=True)
+    assert matched[2] is None  # new
+    assert matched[3] == PriorNodule(7.0, interval_days=365, index=3, seen_in_retrospect=True)
+    # without a reported match the lung alignment alone places them
+    alone = match_priors(current[1:2], [], 365, translation_mm=(8.0, 0.0, 0.0), lookback=lookback)
+    assert alone == [PriorNodule(4.0, interval_days=365, index=1, seen_in_retrospect=True)]
+    assert match_priors(current, reported, 365, refine=True)[1] is None  # no look-back candidates: new
 
 
 @pytest.mark.parametrize(("volume", "prior", "days", "expected"), [
