@@ -148,14 +148,19 @@ def _main_rounds(args) -> int:
 
     if args.rounds != 2:
         raise SystemExit(f"--rounds: only 2 is evaluated (a round compared with the one before), got {args.rounds}")
+    modality = getattr(args, "modality", "both")
+    if modality == "mg":
+        raise SystemExit("--rounds: every patient has LDCT rounds; --modality ct leaves out the mammography "
+                         "patients, mg is not offered")
     seeds = args.seeds or range(DEFAULT_ROUNDS_FIRST_SEED, DEFAULT_ROUNDS_FIRST_SEED + DEFAULT_ROUNDS_PATIENTS)
     size = getattr(args, "size", "full")
-    results = evaluate_followup(seeds, size)
-    print(f"oncostream eval --rounds 2: patients (seeds) {seeds.start}:{seeds.stop}, size {size}")
+    results = evaluate_followup(seeds, size, mammo=modality != "ct")
+    print(f"oncostream eval --rounds 2: patients (seeds) {seeds.start}:{seeds.stop}, size {size}, "
+          f"modality {modality}")
     print(format_table(results))
     if args.json_path is not None:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"rounds_seeds": [seeds.start, seeds.stop], "size": size,
+        payload = {"rounds_seeds": [seeds.start, seeds.stop], "size": size, "modality": modality,
                    **{k: _json_safe(v) for k, v in results.items()}}
         args.json_path.write_text(json.dumps(payload, indent=2) + "\n")
     return 0

@@ -4,7 +4,8 @@ through the served pipeline, the second compared with the first, scored against 
 Each patient's round 1 and round 2 (oncostream/synth/rounds.py: the patient 20-60 mm elsewhere on
 the table, nodules grown / stable / resolved / new, 12-24 months apart) are written as DICOM, assembled
 (ingest/assembly.py, the patient pseudonym included) and processed by ``Pipeline.process`` with a
-prior lookup whose store holds the patient's round-1 result: the served path, priors included.
+prior lookup on a results store (oncostream/store, SQLite, as the service runs it) that holds the
+patient's round-1 result: the served path, priors and their look-back candidates included.
 
 Matching to truth as in ldct.py (centre within max(0.5 x true diameter, 3 mm)). Over round 2:
 
@@ -16,10 +17,15 @@ Matching to truth as in ldct.py (centre within max(0.5 x true diameter, 3 mm)). 
 - ``followup_growth_sensitivity``: share of truly growing nodules (v2022 growth on the true sizes)
   reported with ``growing: true`` (missed ones count as not called);
   ``followup_growth_missed_*``: why each uncalled one was missed (``not_found`` in round 2,
-  ``prior_not_found``: the round-1 read missed it so it was read as new, ``unmatched`` to its prior,
+  ``prior_not_found``: the round-1 read did not report it and no look-back candidate matched, so it was
+  read as new; ``retrospect_not_growing``: the round-1 read did not report it, a look-back candidate
+  matched but the growth measured against it was not above 1.5 mm a year; ``unmatched`` to its prior,
   ``below_threshold``: matched but measured growth not above 1.5 mm a year);
+  ``followup_growth_called_in_retrospect``: truly growing nodules called growing against a look-back
+  candidate (the round-1 read had not reported them);
 - ``followup_false_growth_per_scan``: reported ``growing: true`` findings that are not a truly growing
-  nodule, per round-2 scan;
+  nodule, per round-2 scan; ``followup_false_growth_in_retrospect``: how many of those (in all) were
+  measured against a look-back candidate;
 - ``followup_match_accuracy``: of found nodules that existed in round 1 and were found there too, the
   share whose ``prior_tracking_uid`` is the tracking UID of that same nodule's round-1 finding;
 - ``followup_alignment_error_mm_median``: |lung-centroid difference - true translation| (mm);
@@ -33,7 +39,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -43,29 +49,14 @@ from oncostream.evaluation import with_progress
 from oncostream.evaluation.ldct import match_detections
 from oncostream.evaluation.stats import bootstrap_ci95
 from oncostream.settings import Settings
-from oncostream.study import PriorStudy
+from oncostream.store import ResultsStore
+from postprocess.followup import seen_in_retrospect
 
 DEFAULT_ROUNDS_FIRST_SEED = 3_000_000  # training 0-99,999; eval 1,000,000+; pooled 2,000,000+
 DEFAULT_ROUNDS_PATIENTS = 30
 REPORTABLE_MM = 6.0
 _EVAL_KEY = "oncostream-eval-rounds-pseudonym-key"  # a throwaway secret: these patients are synthetic
 CI_KEYS = ("followup_lungrads_agreement_ge6mm", "followup_growth_sensitivity", "followup_false_growth_per_scan")
-
-
-class _MemoryStore:
-    """The results store's ``priors`` over the results of this run (oncostream/app/priors.py PriorSource)."""
-
-    def __init__(self):
-        self.studies: list[tuple[str, str, date | None, TriageEvent]] = []
-
-    def record(self, patient_key: str, study_date: date | None, event: TriageEvent) -> None:
-        self.studies.append((patient_key, event.modality, study_date, event))
-
-    def priors(self, patient_key, modality, before, exclude_study_uid):
-        found = [PriorStudy(e.study_instance_uid, d, e) for k, m, d, e in self.studies
-                 if k == patient_key and m == modality and e.study_instance_uid != exclude_study_uid
-                 and (before is None or d is None or d < before)]
-        return sorted(found, key=lambda p: p.study_date or date.min, reverse=True)
 
 
 @dataclass
@@ -97,12 +88,12 @@ def _truth(round_dir: Path, uid: str) -> dict:
     return json.loads((round_dir / "ground_truth" / f"{uid}.json").read_text())
 
 
-def _process_patient(out: Path, prefix: str, pipeline, store: _MemoryStore, settings: Settings) -> _Patient:
+def _process_patient(out: Path, prefix: str, pipeline, store: ResultsStore, settings: Settings) -> _Patient:
     events, truths = [], []
     for r in (1, 2):
         study = _assemble(out / f"round-{r}" / prefix, settings)
         result = pipeline.process(study)
-        store.record(study.patient_key, study.study_date, result.event)
+        store.record(result)  # as the store sink writes it: round 2's prior is read back from the store
         events.append(result.event)
         truths.append(_truth(out / f"round-{r}", study.study_instance_uid))
     return _Patient(truths[0], truths[1], events[0], events[1])
@@ -126,7 +117,9 @@ def followup_metrics(patients: list[_Patient]) -> dict:
     agree = found_ge6 = all_ge6 = 0
     growing_true = growing_called = false_growth = 0
     tracked = tracked_right = 0
-    missed = {"not_found": 0, "prior_not_found": 0, "unmatched": 0, "below_threshold": 0}
+    missed = {"not_found": 0, "prior_not_found": 0, "retrospect_not_growing": 0, "unmatched": 0,
+              "below_threshold": 0}
+    called_in_retrospect = false_in_retrospect = 0
     for p in patients:
         found2, hits2 = _hits(p.event2, p.truth2)
         found1, hits1 = _hits(p.event1, p.truth1)
@@ -142,10 +135,12 @@ def followup_metrics(patients: list[_Patient]) -> dict:
             if nodule["growing"]:
                 growing_true += 1
                 growing_called += bool(finding is not None and finding.growing)
+                called_in_retrospect += bool(finding is not None and finding.growing and seen_in_retrospect(finding))
                 if finding is None:
                     missed["not_found"] += 1
                 elif not finding.growing and nodule["prior_index"] not in tracking_of_truth1:
-                    missed["prior_not_found"] += 1  # read as new: the round-1 read missed it
+                    # the round-1 read missed it: looked back at, but not growing enough; or read as new
+                    missed["retrospect_not_growing" if seen_in_retrospect(finding) else "prior_not_found"] += 1
                 elif not finding.growing and finding.prior_tracking_uid is None:
                     missed["unmatched"] += 1
                 elif not finding.growing:
@@ -156,6 +151,7 @@ def followup_metrics(patients: list[_Patient]) -> dict:
         for i, finding in enumerate(found2):
             if finding.growing and not (hits2[i] >= 0 and p.truth2["nodules"][int(hits2[i])]["growing"]):
                 false_growth += 1
+                false_in_retrospect += seen_in_retrospect(finding)
     nan = float("nan")
     return {
         "followup_lungrads_agreement_ge6mm": agree / found_ge6 if found_ge6 else nan,
@@ -165,6 +161,8 @@ def followup_metrics(patients: list[_Patient]) -> dict:
         "followup_match_accuracy": tracked_right / tracked if tracked else nan,
         "followup_nodules_ge6mm": all_ge6, "followup_nodules_ge6mm_found": found_ge6,
         "followup_growing_nodules": growing_true,
+        "followup_growth_called_in_retrospect": called_in_retrospect,
+        "followup_false_growth_in_retrospect": false_in_retrospect,
         **{f"followup_growth_missed_{why}": count for why, count in missed.items()},
     }
 
@@ -189,20 +187,24 @@ def evaluate_followup(seeds: range, size: str, mammo: bool = True) -> dict:
     """Follow-up metrics over patients ``seeds`` (one LDCT patient and one mammography patient per seed)."""
     from oncostream.app.pipeline import Pipeline, make_backend
     from oncostream.app.priors import PriorLookup
+    from oncostream.store import open_store
     from oncostream.synth.rounds import write_rounds
 
     settings = Settings(pseudonym_key=_EVAL_KEY)
-    store = _MemoryStore()
-    pipeline = Pipeline(settings, make_backend(settings), prior_lookup=PriorLookup(store=store))
     patients, mammo_pairs = [], []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="oncostream-eval-rounds-") as tmp:
-        for seed in with_progress(seeds, "screening-round patients", every=5):
-            out = Path(tmp) / str(seed)
-            write_rounds(out, mammo=1 if mammo else 0, ldct=1, seed=seed, size=size, rounds=2)
-            patients.append(_process_patient(out, "ct-0000", pipeline, store, settings))
-            if mammo:
-                mammo_pairs.append(_process_patient(out, "mg-0000", pipeline, store, settings))
+        store = open_store(f"sqlite:///{Path(tmp) / 'results.db'}")
+        try:
+            pipeline = Pipeline(settings, make_backend(settings), prior_lookup=PriorLookup(store=store))
+            for seed in with_progress(seeds, "screening-round patients", every=5):
+                out = Path(tmp) / str(seed)
+                write_rounds(out, mammo=1 if mammo else 0, ldct=1, seed=seed, size=size, rounds=2)
+                patients.append(_process_patient(out, "ct-0000", pipeline, store, settings))
+                if mammo:
+                    mammo_pairs.append(_process_patient(out, "mg-0000", pipeline, store, settings))
+        finally:
+            store.close()
     results = followup_metrics(patients)
     results.update(bootstrap_ci95(len(patients), lambda idx: followup_metrics([patients[i] for i in idx]), CI_KEYS))
     errors = [e for e in map(_alignment_error, patients) if np.isfinite(e)]
