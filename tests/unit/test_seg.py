@@ -61,7 +61,8 @@ def test_highdicom_reads_back_the_masks_voxel_for_voxel(seg) -> None:
         description = read.get_segment_description(number)
         assert description.tracking_uid == finding.tracking_uid  # same UID as the SR measurement group
         mask = read.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[number],
-                                                  combine_segments=False, skip_overlap_checks=True)[..., 0]
+                                                  combine_segments=False, skip_overlap_checks=True,
+                                                  assert_missing_frames_are_empty=True)[..., 0]
         np.testing.assert_array_equal(mask.astype(bool), labels == number)
 
 
