@@ -69,6 +69,9 @@ def studies(tmp_path_factory, settings) -> list:
 def _assert_raw_equal(served, reference) -> None:
     for field in reference.__dataclass_fields__:
         want, got = getattr(reference, field), getattr(served, field)
+        if not isinstance(want, np.ndarray):  # the operating point, from the same detector contract
+            assert got == want, field
+            continue
         assert got.shape == want.shape, field
         assert got.dtype == np.float32, field
         if want.size:
