@@ -230,3 +230,39 @@ def test_small_phantom_through_the_committed_models(small_phantom):
     dz, dy, dx = small_phantom.spacing_mm
     found = [np.array([ox + c[2] * dx, oy + c[1] * dy, oz + c[0] * dz]) for c in raw.candidates]
     assert any(np.linalg.norm(f - truth) <= 6.0 for f in found)
+
+
+@pytest.mark.parametrize("plane", [(128, 160), (97, 121)], ids=["even", "odd"])
+def test_denoising_the_body_box_gives_the_whole_plane_answer_inside_the_body(plane):
+    """The denoiser reads only the body's box widened by its reach: with a stand-in model of the same
+    kind (a local filter, zero padding like a convolution, reach 9 pixels), every body pixel comes out
+    as denoising the whole plane gives it, and the air outside the box is returned as it came."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    volume = np.full((10, *plane), -1000.0, np.float32) + rng.normal(0, 30, (10, *plane)).astype(np.float32)
+    volume[:, 40:80, 50:100] = rng.normal(40, 30, (10, 40, 50))  # the body, off-centre
+    volume[3, 36:40, 60:64] = 100.0  # one slice reaches further: the box is the union over slices
+
+    def local_filter(name, feeds):
+        image = feeds["image"]
+        assert image.shape[-2] % 2 == 0 and image.shape[-1] % 2 == 0, "the denoiser needs even edges"
+        out = image
+        for _ in range(9):
+            out = ndimage.uniform_filter(out, size=(1, 1, 3, 3), mode="constant")
+        return {"denoised": out}
+
+    rows, cols = steps.body_box(volume)
+    assert rows.start <= 36 - steps.DENOISE_MARGIN + 1 and cols.stop >= min(plane[1], 100 + steps.DENOISE_MARGIN)
+    boxed = steps.denoise(volume, local_filter)
+    original = steps.body_box
+    try:
+        steps.body_box = lambda v: (slice(0, v.shape[1]), slice(0, v.shape[2]))
+        whole = steps.denoise(volume, local_filter)
+    finally:
+        steps.body_box = original
+    body = volume > steps.BODY_HU
+    np.testing.assert_allclose(boxed[body], whole[body], atol=1e-3)
+    outside = np.ones(volume.shape, bool)
+    outside[:, rows, cols] = False
+    np.testing.assert_allclose(boxed[outside], np.clip(volume, -1024, 3071)[outside], atol=1e-3)
