@@ -19,7 +19,7 @@ from ingest.canonical.ldct import THIN_SERIES_MM, CanonicalOrientation
 from ingest.decode import decode_pixels
 from ingest.preprocess.ldct import PATCH_SIZE, PATCH_SPACING_MM, patch_to_source_index, source_to_patch_index
 from oncostream.errors import OncostreamError
-from oncostream.study import LdctInference, LookbackCandidate, NoduleCandidate, Study
+from oncostream.study import BoxMask, LdctInference, LookbackCandidate, NoduleCandidate, Study
 
 COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
 MASK_THRESHOLD = 0.5
@@ -124,7 +124,7 @@ def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
     nodules = nodules_from_raw(raw, frame, canonical.shape)
     for nodule in nodules:
         if nodule.mask is not None:
-            nodule.mask = orientation.to_stored(nodule.mask)
+            nodule.mask = orientation.mask_to_stored(nodule.mask)
     return LdctInference(nodules=nodules, model_versions=backend.model_versions(),
                          review_reasons=thickness_review(study.datasets, geometry),
                          lookback=lookback_from_raw(raw, frame, nodules))
@@ -248,9 +248,8 @@ def mask_measurements(mask: np.ndarray, probabilities: np.ndarray | None = None)
 
 
 def mask_on_source_grid(mask: np.ndarray, centre_index: np.ndarray, spacing_mm: np.ndarray,
-                        volume_shape: tuple[int, int, int]) -> np.ndarray:
-    """A 1 mm patch mask resampled (linear, threshold 0.5) onto the source series grid: bool [D, H, W]."""
-    out = np.zeros(volume_shape, bool)
+                        volume_shape: tuple[int, int, int]) -> BoxMask:
+    """A 1 mm patch mask resampled (linear, threshold 0.5) onto the source series grid [D, H, W]."""
     corners = np.array([[0, 0, 0], [PATCH_SIZE - 1] * 3], np.float64)
     lo_hi = patch_to_source_index(corners, centre_index, spacing_mm)
     lo = np.clip(np.floor(lo_hi[0]).astype(int), 0, np.asarray(volume_shape) - 1)
@@ -260,5 +259,4 @@ def mask_on_source_grid(mask: np.ndarray, centre_index: np.ndarray, spacing_mm: 
     patch_coords = source_to_patch_index(grid, centre_index, spacing_mm)
     values = ndimage.map_coordinates(mask.astype(np.float32), np.moveaxis(patch_coords, -1, 0), order=1,
                                      mode="constant", cval=0.0)
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = values >= 0.5
-    return out
+    return BoxMask(tuple(int(v) for v in lo), values >= 0.5, tuple(int(v) for v in volume_shape))

@@ -55,6 +55,53 @@ class Study:
             return None
 
 
+@dataclass(frozen=True)
+class BoxMask:
+    """A binary mask on a volume's grid, kept as the box that holds it: ``values`` (bool) at voxel
+    ``offset`` of a volume of ``shape``. A nodule's mask on a 160 x 512 x 512 series is a few thousand
+    voxels; the whole grid would be 42 MB per nodule."""
+
+    offset: tuple[int, int, int]
+    values: np.ndarray
+    shape: tuple[int, int, int]
+
+    def __post_init__(self):
+        if self.values.ndim != 3 or self.values.dtype != bool:
+            raise TypeError(f"values: a 3-D bool array, got {self.values.dtype} {self.values.shape}")
+        if any(o < 0 or o + n > s for o, n, s in zip(self.offset, self.values.shape, self.shape)):
+            raise ValueError(f"values {self.values.shape} at offset {self.offset} leave the grid {self.shape}")
+
+    @classmethod
+    def from_dense(cls, mask: np.ndarray) -> BoxMask:
+        """The box around the true voxels of a whole-grid mask (an empty box when there are none)."""
+        mask = np.asarray(mask, bool)
+        present = np.argwhere(mask)
+        if not len(present):
+            return cls((0, 0, 0), np.zeros((0, 0, 0), bool), mask.shape)
+        lo, hi = present.min(axis=0), present.max(axis=0) + 1
+        return cls(tuple(int(v) for v in lo), mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].copy(), mask.shape)
+
+    def box(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.values.shape))  # type: ignore[return-value]
+
+    def any(self) -> bool:
+        return bool(self.values.any())
+
+    def dense(self) -> np.ndarray:
+        """The whole-grid mask (for a reader that needs it; memory: the whole grid)."""
+        out = np.zeros(self.shape, bool)
+        out[self.box()] = self.values
+        return out
+
+    def slice_rows(self, index: int) -> np.ndarray:
+        """The mask's plane ``index`` along the first axis, on the whole in-plane grid."""
+        out = np.zeros(self.shape[1:], bool)
+        k = index - self.offset[0]
+        if 0 <= k < self.values.shape[0]:
+            out[self.box()[1:]] = self.values[k]
+        return out
+
+
 @dataclass
 class NoduleCandidate:
     """A detected nodule: geometry in patient LPS mm, mask on a 1 mm isotropic patch grid."""
@@ -67,7 +114,7 @@ class NoduleCandidate:
     composition: str  # solid | part_solid | ground_glass | calcified
     malignancy_probability: float
     uncertainty: float
-    mask: np.ndarray | None = None  # bool, on the source series' pixel grid (slices, rows, cols)
+    mask: BoxMask | None = None  # on the source series' pixel grid (slices, rows, cols)
     solid_component_mm: float | None = None  # part-solid only: mean diameter of the solid core, when measured
 
 

@@ -29,13 +29,13 @@ def nodule_segmentation(
     """SEG of every nodule that has a non-empty mask; None when there is nothing to segment.
 
     ``nodules[i]`` and ``findings[i]`` describe the same nodule (the finding gives the tracking UID).
-    Masks are (slices, rows, cols) on ``datasets``' grid, slices in the same order as ``datasets``.
+    Masks (BoxMask) lie on ``datasets``' grid (slices, rows, cols), slices in the same order as ``datasets``.
     The SEG references the source slices its frames derive from (those a mask touches).
     """
     if len(nodules) != len(findings):
         raise ValueError("findings: need one finding per nodule")
     shape = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)) if datasets else (0, 0, 0)
-    masked = [(i, n.mask) for i, n in enumerate(nodules) if n.mask is not None and np.any(n.mask)]
+    masked = [(i, n.mask) for i, n in enumerate(nodules) if n.mask is not None and n.mask.any()]
     if not masked:
         return None
     for i, mask in masked:
@@ -48,11 +48,13 @@ def nodule_segmentation(
     # Only the slices a mask touches become frames (empty frames are omitted anyway), so only they are
     # handed to highdicom as source images: it validates and scans every frame it is given, which for a
     # whole series was a large part of a study's time (a 240-slice series: 19 s of 124 under load).
-    touched = np.flatnonzero(np.logical_or.reduce([mask.any(axis=(1, 2)) for _, mask in masked]))
+    touched = sorted({mask.offset[0] + k for _, mask in masked
+                      for k in np.flatnonzero(mask.values.any(axis=(1, 2)))})
     descriptions = []
     pixels = np.zeros((len(touched), *shape[1:], len(masked)), dtype=bool)
     for number, (i, mask) in enumerate(masked, start=1):
-        pixels[..., number - 1] = mask[touched]
+        for t, index in enumerate(touched):
+            pixels[t, ..., number - 1] = mask.slice_rows(index)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=f"Nodule {i + 1}",
             segmented_property_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,

@@ -24,6 +24,7 @@ import numpy as np
 from pydicom import Dataset
 
 from oncostream.errors import StudyFailed
+from oncostream.study import BoxMask
 
 MAX_OBLIQUE_DEG = 0.5
 # a thin-section series (screening protocols ask for <= 1.0-1.25 mm): a series read thicker than
@@ -178,6 +179,18 @@ class CanonicalOrientation:
         flips = tuple(j for j in range(3) if self.flip[j])
         out = np.flip(volume, axis=flips) if flips else volume
         return np.ascontiguousarray(np.transpose(out, np.argsort(self.order)))
+
+    def mask_to_stored(self, mask: BoxMask) -> BoxMask:
+        """A mask on the canonical grid -> the same mask on the stored grid (``to_stored`` of its box)."""
+        if self.identity:
+            return mask
+        flips = tuple(j for j in range(3) if self.flip[j])
+        values = np.flip(mask.values, axis=flips) if flips else mask.values
+        offset = [mask.shape[j] - mask.offset[j] - mask.values.shape[j] if self.flip[j] else mask.offset[j]
+                  for j in range(3)]
+        inverse = np.argsort(self.order)  # stored axis a is canonical axis inverse[a]
+        return BoxMask(tuple(int(offset[j]) for j in inverse), np.ascontiguousarray(np.transpose(values, inverse)),
+                       tuple(int(mask.shape[j]) for j in inverse))
 
     def stored_index(self, canonical_index: np.ndarray) -> np.ndarray:
         """Canonical voxel index (..., 3), fractional allowed -> stored voxel index (..., 3)."""

@@ -184,7 +184,7 @@ def score_series(seed: int, size: str, run_model: LdctModels, threshold: float |
     composition_correct = [nodule.composition == truth[j].composition for nodule, j in zip(nodules, hits) if j >= 0]
     for nodule, j in zip(nodules, hits):
         if j >= 0 and reportable[j]:
-            dices.append(dice(nodule.mask, phantom.labels == j + 1))
+            dices.append(dice(nodule.mask.dense(), phantom.labels == j + 1))
             volume_errors.append(abs(nodule.volume_mm3 - truth[j].volume_mm3) / truth[j].volume_mm3)
     return SeriesScore(detection_score=det_scores, hit=hits,
                        malignancy=np.array([c.malignancy_probability for c in nodules], float),

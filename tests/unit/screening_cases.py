@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 
 import numpy as np
-from oncostream.study import LdctInference, MammoInference, MammoViewInference, NoduleCandidate, Study
+from oncostream.study import BoxMask, LdctInference, MammoInference, MammoViewInference, NoduleCandidate, Study
 from oncostream.synth.ldct import LdctPhantom, ldct_datasets, make_ldct_phantom
 from oncostream.synth.mammo import MammoPhantom, make_mammo_phantom, mammo_datasets
 
@@ -42,7 +42,7 @@ def ldct_inference(seed: int = 7, *, with_masks: bool = True, probabilities: tup
     candidates = []
     if nodules:
         for k, truth in enumerate(phantom.truth.nodules, start=1):
-            mask = phantom.labels == k if with_masks else None
+            mask = BoxMask.from_dense(phantom.labels == k) if with_masks else None
             candidates.append(NoduleCandidate(
                 center_mm=truth.center_mm, detection_score=0.95, mean_diameter_mm=truth.diameter_mm,
                 long_axis_mm=truth.diameter_mm * 1.2, volume_mm3=truth.volume_mm3, composition=truth.composition,

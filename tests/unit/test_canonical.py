@@ -19,7 +19,7 @@ from ingest.canonical.mammo import canonical_frame, review_reasons
 from ingest.decode import parse_instance
 from oncostream.errors import RejectedInstance, StudyFailed
 from oncostream.settings import Settings
-from oncostream.study import Study
+from oncostream.study import BoxMask, Study
 from oncostream.synth import vendors
 
 
@@ -170,6 +170,12 @@ def test_axis_aligned_stacks_are_reordered_not_resampled(directions, step, order
     np.testing.assert_array_equal(orientation.to_stored(canonical), volume)
     index = np.array([1.0, 2.0, 3.0])
     assert canonical[tuple(index.astype(int))] == volume[tuple(orientation.stored_index(index).astype(int))]
+    # a nodule mask kept as its box goes back to the stored grid as the whole-grid mask does
+    dense = np.zeros(canonical.shape, bool)
+    dense[1:3, 0:2, 2:5] = np.random.default_rng(1).random((2, 2, 3)) > 0.3
+    box = orientation.mask_to_stored(BoxMask.from_dense(dense))
+    np.testing.assert_array_equal(box.dense(), orientation.to_stored(dense))
+    assert box.shape == volume.shape
 
 
 def _rotation_about_x(degrees: float) -> np.ndarray:

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from oncostream.settings import Settings
+from oncostream.study import BoxMask
 from postprocess.results import build_result
 from tests.dicom_tools import dciodvfy_errors
 from tests.unit import screening_cases as cases
@@ -84,6 +85,6 @@ def test_seg_replay_is_byte_identical(seg) -> None:
 
 def test_mask_on_another_grid_is_refused() -> None:
     inference = cases.ldct_inference()
-    inference.nodules[0].mask = np.ones((2, 2, 2), dtype=bool)
+    inference.nodules[0].mask = BoxMask((0, 0, 0), np.ones((2, 2, 2), dtype=bool), (2, 2, 2))
     with pytest.raises(ValueError, match="mask"):
         build_result(cases.ldct_study(), inference, SETTINGS, now=cases.NOW)
