@@ -25,7 +25,9 @@ from training.calibration import fit_logistic, fit_temperature
 from training.ldct_models import (CalibratedDetector, CalibratedSegmenter, DenoiseNet, DetectorNet,
                                   SegmenterNet, export_onnx)
 
-REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+# ONCOSTREAM_EXPORT_REPOSITORY: export into a copy of the repository instead (a candidate release,
+# evaluated before it replaces model_repository/)
+REPOSITORY = Path(os.environ.get("ONCOSTREAM_EXPORT_REPOSITORY", Path(__file__).resolve().parent.parent / "model_repository"))
 TORCH_SEED = 20261128
 PATCH = 48
 DET_PATCH = 40
