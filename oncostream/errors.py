@@ -54,10 +54,11 @@ class ProcessFault(OncostreamError):
     def of(cls, exc: BaseException) -> ProcessFault | None:
         """The fault an exception raised while reading an instance stands for, or None when the
         exception comes from the instance's bytes. pydicom reports malformed values with ValueError,
-        TypeError, KeyError and their kin, and deep nesting with RecursionError; an ImportError,
-        MemoryError or other RuntimeError says nothing about the bytes."""
+        TypeError, KeyError and their kin, an unknown VR with NotImplementedError and deep nesting with
+        RecursionError (both RuntimeErrors); an ImportError, MemoryError or other RuntimeError says
+        nothing about the bytes."""
         if isinstance(exc, (ImportError, MemoryError)) or (
-                isinstance(exc, RuntimeError) and not isinstance(exc, RecursionError)):
+                isinstance(exc, RuntimeError) and not isinstance(exc, (RecursionError, NotImplementedError))):
             return cls(f"cannot read an instance in this process: {type(exc).__name__}: {exc}")
         return None
 

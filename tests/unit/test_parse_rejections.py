@@ -124,7 +124,8 @@ def test_a_fault_of_this_process_is_not_blamed_on_the_instance(valid_ct_bytes, m
     assert type(fault).__name__ in str(caught.value)
 
 
-@pytest.mark.parametrize("error", [ValueError("invalid literal for int()"), RecursionError("too deep")],
+@pytest.mark.parametrize("error", [ValueError("invalid literal for int()"), RecursionError("too deep"),
+                                   NotImplementedError("Unknown Value Representation 'Uz' in tag (0002,0010)")],
                          ids=lambda e: type(e).__name__)
 def test_a_value_that_cannot_be_read_is_still_malformed(valid_ct_bytes, monkeypatch, error):
     from ingest import decode
