@@ -23,6 +23,7 @@ from oncostream.services.base import free_port
 from oncostream.settings import Settings
 from ingest.assembly import mammo_view_key
 from oncostream.study import (
+    BoxMask,
     LdctInference,
     MammoInference,
     MammoViewInference,
@@ -55,7 +56,7 @@ def result() -> StudyResult:
                   datasets=ldct_datasets(phantom), arrived_at=arrived)
     nodules = [NoduleCandidate(center_mm=n.center_mm, detection_score=0.9, mean_diameter_mm=n.diameter_mm,
                                long_axis_mm=n.diameter_mm * 1.2, volume_mm3=n.volume_mm3, composition=n.composition,
-                               malignancy_probability=0.3, uncertainty=0.05, mask=phantom.labels == k + 1)
+                               malignancy_probability=0.3, uncertainty=0.05, mask=BoxMask.from_dense(phantom.labels == k + 1))
                for k, n in enumerate(phantom.truth.nodules)]
     built = build_result(study, LdctInference(nodules=nodules, model_versions={"ldct_test": "1"}), Settings(),
                          now=arrived)
