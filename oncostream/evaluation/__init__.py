@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 DEFAULT_FIRST_SEED = 1_000_000
 # Sized for the power to decide the targets, declared (2026-11-29) before the models it first judged
@@ -68,30 +69,30 @@ MODALITIES = ("CT", "MG")
 
 
 def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: range = range(0),
-             profile: str = "default", modalities: tuple[str, ...] = MODALITIES) -> dict:
-    """Both modalities (or those in ``modalities``) and the pooled nodule-calibration set (when
-    ``pooled_seeds``); the keys merged. Another ``profile`` evaluates the modalities it applies to
-    (oncostream/synth/vendors.py), their studies re-expressed by it, with its name appended to every
-    key (``mammo_exam_auc_larger_detector``, ``ldct_sensitivity_at_1fp_ge6mm_thick_2.5mm``)."""
+             profiles: Sequence[str] = ("default",), modalities: tuple[str, ...] = MODALITIES,
+             repository: Path | None = None) -> dict:
+    """The models of ``repository`` (default: the settings' model repository) on both modalities (or
+    those in ``modalities``) and the pooled nodule-calibration set (when ``pooled_seeds`` and the
+    default profile is asked for); the keys merged. A profile other than the default evaluates the
+    modalities it applies to (oncostream/synth/vendors.py), their studies re-expressed by it, with its
+    name appended to every key (``mammo_exam_auc_larger_detector``,
+    ``ldct_sensitivity_at_1fp_ge6mm_thick_2.5mm``)."""
     from oncostream.evaluation.ldct import evaluate_ldct, evaluate_nodule_calibration
     from oncostream.evaluation.mammo import evaluate_mammo
+    from oncostream.settings import Settings
+    from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
 
-    if profile != "default":
-        from oncostream.synth.vendors import CT_PROFILES, MAMMO_PROFILES
-
-        results = {}
-        if profile in CT_PROFILES and "CT" in modalities:
-            results.update(evaluate_ldct(ldct_seeds, size, profile=profile))
-        if profile in MAMMO_PROFILES and "MG" in modalities:
-            results.update(evaluate_mammo(mammo_seeds, size, profile=profile))
-        return {f"{k}_{profile}": v for k, v in results.items()}
+    repository = Settings().model_repository if repository is None else repository
     results = {}
-    if "CT" in modalities:
-        results.update(evaluate_ldct(ldct_seeds, size))
-        if len(pooled_seeds):
-            results.update(evaluate_nodule_calibration(pooled_seeds, size))
+    ct_profiles = [p for p in profiles if p in CT_PROFILES]
+    if "CT" in modalities and ct_profiles:
+        results.update(evaluate_ldct(ldct_seeds, size, repository, profiles=ct_profiles))
+        if "default" in profiles and len(pooled_seeds):
+            results.update(evaluate_nodule_calibration(pooled_seeds, size, repository))
     if "MG" in modalities:
-        results.update(evaluate_mammo(mammo_seeds, size))
+        for profile in (p for p in profiles if p in MAMMO_PROFILES):
+            figures = evaluate_mammo(mammo_seeds, size, repository, profile=profile)
+            results.update(figures if profile == "default" else {f"{k}_{profile}": v for k, v in figures.items()})
     return results
 
 
@@ -178,17 +179,19 @@ def main(args) -> int:
     size = getattr(args, "size", "full")
     profiles = profiles_of(getattr(args, "profile", "default"))
     modalities = MODALITIES if getattr(args, "modality", "both") == "both" else (args.modality.upper(),)
-    results = {}
-    for profile in profiles:  # each profile's keys carry its name (the default's none)
-        results.update(evaluate(ldct_seeds, mammo_seeds, size, pooled_seeds, profile, modalities))
-    print(f"oncostream eval: LDCT seeds {ldct_seeds.start}:{ldct_seeds.stop}, "
+    from oncostream.settings import Settings
+
+    repository = Settings().model_repository  # ONCOSTREAM_MODEL_REPOSITORY: e.g. a candidate release
+    # each profile's keys carry its name (the default's none)
+    results = evaluate(ldct_seeds, mammo_seeds, size, pooled_seeds, profiles, modalities, repository)
+    print(f"oncostream eval: models {repository}, LDCT seeds {ldct_seeds.start}:{ldct_seeds.stop}, "
           f"pooled LDCT seeds {pooled_seeds.start}:{pooled_seeds.stop}, "
           f"mammography seeds {mammo_seeds.start}:{mammo_seeds.stop}, size {size}, profiles {','.join(profiles)}, "
           f"modalities {','.join(modalities)}")
     print(format_table(results))
     if args.json_path is not None:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"ldct_seeds": [ldct_seeds.start, ldct_seeds.stop],
+        payload = {"model_repository": str(repository), "ldct_seeds": [ldct_seeds.start, ldct_seeds.stop],
                    "pooled_seeds": [pooled_seeds.start, pooled_seeds.stop],
                    "mammo_seeds": [mammo_seeds.start, mammo_seeds.stop], "size": size,
                    "profiles": profiles, "modalities": list(modalities),

@@ -38,6 +38,7 @@ hits no nodule is a false positive.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,13 +148,19 @@ class SeriesScore:
 
 def score_series(seed: int, size: str, run_model: LdctModels, threshold: float | None = None,
                  nodules: list[dict] | None = None) -> SeriesScore:
-    """The 25 % dose phantom of ``seed`` (``nodules``: make_ldct_phantom's override) written as DICOM,
-    read back as the pipeline reads it, run through the serving steps (ingest/steps/ldct.py;
-    ``threshold``: the detector operating point, default the detector contract's) and matched with
-    its truth (module doc)."""
-    from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+    """The 25 % dose phantom of ``seed`` (``nodules``: make_ldct_phantom's override) scored by
+    score_phantom."""
+    from oncostream.synth.ldct import make_ldct_phantom
 
-    phantom = make_ldct_phantom(seed, size=size, nodules=nodules)
+    return score_phantom(make_ldct_phantom(seed, size=size, nodules=nodules), run_model, threshold)
+
+
+def score_phantom(phantom, run_model: LdctModels, threshold: float | None = None) -> SeriesScore:
+    """A phantom written as DICOM, read back as the pipeline reads it, run through the serving steps
+    (ingest/steps/ldct.py; ``threshold``: the detector operating point, default the detector
+    contract's) and matched with its truth (module doc)."""
+    from oncostream.synth.ldct import ldct_datasets
+
     datasets = ldct_datasets(phantom)
     geometry = SeriesGeometry.from_datasets(datasets)
     volume = series_volume_hu(datasets)
@@ -207,8 +214,8 @@ class _StepsBackend:
         return {}
 
 
-def score_profile_series(seed: int, size: str, run_model: LdctModels, profile: str) -> SeriesScore:
-    """The phantom of ``seed`` re-expressed by a vendor profile (oncostream/synth/vendors.py) and read
+def score_profile_series(phantom, run_model: LdctModels, profile: str) -> SeriesScore:
+    """A phantom re-expressed by a vendor profile (oncostream/synth/vendors.py) and read
     by the served path (ingest/ldct.py infer_ldct_study: series geometry, canonical orientation,
     serving steps). Detection, malignancy, composition and volume are scored against the truth; the
     Dice and denoising figures, which compare voxel grids, only on the default profile."""
@@ -217,10 +224,9 @@ def score_profile_series(seed: int, size: str, run_model: LdctModels, profile: s
     from ingest.assembly import sort_ct_series
     from ingest.ldct import infer_ldct_study
     from oncostream.study import Study
-    from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+    from oncostream.synth.ldct import ldct_datasets
     from oncostream.synth.vendors import CT_PROFILES
 
-    phantom = make_ldct_phantom(seed, size=size)
     datasets, _ = sort_ct_series(CT_PROFILES[profile](ldct_datasets(phantom)), None)
     study = Study(study_instance_uid=phantom.truth.study_instance_uid, modality="CT", datasets=datasets,
                   arrived_at=datetime.now(timezone.utc))
@@ -245,20 +251,29 @@ def score_profile_series(seed: int, size: str, run_model: LdctModels, profile: s
 
 
 def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY,
-                  profile: str = "default") -> dict:
-    """Metrics of the committed LDCT models on the 25 % dose phantoms of ``seeds`` (see module doc),
-    re-expressed by ``profile`` unless it is the default."""
+                  profiles: Sequence[str] = ("default",)) -> dict:
+    """Metrics of the LDCT models of ``repository`` on the 25 % dose phantoms of ``seeds`` (see module
+    doc), read as each of ``profiles`` re-expresses them; the keys of a profile other than the default
+    carry its name (``ldct_malignancy_auc_smooth_kernel``). Each phantom is generated once and read as
+    every profile (generating a full phantom costs about as much as reading it)."""
+    from oncostream.synth.ldct import make_ldct_phantom
+
     run_model = LdctModels(repository)
-    if profile == "default":
-        series = [score_series(seed, size, run_model) for seed in with_progress(seeds, "LDCT series")]
-    else:
-        series = [score_profile_series(seed, size, run_model, profile)
-                  for seed in with_progress(seeds, f"LDCT series ({profile})")]
-    results = ldct_metrics(series)
-    results.update(bootstrap_ci95(len(series), lambda idx: ldct_metrics([series[i] for i in idx]), CI_KEYS))
-    results.update(ece_if_calibrated(scored_nodules(series)[0], "ece_nodule"))
-    if profile != "default":  # voxel-grid comparisons are not made on re-expressed series
-        results = {k: v for k, v in results.items() if not k.startswith(("denoise_", "ldct_seg_dice"))}
+    series: dict[str, list[SeriesScore]] = {profile: [] for profile in profiles}
+    for seed in with_progress(seeds, f"LDCT series ({','.join(profiles)})"):
+        phantom = make_ldct_phantom(seed, size=size)
+        for profile in profiles:
+            series[profile].append(score_phantom(phantom, run_model) if profile == "default"
+                                   else score_profile_series(phantom, run_model, profile))
+    results = {}
+    for profile, scored in series.items():
+        figures = ldct_metrics(scored)
+        figures.update(bootstrap_ci95(len(scored), lambda idx, s=scored: ldct_metrics([s[i] for i in idx]), CI_KEYS))
+        figures.update(ece_if_calibrated(scored_nodules(scored)[0], "ece_nodule"))
+        if profile != "default":  # voxel-grid comparisons are not made on re-expressed series
+            figures = {f"{k}_{profile}": v for k, v in figures.items()
+                       if not k.startswith(("denoise_", "ldct_seg_dice"))}
+        results.update(figures)
     return results
 
 

@@ -43,25 +43,35 @@ def test_progress_is_logged_every_so_many_seeds_and_at_the_end(caplog):
         "things: 2 of 5 done", "things: 4 of 5 done", "things: 5 of 5 done"]
 
 
-def test_several_profiles_in_one_run_give_each_its_keys_and_one_modality_only_its_own(monkeypatch):
+def test_several_profiles_in_one_run_give_each_its_keys_and_one_modality_only_its_own(monkeypatch, tmp_path):
     """`oncostream eval --profile default,thick_2.5mm,larger_detector --modality ct`: the LDCT figures of
     the default (no suffix) and of the CT profile (suffixed); the mammography profile and models untouched."""
     import argparse
+    import json
 
     import pytest
 
     from oncostream.evaluation import ldct, mammo
 
     calls = []
-    monkeypatch.setattr(ldct, "evaluate_ldct", lambda seeds, size, profile="default": calls.append(("CT", profile))
-                        or {"ldct_auc": 0.9})
-    monkeypatch.setattr(ldct, "evaluate_nodule_calibration", lambda seeds, size: {"ldct_pooled_ece": 0.04})
-    monkeypatch.setattr(mammo, "evaluate_mammo", lambda seeds, size, profile="default": calls.append(("MG", profile))
-                        or {"mammo_auc": 0.9})
-    args = argparse.Namespace(seeds=range(1, 3), pooled_seeds=range(0), json_path=None, size="small",
+
+    def ldct_figures(seeds, size, repository, profiles=("default",)):
+        calls.append(("CT", tuple(profiles), repository))
+        return {"ldct_auc": 0.9, **{f"ldct_auc_{p}": 0.8 for p in profiles if p != "default"}}
+
+    monkeypatch.setattr(ldct, "evaluate_ldct", ldct_figures)
+    monkeypatch.setattr(ldct, "evaluate_nodule_calibration", lambda seeds, size, repository: {"ldct_pooled_ece": 0.04})
+    monkeypatch.setattr(mammo, "evaluate_mammo", lambda *a, **k: calls.append(("MG",)) or {"mammo_auc": 0.9})
+    monkeypatch.setenv("ONCOSTREAM_MODEL_REPOSITORY", str(tmp_path))
+    json_path = tmp_path / "eval.json"
+    args = argparse.Namespace(seeds=range(1, 3), pooled_seeds=range(0), json_path=json_path, size="small",
                               profile="default,thick_2.5mm,larger_detector", modality="ct", rounds=None)
     assert evaluation.main(args) == 0
-    assert calls == [("CT", "default"), ("CT", "thick_2.5mm")]
+    # one LDCT pass for both profiles (each phantom generated once), from the configured repository
+    assert calls == [("CT", ("default", "thick_2.5mm"), tmp_path)]
+    payload = json.loads(json_path.read_text())
+    assert payload["model_repository"] == str(tmp_path)
+    assert payload["ldct_auc_thick_2.5mm"] == 0.8 and "mammo_auc" not in payload
     assert evaluation.profiles_of("all")[0] == "default" and "smooth_kernel" in evaluation.profiles_of("all")
     with pytest.raises(SystemExit, match="no_such_vendor"):
         evaluation.profiles_of("default,no_such_vendor")
