@@ -204,6 +204,27 @@ def ct_reverse_order(datasets: list[Dataset]) -> list[Dataset]:
     return out
 
 
+def ct_fov_padding(datasets: list[Dataset], padding_hu: float = -3024.0) -> list[Dataset]:
+    """Signed storage with the pixels outside the circular reconstruction field of view written as a
+    padding value (Pixel Padding Value), as several CT vendors store them: -3024 HU where the phantom
+    has air. Every voxel inside the circle is unchanged (the phantoms' bodies lie inside it)."""
+    out = []
+    for ds in datasets:
+        hu = _pixels(ds).astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        rows, cols = hu.shape
+        yy, xx = np.mgrid[:rows, :cols]
+        outside = (yy - (rows - 1) / 2) ** 2 + (xx - (cols - 1) / 2) ** 2 > (min(rows, cols) / 2) ** 2
+        stored = np.rint((hu - float(ds.RescaleIntercept)) / float(ds.RescaleSlope))
+        padding = int(round((padding_hu - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)))
+        stored[outside] = padding
+        signed = copy.deepcopy(ds)
+        signed.PixelRepresentation = 1
+        new = _with_pixels(signed, stored)
+        new.add_new(0x00280120, "SS", padding)  # Pixel Padding Value
+        out.append(new)
+    return out
+
+
 def average_slices(volume: np.ndarray, factor: int) -> np.ndarray:
     """Adjacent groups of ``factor`` slices (axis 0) averaged: the thicker reconstruction of the same
     scan (a trailing partial group is dropped)."""
@@ -296,6 +317,7 @@ CT_EXACT: dict[str, Transform] = {
     "mirror_columns": ct_mirror_columns,
     "transpose": ct_transpose,
     "reverse_order": ct_reverse_order,
+    "fov_padding": ct_fov_padding,
 }
 CT_RESAMPLING: dict[str, Transform] = {
     "thick_2.5mm": ct_thick_slices,
