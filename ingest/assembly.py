@@ -32,7 +32,7 @@ from ingest.canonical.ldct import has_screening_series, select_series
 from oncostream.errors import RejectedInstance, StudyFailed
 from oncostream.ids import patient_pseudonym
 from oncostream.settings import Settings
-from oncostream.study import Study
+from oncostream.study import Study, mammo_view
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ class _Pending:
 
 def mammo_view_key(ds: Dataset) -> str | None:
     """'LCC' etc. for a standard screening view, None for anything else (spot, magnification, XCCL...)."""
-    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
-    view = str(ds.get("ViewPosition", "")).upper()
+    laterality, view = mammo_view(ds)
     key = f"{laterality}{view}"
     return key if key in MAMMO_VIEWS else None
 

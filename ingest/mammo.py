@@ -22,7 +22,7 @@ from ingest.preprocess.mammo import frame_vector
 from oncostream.errors import RejectedInstance, StudyFailed
 from oncostream.model_contract import load_contract
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
-from oncostream.study import MammoInference, MammoViewInference, Study
+from oncostream.study import MammoInference, MammoViewInference, Study, mammo_view
 
 MODELS = ("mammo_classifier", "mammo_density")
 # Used when the contract carries no fitted values (e.g. a user's own model).
@@ -108,8 +108,7 @@ def canonical_views(datasets: list, study_instance_uid: str = "") -> tuple[list[
     with the view's reason (StudyFailed)."""
     images, frames = [], []
     for ds in datasets:
-        laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
-        view = str(ds.get("ViewPosition", "")).upper()
+        laterality, view = mammo_view(ds)
         stored = np.asarray(_pixels(ds), np.float32)
         try:
             frames.append(canonical_frame(ds, stored, laterality, view))
@@ -129,8 +128,7 @@ def infer_mammo_study(backend: InferenceBackend, study: Study,
         raise ValueError("study: a mammography study needs at least one view")
     calibration = {**DEFAULT_CALIBRATION, **load_contract("mammo_classifier", repository).calibration}
     images, frames = canonical_views(study.datasets, study.study_instance_uid)
-    lateralities = [str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper() for ds in study.datasets]
-    views = [str(ds.get("ViewPosition", "")).upper() for ds in study.datasets]
+    lateralities, views = (list(v) for v in zip(*(mammo_view(ds) for ds in study.datasets)))
     reasons = [f"{lat}{view}: {r}" for ds, lat, view in zip(study.datasets, lateralities, views)
                for r in review_reasons(ds)]
     raw = backend.infer_mammo(images, [frame_vector(f) for f in frames], [f.mask for f in frames])

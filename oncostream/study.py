@@ -14,6 +14,23 @@ from pydicom import Dataset
 
 from oncostream.errors import StudyFailed
 
+# View Code Sequence values (CID 4014) of the two screening views: SNOMED CT and the SNOMED-RT codes older
+# modalities still write
+_SCREENING_VIEW_CODES = {"399162004": "CC", "R-10242": "CC", "399368009": "MLO", "R-10226": "MLO"}
+
+
+def mammo_view(ds: Dataset) -> tuple[str, str]:
+    """(laterality, view) of a mammography image. Laterality: Image Laterality, else the series'
+    Laterality. View: from View Code Sequence (Type 1 in the Mammography Image module) when present,
+    "CC" or "MLO" for their codes and the code value otherwise (a lateral or exaggerated view is not
+    read as a screening view because View Position says MLO); from View Position (Type 3, which some
+    modalities leave out) only without a coded view."""
+    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()
+    coded = [str(item.get("CodeValue", "")) for item in ds.get("ViewCodeSequence", []) or []]
+    if coded and coded[0]:
+        return laterality, _SCREENING_VIEW_CODES.get(coded[0], coded[0])
+    return laterality, str(ds.get("ViewPosition", "")).upper()
+
 
 @dataclass
 class Study:

@@ -49,7 +49,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
 from oncostream.contracts import LungRads, MammoCategory, MammoFinding, NoduleFinding
-from oncostream.study import PriorStudy
+from oncostream.study import PriorStudy, mammo_view
 from oncostream.uids import derive_uid
 from postprocess import codes
 from postprocess.followup import seen_in_retrospect
@@ -304,8 +304,7 @@ def _algorithm_items(name: str, version: str) -> list[Dataset]:  # TID 4019
 def _library_entry(ds: Dataset) -> ImageContentItem:  # TID 4020
     item = ImageContentItem(name=codes.SOURCE, referenced_sop_class_uid=ds.SOPClassUID,
                             referenced_sop_instance_uid=ds.SOPInstanceUID, relationship_type=_CONTAINS)
-    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", ""))
-    view = str(ds.get("ViewPosition", ""))
+    laterality, view = mammo_view(ds)
     children: list[Dataset] = []
     if laterality in codes.LATERALITY_CODES:
         children.append(CodeContentItem(name=codes.IMAGE_LATERALITY, value=codes.LATERALITY_CODES[laterality],

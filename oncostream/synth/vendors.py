@@ -112,6 +112,20 @@ def mg_display_attributes(datasets: list[Dataset]) -> list[Dataset]:
     return out
 
 
+def mg_coded_view_only(datasets: list[Dataset]) -> list[Dataset]:
+    """View Position left out (Type 3; some modalities write only the Type 1 View Code Sequence), the
+    view codes in their older SNOMED-RT form (exact)."""
+    legacy = {"399162004": "R-10242", "399368009": "R-10226"}
+    out = []
+    for ds in datasets:
+        new = copy.deepcopy(ds)
+        del new.ViewPosition
+        for item in new.ViewCodeSequence:
+            item.CodeValue, item.CodingSchemeDesignator = legacy[item.CodeValue], "SRT"
+        out.append(new)
+    return out
+
+
 def mg_larger_detector(datasets: list[Dataset], margin_mm: tuple[float, float, float] = (30.0, 50.0, 30.0)
                        ) -> list[Dataset]:
     """The same breast on a larger detector: (top, far side, bottom) margins of zero signal added,
@@ -307,6 +321,7 @@ MAMMO_EXACT: dict[str, Transform] = {
     "mirror_rows": mg_mirror_rows,
     "sixteen_bits": mg_sixteen_bits,
     "display_attributes": mg_display_attributes,
+    "coded_view_only": mg_coded_view_only,
 }
 MAMMO_RESAMPLING: dict[str, Transform] = {
     "burned_in_marker": mg_burned_in_marker,

@@ -100,6 +100,28 @@ def test_non_screening_view_is_not_part_of_exam(assembler):
     assert len(assembler) == 0
 
 
+def _coded_view(value: str, scheme: str = "SCT") -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, "view"
+    return item
+
+
+def test_the_coded_view_decides_when_view_position_is_absent_or_disagrees(assembler):
+    """View Code Sequence is Type 1 in the Mammography Image module, View Position Type 3: an exam
+    written with codes only (SNOMED CT or the older SNOMED-RT codes) completes; a lateral view coded
+    as such is not read as an MLO because View Position says so."""
+    study = generate_uid()
+    views = [mammo_view(study, key) for key in MAMMO_VIEWS]
+    for ds, code in zip(views, ("399162004", "399368009", "R-10242", "R-10226")):
+        del ds.ViewPosition
+        ds.ViewCodeSequence = [_coded_view(code, "SCT" if code[0].isdigit() else "SRT")]
+    done = [s for ds in views for s in assembler.add(ds)]
+    assert len(done) == 1 and done[0].error is None and len(done[0].datasets) == 4
+    lateral = mammo_view(generate_uid(), "LMLO")
+    lateral.ViewCodeSequence = [_coded_view("399260004")]  # medio-lateral: not a screening view
+    assert assembler.add(lateral) == [] and len(assembler) == 0
+
+
 def test_ct_series_completes_at_expected_count_sorted_by_position(assembler):
     slices = ct_slices(20)
     shuffled = slices[::2] + slices[1::2]
