@@ -42,8 +42,8 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="module")
-def backend():
-    backend = EmbeddedBackend()
+def backend(settings):
+    backend = EmbeddedBackend(settings.model_repository)  # ONCOSTREAM_MODEL_REPOSITORY: a candidate release
     yield backend
     backend.close()
 
