@@ -26,11 +26,15 @@ from ingest.ldct import infer_ldct_study
 from ingest.mammo import infer_mammo_study
 from oncostream.settings import Settings
 from oncostream.synth import vendors
+from postprocess.priority import load_program
 from postprocess.results import build_result
 
 # relative volume change allowed when 1.25 mm slices are averaged in pairs into 2.5 mm slices (on
 # seeds 1-9 the nodules >= 6 mm moved by -9 % to +11 %, median +5 %: README, Vendor conformance)
 THICK_SLICE_VOLUME_TOLERANCE = 0.12
+# absolute change of a nodule's malignancy probability allowed under a resampling re-expression (on
+# seed 1 the retrained models moved by at most 0.016 under 2.5 mm slices and either kernel)
+RESAMPLED_PROBABILITY_TOLERANCE = 0.05
 MAMMO_SEEDS = {"normal": 1, "malignant": 2}
 LDCT_SEED = 1
 AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -159,12 +163,24 @@ def _reportable(event) -> list:
     return sorted((f for f in event.findings if f.mean_diameter_mm >= 6.0), key=lambda f: f.center_mm)
 
 
-def _same_nodules(got, want, volume_tolerance: float) -> None:
+def _same_nodules(got, want, volume_tolerance: float, probability_tolerance: float = 0.0,
+                  four_x_probability: float | None = None) -> None:
+    """The same nodules: position, composition, Lung-RADS category, volume within ``volume_tolerance``
+    and malignancy probability within ``probability_tolerance``. A resampled read may move a nodule
+    across the program's 4X threshold only where both reads lie within the tolerance of it (the
+    category without 4X unchanged): the study's priority and category are compared strictly by the
+    callers."""
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert np.linalg.norm(np.subtract(g.center_mm, w.center_mm)) < w.mean_diameter_mm / 4
-        assert g.composition == w.composition and g.lung_rads == w.lung_rads
+        assert g.composition == w.composition
         assert abs(g.volume_mm3 - w.volume_mm3) <= volume_tolerance * w.volume_mm3
+        if probability_tolerance:
+            assert abs(g.malignancy_probability - w.malignancy_probability) <= probability_tolerance
+        if g.lung_rads != w.lung_rads:
+            at_threshold = four_x_probability is not None and all(
+                abs(f.malignancy_probability - four_x_probability) <= probability_tolerance for f in (g, w))
+            assert at_threshold and "4X" in (g.lung_rads, w.lung_rads), (g.lung_rads, w.lung_rads)
 
 
 def test_the_baseline_series_has_reportable_nodules(ldct_baseline, ldct_series):
@@ -196,7 +212,8 @@ def test_ldct_resampled_re_expression_keeps_priority_category_and_nodules(name, 
                                                                           settings, backend):
     _, event = triage(vendors.CT_RESAMPLING[name](copy.deepcopy(ldct_series[1])), settings, backend)
     assert (event.priority, event.category.lung_rads) == (ldct_baseline.priority, ldct_baseline.category.lung_rads)
-    _same_nodules(_reportable(event), _reportable(ldct_baseline), THICK_SLICE_VOLUME_TOLERANCE)
+    _same_nodules(_reportable(event), _reportable(ldct_baseline), THICK_SLICE_VOLUME_TOLERANCE,
+                  RESAMPLED_PROBABILITY_TOLERANCE, load_program(settings.program).ldct.four_x_probability)
     if name.startswith("thick"):  # thick slices read nodules larger: the event asks a reader to check
         assert event.needs_human_review and "2.5 mm thick" in " ".join(event.review_reasons)
     assert not ldct_baseline.review_reasons
