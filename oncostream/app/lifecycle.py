@@ -18,7 +18,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from enum import Enum
 from pathlib import Path
 
@@ -324,6 +324,11 @@ class ConcurrentStudies:
     until ``collect`` returns it. ``submit`` refuses beyond ``capacity`` + ``backlog``: the caller stops
     reading. The backlog (studies submitted, waiting for a thread) keeps the threads busy while the caller
     is away from ``collect`` (a Kafka poll that waits for records): only publishing waits for the caller.
+
+    Studies of one patient (``Study.patient_key``) are processed one at a time, the earliest study date
+    first: a study submitted while another of its patient is processing waits until that one is
+    published, so a follow-up round streamed together with its prior (a backlog replay) finds the prior
+    in the results store instead of being read as a baseline.
     """
 
     def __init__(self, lifecycle: StudyLifecycle, capacity: int, backlog: int = 0):
@@ -338,28 +343,49 @@ class ConcurrentStudies:
         self.backlog = backlog
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="oncostream-study")
         self._running: dict = {}  # Future -> _Work
+        self._waiting: list[_Work] = []  # held back while a study of the same patient processes
 
     def __len__(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._waiting)
 
     @property
     def full(self) -> bool:
-        return len(self._running) >= self.capacity + self.backlog
+        return len(self) >= self.capacity + self.backlog
+
+    def _works(self) -> list[_Work]:
+        return [*self._running.values(), *self._waiting]
 
     def holds(self, study: Study) -> bool:
-        return any(work.study is study for work in self._running.values())
+        return any(work.study is study for work in self._works())
 
     def processing(self, assembly_key: str | None) -> bool:
         """True while a study of this assembly key is being processed: an instance of it arriving now is
         late (its study closed without it), like one arriving after the study was published."""
         return assembly_key is not None and any(w.study.assembly_key == assembly_key and not w.dropped
-                                                for w in self._running.values())
+                                                for w in self._works())
 
     def submit(self, study: Study) -> None:
         if self.full:
             raise RuntimeError(f"{len(self._running)} studies already submitted (capacity {self.capacity}, "
                                f"backlog {self.backlog})")
-        self._start(_Work(study))
+        work = _Work(study)
+        if self._patient_processing(study):
+            self._waiting.append(work)
+        else:
+            self._start(work)
+
+    def _patient_processing(self, study: Study) -> bool:
+        key = study.patient_key
+        return key is not None and any(w.study.patient_key == key for w in self._running.values())
+
+    def _start_waiting(self) -> None:
+        """Start the held-back studies whose patient has nothing processing any more, earliest study date
+        first (an undated study last); those whose source went away are forgotten."""
+        self._waiting = [work for work in self._waiting if not work.dropped]
+        for work in sorted(self._waiting, key=lambda w: w.study.study_date or date.max):
+            if not self._patient_processing(work.study):
+                self._waiting.remove(work)
+                self._start(work)
 
     def _start(self, work: _Work) -> None:
         future = self._pool.submit(self._process, work.study)
@@ -377,7 +403,7 @@ class ConcurrentStudies:
 
     def drop(self, predicate: Callable[[Study], bool]) -> None:
         """Studies whose source went away (a revoked partition): their results will be thrown away."""
-        for work in self._running.values():
+        for work in self._works():
             if predicate(work.study):
                 work.dropped = True
 
@@ -389,6 +415,7 @@ class ConcurrentStudies:
         from concurrent.futures import FIRST_COMPLETED, wait
 
         if not self._running:
+            self._start_waiting()
             return []
         done, _ = wait(list(self._running), timeout=max(timeout_s, 0.0), return_when=FIRST_COMPLETED)
         ended: list[tuple[Study, Finished]] = []
@@ -416,6 +443,7 @@ class ConcurrentStudies:
             if not work.dropped:
                 work.attempt += 1
                 self._start(work)
+        self._start_waiting()
         return ended
 
     def finish(self, study: Study) -> list[tuple[Study, Finished]]:
@@ -432,13 +460,14 @@ class ConcurrentStudies:
     def drain(self) -> list[tuple[Study, Finished]]:
         """Collect until nothing is processing."""
         ended = []
-        while self._running:
+        while self._running or self._waiting:
             ended.extend(self.collect(timeout_s=1.0))
         return ended
 
     def close(self) -> None:
         """Stop: studies still processing are abandoned (their results are never published)."""
-        for work in self._running.values():
+        for work in self._works():
             work.dropped = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._running.clear()
+        self._waiting.clear()

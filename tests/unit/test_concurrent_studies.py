@@ -235,3 +235,44 @@ def test_a_dropped_study_is_never_published_and_a_closed_one_is_late():
     pipeline.gate("1").set()
     assert processing.drain() == [] and sink.added == []
     processing.close()
+
+
+def _of_patient(uid: str, patient_key: str, study_date: str):
+    from pydicom import Dataset
+
+    s = at(uid, int(uid))
+    s.patient_key = patient_key
+    s.datasets = [Dataset()]
+    s.datasets[0].StudyDate = study_date
+    return s
+
+
+def test_studies_of_one_patient_run_one_at_a_time_earliest_round_first():
+    """A patient's rounds streamed together: the later ones wait until the running one is published (so
+    they find it in the results store as their prior), then start oldest study date first; another
+    patient's study is not held back."""
+    pipeline = GatedPipeline()
+    for uid in "1234":
+        pipeline.gate(uid)
+    started = pipeline.started
+    processing = ConcurrentStudies(lifecycle(pipeline=pipeline), capacity=3, backlog=1)
+    processing.submit(_of_patient("1", "patient-a", "20260105"))
+    assert started["1"].wait(TIMEOUT_S)
+    processing.submit(_of_patient("2", "patient-a", "20250110"))
+    processing.submit(_of_patient("3", "patient-a", "20240110"))
+    processing.submit(_of_patient("4", "patient-b", "20240110"))
+    assert started["4"].wait(TIMEOUT_S)
+    assert len(processing) == 4 and processing.full
+    assert not started["2"].is_set() and not started["3"].is_set()
+    order = []
+    for uid in ("1", "4", "3", "2"):
+        pipeline.gate(uid).set()
+        for ended, finished in collect_until(processing, 1):
+            assert finished.outcome is Outcome.PUBLISHED
+            order.append(ended.study_instance_uid)
+        if uid == "1":  # the oldest waiting round of patient-a starts, the other still waits
+            assert started["3"].wait(TIMEOUT_S) and not started["2"].is_set()
+        if uid == "3":
+            assert started["2"].wait(TIMEOUT_S)
+    assert order == ["1", "4", "3", "2"] and pipeline.most_running <= 2 and len(processing) == 0
+    processing.close()
