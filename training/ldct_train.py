@@ -515,9 +515,10 @@ def train_one(name: str, cached_only: bool = False) -> None:
     checkpoints.save_finished(f"ldct_{name}", key, net)
 
 
-def _finished_nets() -> dict[str, torch.nn.Module]:
+def _finished_nets(names: tuple[str, ...]) -> dict[str, torch.nn.Module]:
     nets = {}
-    for name, (_, cls) in _TRAINERS.items():
+    for name in names:
+        cls = _TRAINERS[name][1]
         weights = checkpoints.finished(f"ldct_{name}", stage_key(name))
         if weights is None:
             raise SystemExit(f"no finished ldct_{name} weights for {stage_key(name)} in {checkpoints.CHECKPOINT_DIR}: "
@@ -528,10 +529,13 @@ def _finished_nets() -> dict[str, torch.nn.Module]:
     return nets
 
 
-def calibrate_and_export(cached_only: bool = False) -> None:
+def calibrate_and_export(cached_only: bool = False, segmenter_only: bool = False) -> None:
     """Temperatures on the validation patches (composition; malignancy as the starting point), the
-    three ONNX files, then the served-path Platt calibration of malignancy (calibrate_served)."""
-    nets = _finished_nets()
+    three ONNX files, then the served-path Platt calibration of malignancy (calibrate_served).
+    ``segmenter_only``: the denoiser and detector already in the repository stay as they are (a retrained
+    one that did not improve on the selection sets is not shipped); only the segmenter is exported and
+    the served calibration reruns with the kept models."""
+    nets = _finished_nets(("segmenter",) if segmenter_only else tuple(_TRAINERS))
     validation = _load_items("validation", cached_only, _NEEDS["segmenter"])
     mal_logits, mal_labels, comp_logits, comp_labels = validation_logits(nets["segmenter"], validation)
     t_mal = fit_temperature(mal_logits, mal_labels) if len(mal_labels) else 1.0
@@ -539,14 +543,18 @@ def calibrate_and_export(cached_only: bool = False) -> None:
     _log(stage="calibration", malignancy_temperature=t_mal, composition_temperature=t_comp,
          validation_nodules=int(len(mal_labels) // 2))
     calibration = {"malignancy_scale": 1.0 / t_mal, "malignancy_bias": 0.0, "composition_temperature": t_comp}
-    export_all(nets["denoise"], nets["detector"], nets["segmenter"], calibration)
+    if segmenter_only:
+        export_segmenter(nets["segmenter"], calibration)
+    else:
+        export_all(nets["denoise"], nets["detector"], nets["segmenter"], calibration)
     calibrate_served(nets["segmenter"], calibration)
 
 
 def main(argv: list[str] | None = None) -> int:
     """No arguments: build the data, train all three, calibrate, export (what ``make models`` runs).
     ``--only denoise|detector|segmenter`` trains one (the detector's hard-example schedule starts from
-    its finished base schedule when that is in the checkpoints); ``--export`` only calibrates and exports;
+    its finished base schedule when that is in the checkpoints); ``--export`` only calibrates and exports
+    (``--segmenter-only``: only the segmenter, keeping the repository's denoiser and detector);
     ``--cached-only`` uses the phantoms already cached instead of building the missing ones."""
     args = sys.argv[1:] if argv is None else argv
     cached_only = "--cached-only" in args
@@ -555,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--only" in args:
         train_one(args[args.index("--only") + 1], cached_only)
     elif "--export" in args:
-        calibrate_and_export(cached_only)
+        calibrate_and_export(cached_only, segmenter_only="--segmenter-only" in args)
     else:
         for name in _TRAINERS:
             train_one(name, cached_only)
