@@ -8,6 +8,7 @@ LPS millimetres (centre, diameters, volume) and onto the source series' own pixe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from pydicom import Dataset
 from scipy import ndimage
 
 from ingest.backends.base import InferenceBackend, LdctRaw
+from ingest.canonical import ct_texture
 from ingest.canonical.ldct import THIN_SERIES_MM, CanonicalOrientation
 from ingest.decode import decode_pixels
 from ingest.preprocess.ldct import PATCH_SIZE, PATCH_SPACING_MM, patch_to_source_index, source_to_patch_index
@@ -23,6 +25,8 @@ from oncostream.study import BoxMask, LdctInference, LookbackCandidate, NoduleCa
 
 COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
 MASK_THRESHOLD = 0.5
+
+log = logging.getLogger(__name__)
 
 
 class SeriesGeometryError(OncostreamError):
@@ -112,21 +116,25 @@ def series_orientation(geometry: SeriesGeometry, volume_shape: tuple[int, int, i
 
 def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
     """Run the LDCT models on one assembled series, brought to the canonical orientation
-    (ingest/canonical/ldct.py), and express every nodule in patient space and every mask on the
-    series' own pixel grid."""
+    (ingest/canonical/ldct.py) and the training noise texture (ingest/canonical/ct_texture.py), and
+    express every nodule in patient space and every mask on the series' own pixel grid."""
     geometry = SeriesGeometry.from_datasets(study.datasets)
     volume = series_volume_hu(study.datasets)
     orientation = series_orientation(geometry, volume.shape, study.study_instance_uid)
     canonical = orientation.to_canonical(volume)
     del volume
     frame = canonical_geometry(geometry, orientation)
+    canonical, texture = ct_texture.harmonise(canonical, float(np.mean(frame.spacing_mm[1:])))
+    log.info("study %s: CT noise texture %s", study.study_instance_uid, texture.describe())
     raw = backend.infer_ldct(canonical, frame.spacing_mm.astype(np.float32))
     nodules = nodules_from_raw(raw, frame, canonical.shape)
     for nodule in nodules:
         if nodule.mask is not None:
             nodule.mask = orientation.mask_to_stored(nodule.mask)
+    texture_review = texture.review_reason()
     return LdctInference(nodules=nodules, model_versions=backend.model_versions(),
-                         review_reasons=thickness_review(study.datasets, geometry),
+                         review_reasons=thickness_review(study.datasets, geometry) + (
+                             [texture_review] if texture_review else []),
                          lookback=lookback_from_raw(raw, frame, nodules))
 
 

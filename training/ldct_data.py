@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ingest.canonical import ct_texture
 from ingest.preprocess import ldct as pre
 from oncostream.synth import ldct as synth
 from oncostream.synth.vendors import average_slices, draw_ct_vendor
@@ -45,7 +46,7 @@ BIG_PATCH = 64
 DENOISE_CROP = 128
 DENOISE_CROPS = 12
 NEGATIVES_PER_PHANTOM = 6
-VERSION = 3  # 3: training items from vendor-randomised reconstructions
+VERSION = 4  # 3: training items from vendor-randomised reconstructions; 4: kernel texture harmonised
 
 
 # These training seeds carry up to eight nodules (four draws): the malignancy head learns from
@@ -123,7 +124,9 @@ def _negative_centres(phantom, centres: list[np.ndarray], rng: np.random.Generat
 @dataclass
 class _Reconstruction:
     """A phantom as one reconstruction of its scan: the generator's own, or a vendor draw's (thicker
-    slices, another kernel) applied to every volume alike; labels become one soft mask per nodule."""
+    slices, another kernel) applied to every volume alike, then brought to the training texture as
+    serving does (the filter measured on the low-dose volume, ingest/canonical/ct_texture.py, applied
+    to all three); labels become one soft mask per nodule."""
 
     hu_clean: np.ndarray
     hu_full: np.ndarray
@@ -141,8 +144,11 @@ class _Reconstruction:
                        phantom.truth, phantom.labels, None)
         pixel = float(phantom.spacing_mm[1])
         spacing, origin = draw.spacing_and_origin(phantom.spacing_mm, phantom.origin_mm)
-        return cls(draw.volume(phantom.hu_clean, pixel), draw.volume(phantom.hu_full, pixel),
-                   draw.volume(phantom.hu_low, pixel), spacing, origin, phantom.truth, phantom.labels, draw)
+        low = draw.volume(phantom.hu_low, pixel)
+        texture = ct_texture.measure(low, pixel)
+        volumes = [ct_texture.apply(v, pixel, texture)
+                   for v in (draw.volume(phantom.hu_clean, pixel), draw.volume(phantom.hu_full, pixel), low)]
+        return cls(*volumes, spacing, origin, phantom.truth, phantom.labels, draw)
 
     def nodule_mask(self, label: int) -> np.ndarray:
         mask = (self._labels == label).astype(np.float32)
