@@ -89,10 +89,9 @@ def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: ran
         results.update(evaluate_ldct(ldct_seeds, size, repository, profiles=ct_profiles))
         if "default" in profiles and len(pooled_seeds):
             results.update(evaluate_nodule_calibration(pooled_seeds, size, repository))
-    if "MG" in modalities:
-        for profile in (p for p in profiles if p in MAMMO_PROFILES):
-            figures = evaluate_mammo(mammo_seeds, size, repository, profile=profile)
-            results.update(figures if profile == "default" else {f"{k}_{profile}": v for k, v in figures.items()})
+    mammo_profiles = [p for p in profiles if p in MAMMO_PROFILES]
+    if "MG" in modalities and mammo_profiles:
+        results.update(evaluate_mammo(mammo_seeds, size, repository, profiles=mammo_profiles))
     return results
 
 

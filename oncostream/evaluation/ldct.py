@@ -2,7 +2,8 @@
 
 Each phantom (25 % dose) is written as CT DICOM (``ldct_datasets``) and read back the way the pipeline
 reads a series (ingest/ldct.py: HU through the rescale, geometry from ImagePositionPatient /
-ImageOrientationPatient / PixelSpacing), then goes through the serving steps (ingest/steps/ldct.py:
+ImageOrientationPatient / PixelSpacing; the served kernel harmonisation, ingest/canonical/ct_texture.py,
+which leaves a default reconstruction as it is), then goes through the serving steps (ingest/steps/ldct.py:
 DALI preprocessing, ONNX Runtime, flip test-time augmentation) and ingest/ldct.py's conversion to
 nodules in patient millimetres.
 
@@ -37,6 +38,7 @@ hits no nodule is a false positive.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.canonical import ct_texture
 from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu
 from ingest.backends.base import LdctRaw
 from ingest.steps import ldct as steps
@@ -52,6 +55,8 @@ from oncostream.evaluation.mammo import roc_auc
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
 from oncostream.model_contract import load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
+
+log = logging.getLogger(__name__)
 
 LDCT_MODELS = ("ldct_denoise", "ldct_nodule_detector", "ldct_nodule_segmenter")
 PSNR_RANGE_HU = 2000.0
@@ -163,7 +168,10 @@ def score_phantom(phantom, run_model: LdctModels, threshold: float | None = None
 
     datasets = ldct_datasets(phantom)
     geometry = SeriesGeometry.from_datasets(datasets)
-    volume = series_volume_hu(datasets)
+    # the served path's kernel harmonisation (a default reconstruction is left as it is)
+    volume, texture = ct_texture.harmonise(series_volume_hu(datasets), float(np.mean(geometry.spacing_mm[1:])))
+    if texture.changed:
+        log.info("default phantom harmonised: CT noise texture %s", texture.describe())
     spacing = geometry.spacing_mm.astype(np.float32)
     started = time.perf_counter()
     denoised = steps.denoise(volume, run_model)

@@ -1,7 +1,7 @@
 """Mammography half of ``oncostream eval``: fresh phantoms through the committed models.
 
 Each phantom exam is written as DICOM, optionally re-expressed as another vendor would write it
-(``profile``, oncostream/synth/vendors.py), and goes through the served path (ingest/mammo.py
+(``profiles``, oncostream/synth/vendors.py; each phantom is generated once for all of them), and goes through the served path (ingest/mammo.py
 ``infer_mammo_study`` on the embedded backend: canonical frame, DALI preprocessing, ONNX Runtime,
 flip test-time augmentation, exam combination); it is scored against its ground truth:
 
@@ -21,6 +21,8 @@ flip test-time augmentation, exam combination); it is scored against its ground 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +63,66 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+@dataclass
+class _ExamScores:
+    """One profile's reads of the exams, against their ground truth."""
+
+    profile: str
+    exam_p: list[float] = field(default_factory=list)
+    exam_y: list[bool] = field(default_factory=list)
+    dens_pred: list[int] = field(default_factory=list)
+    dens_true: list[int] = field(default_factory=list)
+    view_p: list[float] = field(default_factory=list)
+    view_y: list[bool] = field(default_factory=list)
+    localized: int = 0
+    malignant_views: int = 0
+    seconds: float = 0.0
+
+    def add(self, inference, truth) -> None:
+        self.exam_p.append(inference.exam_malignancy_probability)
+        self.exam_y.append(truth.malignant)
+        self.dens_pred.append(int(np.argmax(inference.density_probabilities)))
+        self.dens_true.append(DENSITIES.index(truth.density))
+        for view in inference.views:
+            boxes = [tuple(v.bbox_px) for lesion in truth.lesions
+                     if lesion.malignant and lesion.laterality == view.laterality
+                     for v in lesion.views if v.view == view.view]
+            self.view_p.append(view.malignancy_probability)
+            self.view_y.append(bool(boxes))
+            if boxes and self.profile == "default":
+                self.malignant_views += 1
+                if view.regions and any(_overlaps(view.regions[0][2], box) for box in boxes):
+                    self.localized += 1
+
+    def figures(self) -> dict[str, float]:
+        exam_p, exam_y = np.array(self.exam_p), np.array(self.exam_y)
+
+        def exam_figures(idx: np.ndarray) -> dict[str, float]:
+            return {"mammo_exam_auc": roc_auc(exam_p[idx], exam_y[idx]),
+                    "ece_mammo": expected_calibration_error(exam_p[idx], exam_y[idx])}
+
+        n = len(exam_p)
+        dens_pred, dens_true = np.array(self.dens_pred), np.array(self.dens_true)
+        return {
+            **exam_figures(np.arange(n)),
+            "mammo_density_kappa": cohen_kappa(dens_pred, dens_true),
+            "n_mammo": n,
+            "mammo_density_kappa_quadratic": cohen_kappa(dens_pred, dens_true, weights="quadratic"),
+            "mammo_view_auc": roc_auc(np.array(self.view_p), np.array(self.view_y)),
+            "mammo_localization_rate": (self.localized / self.malignant_views if self.malignant_views
+                                        else float("nan")),
+            "mammo_seconds_per_exam": self.seconds / n if n else float("nan"),
+            **bootstrap_ci95(n, exam_figures, ("mammo_exam_auc", "ece_mammo")),
+            **ece_if_calibrated(exam_p, "ece_mammo"),
+        }
+
+
 def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY,
-                   profile: str = "default") -> dict:
-    """Metrics of the committed mammography models on the phantoms of ``seeds`` (see module doc)."""
+                   profiles: Sequence[str] = ("default",)) -> dict:
+    """Metrics of the mammography models of ``repository`` on the phantoms of ``seeds`` (see module
+    doc), read as each of ``profiles`` re-expresses them; the keys of a profile other than the default
+    carry its name (``mammo_exam_auc_pixel_pitch_0.085``). Each phantom is generated once and read as
+    every profile."""
     from datetime import datetime, timezone
 
     from ingest.backends.embedded import EmbeddedBackend
@@ -71,51 +130,24 @@ def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REP
     from oncostream.synth.mammo import make_mammo_phantom, mammo_datasets
     from oncostream.synth.vendors import MAMMO_PROFILES
 
-    transform = MAMMO_PROFILES[profile]
     backend = EmbeddedBackend(repository)
-    exam_p, exam_y, dens_pred, dens_true, view_p, view_y = [], [], [], [], [], []
-    localized, malignant_views, seconds = 0, 0, 0.0
-    for seed in with_progress(seeds, f"mammography exams ({profile})", every=100):
+    scores = {profile: _ExamScores(profile) for profile in profiles}
+    for seed in with_progress(seeds, f"mammography exams ({','.join(profiles)})", every=100):
         phantom = make_mammo_phantom(seed, size=size)
-        truth = phantom.truth
-        study = Study(study_instance_uid=truth.study_instance_uid, modality="MG",
-                      datasets=transform(mammo_datasets(phantom)), arrived_at=datetime.now(timezone.utc))
-        started = time.perf_counter()
-        inference = infer_mammo_study(backend, study, repository)
-        seconds += time.perf_counter() - started
-        exam_p.append(inference.exam_malignancy_probability)
-        exam_y.append(truth.malignant)
-        dens_pred.append(int(np.argmax(inference.density_probabilities)))
-        dens_true.append(DENSITIES.index(truth.density))
-        for view in inference.views:
-            boxes = [tuple(v.bbox_px) for lesion in truth.lesions
-                     if lesion.malignant and lesion.laterality == view.laterality
-                     for v in lesion.views if v.view == view.view]
-            view_p.append(view.malignancy_probability)
-            view_y.append(bool(boxes))
-            if boxes and profile == "default":
-                malignant_views += 1
-                if view.regions and any(_overlaps(view.regions[0][2], box) for box in boxes):
-                    localized += 1
+        for profile, scored in scores.items():
+            study = Study(study_instance_uid=phantom.truth.study_instance_uid, modality="MG",
+                          datasets=MAMMO_PROFILES[profile](mammo_datasets(phantom)),
+                          arrived_at=datetime.now(timezone.utc))
+            started = time.perf_counter()
+            inference = infer_mammo_study(backend, study, repository)
+            scored.seconds += time.perf_counter() - started
+            scored.add(inference, phantom.truth)
     backend.close()
-    exam_p, exam_y = np.array(exam_p), np.array(exam_y)
-
-    def exam_figures(idx: np.ndarray) -> dict[str, float]:
-        return {"mammo_exam_auc": roc_auc(exam_p[idx], exam_y[idx]),
-                "ece_mammo": expected_calibration_error(exam_p[idx], exam_y[idx])}
-
-    n = len(exam_p)
-    return {
-        **exam_figures(np.arange(n)),
-        "mammo_density_kappa": cohen_kappa(np.array(dens_pred), np.array(dens_true)),
-        "n_mammo": n,
-        "mammo_density_kappa_quadratic": cohen_kappa(np.array(dens_pred), np.array(dens_true), weights="quadratic"),
-        "mammo_view_auc": roc_auc(np.array(view_p), np.array(view_y)),
-        "mammo_localization_rate": localized / malignant_views if malignant_views else float("nan"),
-        "mammo_seconds_per_exam": seconds / n if n else float("nan"),
-        **bootstrap_ci95(n, exam_figures, ("mammo_exam_auc", "ece_mammo")),
-        **ece_if_calibrated(exam_p, "ece_mammo"),
-    }
+    results = {}
+    for profile, scored in scores.items():
+        figures = scored.figures()
+        results.update(figures if profile == "default" else {f"{k}_{profile}": v for k, v in figures.items()})
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 nodule-calibration phantoms that carry more nodules of the same distribution."""
 
 import numpy as np
+import pytest
 
 from oncostream import evaluation
 from oncostream.evaluation.ldct import POOLED_CAP, pooled_series_specs
@@ -49,8 +50,6 @@ def test_several_profiles_in_one_run_give_each_its_keys_and_one_modality_only_it
     import argparse
     import json
 
-    import pytest
-
     from oncostream.evaluation import ldct, mammo
 
     calls = []
@@ -75,3 +74,13 @@ def test_several_profiles_in_one_run_give_each_its_keys_and_one_modality_only_it
     assert evaluation.profiles_of("all")[0] == "default" and "smooth_kernel" in evaluation.profiles_of("all")
     with pytest.raises(SystemExit, match="no_such_vendor"):
         evaluation.profiles_of("default,no_such_vendor")
+
+
+def test_mammography_profiles_are_read_from_one_phantom_each_with_suffixed_keys():
+    from oncostream.evaluation.mammo import evaluate_mammo
+
+    figures = evaluate_mammo(range(1000000, 1000006), "small", profiles=("default", "monochrome1"))
+    assert figures["n_mammo"] == figures["n_mammo_monochrome1"] == 6
+    # an exact re-expression: the same exams read the same
+    assert figures["mammo_exam_auc_monochrome1"] == pytest.approx(figures["mammo_exam_auc"], abs=1e-6)
+    assert "mammo_localization_rate" in figures and "mammo_localization_rate_monochrome1" in figures
