@@ -72,8 +72,8 @@ def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: ran
              profiles: Sequence[str] = ("default",), modalities: tuple[str, ...] = MODALITIES,
              repository: Path | None = None) -> dict:
     """The models of ``repository`` (default: the settings' model repository) on both modalities (or
-    those in ``modalities``) and the pooled nodule-calibration set (when ``pooled_seeds`` and the
-    default profile is asked for); the keys merged. A profile other than the default evaluates the
+    those in ``modalities``) and the pooled nodule-calibration set (when ``pooled_seeds``: read as
+    every CT profile asked for); the keys merged. A profile other than the default evaluates the
     modalities it applies to (oncostream/synth/vendors.py), their studies re-expressed by it, with its
     name appended to every key (``mammo_exam_auc_larger_detector``,
     ``ldct_sensitivity_at_1fp_ge6mm_thick_2.5mm``)."""
@@ -87,8 +87,8 @@ def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: ran
     ct_profiles = [p for p in profiles if p in CT_PROFILES]
     if "CT" in modalities and ct_profiles:
         results.update(evaluate_ldct(ldct_seeds, size, repository, profiles=ct_profiles))
-        if "default" in profiles and len(pooled_seeds):
-            results.update(evaluate_nodule_calibration(pooled_seeds, size, repository))
+        if len(pooled_seeds):
+            results.update(evaluate_nodule_calibration(pooled_seeds, size, repository, profiles=ct_profiles))
     mammo_profiles = [p for p in profiles if p in MAMMO_PROFILES]
     if "MG" in modalities and mammo_profiles:
         results.update(evaluate_mammo(mammo_seeds, size, repository, profiles=mammo_profiles))

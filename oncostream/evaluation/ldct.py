@@ -293,23 +293,35 @@ def pooled_series_specs(seed: int) -> list[dict]:
     return pooled_nodule_specs(np.random.default_rng([seed, 0xCA1B]), POOLED_DRAWS, POOLED_CAP)
 
 
-def evaluate_nodule_calibration(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> dict:
+def evaluate_nodule_calibration(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY,
+                                profiles: Sequence[str] = ("default",)) -> dict:
     """Malignancy calibration and AUC over the hit nodules of pooled phantoms (pooled_series_specs):
     ``ece_nodule_pooled`` with its bootstrap interval over series and its sampling floor,
-    ``ldct_malignancy_auc_pooled``, ``n_ldct_pooled``, ``ldct_nodules_scored_pooled``."""
+    ``ldct_malignancy_auc_pooled``, ``n_ldct_pooled``, ``ldct_nodules_scored_pooled``; for each of
+    ``profiles`` other than the default the same keys with its name appended, from the same phantoms
+    (each generated once) re-expressed by it."""
+    from oncostream.synth.ldct import make_ldct_phantom
+
     run_model = LdctModels(repository)
-    series = [score_series(seed, size, run_model, nodules=pooled_series_specs(seed))
-              for seed in with_progress(seeds, "pooled LDCT series")]
+    series: dict[str, list[SeriesScore]] = {profile: [] for profile in profiles}
+    for seed in with_progress(seeds, f"pooled LDCT series ({','.join(profiles)})"):
+        phantom = make_ldct_phantom(seed, size=size, nodules=pooled_series_specs(seed))
+        for profile in profiles:
+            series[profile].append(score_phantom(phantom, run_model) if profile == "default"
+                                   else score_profile_series(phantom, run_model, profile))
+    results = {}
+    for profile, scored in series.items():
+        def metrics(indices, scored=scored) -> dict:
+            p, y = scored_nodules([scored[i] for i in indices])
+            return {"ece_nodule_pooled": expected_calibration_error(p, y) if len(p) else float("nan"),
+                    "ldct_malignancy_auc_pooled": roc_auc(p, y)}
 
-    def metrics(indices) -> dict:
-        p, y = scored_nodules([series[i] for i in indices])
-        return {"ece_nodule_pooled": expected_calibration_error(p, y) if len(p) else float("nan"),
-                "ldct_malignancy_auc_pooled": roc_auc(p, y)}
-
-    p, _ = scored_nodules(series)
-    return {**metrics(range(len(series))), "n_ldct_pooled": len(series), "ldct_nodules_scored_pooled": len(p),
-            **bootstrap_ci95(len(series), metrics, ("ece_nodule_pooled", "ldct_malignancy_auc_pooled")),
-            **ece_if_calibrated(p, "ece_nodule_pooled")}
+        p, _ = scored_nodules(scored)
+        figures = {**metrics(range(len(scored))), "n_ldct_pooled": len(scored), "ldct_nodules_scored_pooled": len(p),
+                   **bootstrap_ci95(len(scored), metrics, ("ece_nodule_pooled", "ldct_malignancy_auc_pooled")),
+                   **ece_if_calibrated(p, "ece_nodule_pooled")}
+        results.update(figures if profile == "default" else {f"{k}_{profile}": v for k, v in figures.items()})
+    return results
 
 
 def scored_nodules(series: list[SeriesScore]) -> tuple[np.ndarray, np.ndarray]:

@@ -84,3 +84,13 @@ def test_mammography_profiles_are_read_from_one_phantom_each_with_suffixed_keys(
     # an exact re-expression: the same exams read the same
     assert figures["mammo_exam_auc_monochrome1"] == pytest.approx(figures["mammo_exam_auc"], abs=1e-6)
     assert "mammo_localization_rate" in figures and "mammo_localization_rate_monochrome1" in figures
+
+
+def test_pooled_calibration_reads_each_phantom_as_every_ct_profile():
+    from oncostream.evaluation.ldct import evaluate_nodule_calibration
+
+    figures = evaluate_nodule_calibration(range(2_000_000, 2_000_003), "small", profiles=("default", "reverse_order"))
+    assert figures["n_ldct_pooled"] == figures["n_ldct_pooled_reverse_order"] == 3
+    # an exact re-expression: the same nodules, read the same
+    assert figures["ldct_nodules_scored_pooled_reverse_order"] == figures["ldct_nodules_scored_pooled"] > 0
+    assert figures["ece_nodule_pooled_reverse_order"] == pytest.approx(figures["ece_nodule_pooled"], abs=1e-6)
