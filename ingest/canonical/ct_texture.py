@@ -150,6 +150,8 @@ def measure(volume_hu: np.ndarray, pixel_mm: float) -> Texture:
     if tiles < MIN_TILES:
         return _texture(None, tiles)
     ratio = _band_ratio(pairs, selected, pixel_mm)
+    if not np.isfinite(ratio):  # no noise at all in the low band (a noiseless volume): nothing to match
+        return _texture(None, tiles)
     if TOLERATED[0] <= ratio <= TOLERATED[1]:
         return _texture(ratio, tiles)
     limit = MAX_SMOOTH_SIGMA_MM if ratio > TOLERATED[1] else -MAX_SHARPEN_SIGMA_MM

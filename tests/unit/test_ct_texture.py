@@ -57,7 +57,8 @@ def test_unmeasurable_series_are_left_alone(training_like):
     coarse = ct_texture.measure(training_like, 2.65)  # small phantoms: no 0.20-0.35 cycles/mm at all
     air = ct_texture.measure(np.full((8, 256, 256), -1000.0, np.float32), PIXEL_MM)  # no soft tissue
     single = ct_texture.measure(training_like[:1], PIXEL_MM)
-    for texture in (coarse, air, single):
+    noiseless = ct_texture.measure(np.full((8, 256, 256), 40.0, np.float32), PIXEL_MM)
+    for texture in (coarse, air, single, noiseless):
         assert texture.band_ratio is None and not texture.changed and texture.review_reason() is None
 
 
