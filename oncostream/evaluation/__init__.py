@@ -86,11 +86,12 @@ def evaluate(ldct_seeds: range, mammo_seeds: range, size: str, pooled_seeds: ran
     results = {}
     ct_profiles = [p for p in profiles if p in CT_PROFILES]
     if "CT" in modalities and ct_profiles:
-        results.update(evaluate_ldct(ldct_seeds, size, repository, profiles=ct_profiles))
+        if len(ldct_seeds):
+            results.update(evaluate_ldct(ldct_seeds, size, repository, profiles=ct_profiles))
         if len(pooled_seeds):
             results.update(evaluate_nodule_calibration(pooled_seeds, size, repository, profiles=ct_profiles))
     mammo_profiles = [p for p in profiles if p in MAMMO_PROFILES]
-    if "MG" in modalities and mammo_profiles:
+    if "MG" in modalities and mammo_profiles and len(mammo_seeds):
         results.update(evaluate_mammo(mammo_seeds, size, repository, profiles=mammo_profiles))
     return results
 
@@ -169,11 +170,12 @@ def _main_rounds(args) -> int:
 def main(args) -> int:
     if getattr(args, "rounds", None) is not None:
         return _main_rounds(args)
-    ldct_seeds = args.seeds or range(DEFAULT_FIRST_SEED, DEFAULT_FIRST_SEED + DEFAULT_LDCT_SERIES)
-    mammo_seeds = args.seeds or range(DEFAULT_FIRST_SEED, DEFAULT_FIRST_SEED + DEFAULT_MAMMO_EXAMS)
+    given = args.seeds is not None  # an empty range (--seeds 0:0) evaluates no regular series or exams
+    ldct_seeds = args.seeds if given else range(DEFAULT_FIRST_SEED, DEFAULT_FIRST_SEED + DEFAULT_LDCT_SERIES)
+    mammo_seeds = args.seeds if given else range(DEFAULT_FIRST_SEED, DEFAULT_FIRST_SEED + DEFAULT_MAMMO_EXAMS)
     pooled_seeds = getattr(args, "pooled_seeds", None)
     if pooled_seeds is None:
-        pooled_seeds = (range(0) if args.seeds else
+        pooled_seeds = (range(0) if given else
                         range(DEFAULT_POOLED_FIRST_SEED, DEFAULT_POOLED_FIRST_SEED + DEFAULT_POOLED_SERIES))
     size = getattr(args, "size", "full")
     profiles = profiles_of(getattr(args, "profile", "default"))

@@ -59,7 +59,7 @@ def test_several_profiles_in_one_run_give_each_its_keys_and_one_modality_only_it
         return {"ldct_auc": 0.9, **{f"ldct_auc_{p}": 0.8 for p in profiles if p != "default"}}
 
     monkeypatch.setattr(ldct, "evaluate_ldct", ldct_figures)
-    monkeypatch.setattr(ldct, "evaluate_nodule_calibration", lambda seeds, size, repository: {"ldct_pooled_ece": 0.04})
+    monkeypatch.setattr(ldct, "evaluate_nodule_calibration", lambda *a, **k: {"ldct_pooled_ece": 0.04})
     monkeypatch.setattr(mammo, "evaluate_mammo", lambda *a, **k: calls.append(("MG",)) or {"mammo_auc": 0.9})
     monkeypatch.setenv("ONCOSTREAM_MODEL_REPOSITORY", str(tmp_path))
     json_path = tmp_path / "eval.json"
@@ -74,6 +74,23 @@ def test_several_profiles_in_one_run_give_each_its_keys_and_one_modality_only_it
     assert evaluation.profiles_of("all")[0] == "default" and "smooth_kernel" in evaluation.profiles_of("all")
     with pytest.raises(SystemExit, match="no_such_vendor"):
         evaluation.profiles_of("default,no_such_vendor")
+
+
+def test_an_empty_seed_range_evaluates_only_the_pooled_set(monkeypatch, tmp_path):
+    """`oncostream eval --modality ct --seeds 0:0 --pooled-seeds A:B --profile sharp_kernel`: the pooled
+    calibration set alone, read as that profile; an empty range is not the default range."""
+    import argparse
+
+    from oncostream.evaluation import ldct
+
+    calls = []
+    monkeypatch.setattr(ldct, "evaluate_ldct", lambda *a, **k: calls.append("regular") or {})
+    monkeypatch.setattr(ldct, "evaluate_nodule_calibration",
+                        lambda seeds, size, repository, profiles: calls.append(("pooled", seeds, tuple(profiles))) or {})
+    args = argparse.Namespace(seeds=range(0, 0), pooled_seeds=range(5, 7), json_path=None, size="small",
+                              profile="sharp_kernel", modality="ct", rounds=None)
+    assert evaluation.main(args) == 0
+    assert calls == [("pooled", range(5, 7), ("sharp_kernel",))]
 
 
 def test_mammography_profiles_are_read_from_one_phantom_each_with_suffixed_keys():
