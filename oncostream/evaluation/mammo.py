@@ -1,9 +1,10 @@
 """Mammography half of ``oncostream eval``: fresh phantoms through the committed models.
 
 Each phantom exam is written as DICOM, optionally re-expressed as another vendor would write it
-(``profiles``, oncostream/synth/vendors.py; each phantom is generated once for all of them), and goes through the served path (ingest/mammo.py
-``infer_mammo_study`` on the embedded backend: canonical frame, DALI preprocessing, ONNX Runtime,
-flip test-time augmentation, exam combination); it is scored against its ground truth:
+(``profiles``, oncostream/synth/vendors.py; each phantom is generated once for all of them), and goes
+through the served path (ingest/mammo.py ``infer_mammo_study`` on the embedded backend: canonical
+frame, DALI preprocessing, ONNX Runtime, flip test-time augmentation, exam combination); it is scored
+against its ground truth:
 
 - ``mammo_exam_auc``: ROC AUC of the exam malignancy probability vs. "exam holds a malignant lesion";
 - ``mammo_density_kappa``: Cohen's kappa (unweighted) of the exam density (argmax of the mean over

@@ -106,7 +106,8 @@ def test_mammography_profiles_are_read_from_one_phantom_each_with_suffixed_keys(
 def test_pooled_calibration_reads_each_phantom_as_every_ct_profile():
     from oncostream.evaluation.ldct import evaluate_nodule_calibration
 
-    figures = evaluate_nodule_calibration(range(2_000_000, 2_000_003), "small", profiles=("default", "reverse_order"))
+    figures = evaluate_nodule_calibration(range(2_000_000, 2_000_003), "small",
+                                          profiles=("default", "reverse_order"))
     assert figures["n_ldct_pooled"] == figures["n_ldct_pooled_reverse_order"] == 3
     # an exact re-expression: the same nodules, read the same
     assert figures["ldct_nodules_scored_pooled_reverse_order"] == figures["ldct_nodules_scored_pooled"] > 0
