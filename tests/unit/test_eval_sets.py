@@ -85,8 +85,11 @@ def test_an_empty_seed_range_evaluates_only_the_pooled_set(monkeypatch, tmp_path
 
     calls = []
     monkeypatch.setattr(ldct, "evaluate_ldct", lambda *a, **k: calls.append("regular") or {})
-    monkeypatch.setattr(ldct, "evaluate_nodule_calibration",
-                        lambda seeds, size, repository, profiles: calls.append(("pooled", seeds, tuple(profiles))) or {})
+    def pooled(seeds, size, repository, profiles):
+        calls.append(("pooled", seeds, tuple(profiles)))
+        return {}
+
+    monkeypatch.setattr(ldct, "evaluate_nodule_calibration", pooled)
     args = argparse.Namespace(seeds=range(0, 0), pooled_seeds=range(5, 7), json_path=None, size="small",
                               profile="sharp_kernel", modality="ct", rounds=None)
     assert evaluation.main(args) == 0
