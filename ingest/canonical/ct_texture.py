@@ -163,7 +163,7 @@ def measure(volume_hu: np.ndarray, pixel_mm: float) -> Texture:
     at_limit = filtered_ratio(limit)
     if not TOLERATED[0] <= at_limit <= TOLERATED[1] and (at_limit - TARGET) * (ratio - TARGET) > 0:
         return _texture(ratio, tiles, limit, out_of_range=True)
-    lo, hi = 0.0, limit  # the ratio falls monotonically from smoothing to sharpening's opposite
+    lo, hi = 0.0, limit  # the ratio changes monotonically from 0 to the limit: bisect on its sign
     for _ in range(BISECTIONS):
         mid = (lo + hi) / 2
         if (filtered_ratio(mid) - TARGET) * (ratio - TARGET) > 0:
@@ -178,10 +178,9 @@ def apply(volume_hu: np.ndarray, pixel_mm: float, texture: Texture) -> np.ndarra
     first clamped to the models' HU range, so that padding far below air (-3024) does not ring."""
     if not texture.changed:
         return volume_hu
-    clamped = np.clip(np.asarray(volume_hu, np.float32), DENOISE_HU_MIN, DENOISE_HU_MAX)
-    out = np.empty_like(clamped)
-    for start in range(0, len(clamped), 16):  # 16 slices at a time: bounded memory
-        out[start:start + 16] = _filter(clamped[start:start + 16], pixel_mm, texture.smooth_sigma_mm,
+    out = np.clip(np.asarray(volume_hu, np.float32), DENOISE_HU_MIN, DENOISE_HU_MAX)
+    for start in range(0, len(out), 16):  # in place, 16 slices at a time (an in-plane filter): one copy
+        out[start:start + 16] = _filter(out[start:start + 16], pixel_mm, texture.smooth_sigma_mm,
                                         texture.sharpen_sigma_mm)
     return out
 
