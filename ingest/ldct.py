@@ -82,13 +82,22 @@ class SeriesGeometry:
 
 
 def series_volume_hu(datasets: list[Dataset]) -> np.ndarray:
-    """Stored pixels through RescaleSlope / RescaleIntercept -> float32 HU [D, H, W]."""
-    slices = []
-    for ds in datasets:
+    """Stored pixels through RescaleSlope / RescaleIntercept -> float32 HU [D, H, W], written slice by
+    slice into one array (no list of slices stacked into a second volume)."""
+    volume = None
+    for z, ds in enumerate(datasets):
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        slices.append(decode_pixels(ds).astype(np.float32) * np.float32(slope) + np.float32(intercept))
-    return np.stack(slices)
+        pixels = decode_pixels(ds)
+        if volume is None:
+            volume = np.empty((len(datasets), *pixels.shape), np.float32)
+        elif pixels.shape != volume.shape[1:]:
+            raise SeriesGeometryError(f"slice {z} is {pixels.shape[0]} x {pixels.shape[1]} pixels, "
+                                      f"the series' first {volume.shape[1]} x {volume.shape[2]}")
+        volume[z] = pixels
+        volume[z] *= np.float32(slope)
+        volume[z] += np.float32(intercept)
+    return volume
 
 
 def canonical_geometry(geometry: SeriesGeometry, orientation: CanonicalOrientation) -> SeriesGeometry:

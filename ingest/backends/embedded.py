@@ -11,7 +11,7 @@ import numpy as np
 
 from ingest.backends.base import InferenceBackend, LdctRaw, MammoRaw
 from oncostream.errors import BackendUnavailable, ContractMismatch
-from oncostream.model_contract import MODEL_NAMES, load_contract, onnx_path, weights_problem
+from oncostream.model_contract import MODEL_NAMES, cpu_session, load_contract, onnx_path, weights_problem
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
 
@@ -20,21 +20,18 @@ class EmbeddedBackend(InferenceBackend):
 
     def __init__(self, repository: Path = DEFAULT_MODEL_REPOSITORY, intra_op_threads: int = 0):
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
             raise BackendUnavailable(f"embedded backend needs onnxruntime: {exc}") from exc
         self._repository = repository
         self._contracts = {n: load_contract(n, repository) for n in MODEL_NAMES}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
         self._sessions = {}
         for name in MODEL_NAMES:
             path = onnx_path(name, repository)
             problem = weights_problem(self._contracts[name], path)
             if problem is not None:
                 raise ContractMismatch(name, [problem])
-            session = ort.InferenceSession(str(path), options,
-                                           providers=["CPUExecutionProvider"])
+            session = cpu_session(path, intra_op_threads)
             _check_against_contract(session, self._contracts[name])
             self._sessions[name] = session
         self._lock = threading.Lock()  # sessions are thread-safe; the lock keeps CPU use predictable

@@ -158,7 +158,7 @@ def resample_window_pipeline(batch_size: int, num_threads: int = 2, device_id: i
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     def _pipeline():
-        volume = fn.external_source(name="volume", dtype=types.FLOAT, layout="DHWC", ndim=4)
+        volume = fn.external_source(name="volume", dtype=types.FLOAT, layout="DHWC", ndim=4, no_copy=True)
         size = fn.external_source(name="size", dtype=types.FLOAT, ndim=1)
         roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
         roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
@@ -179,7 +179,7 @@ def denoise_input_pipeline(batch_size: int = 1, num_threads: int = 2, device_id:
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     def _pipeline():
-        volume = fn.external_source(name="volume", dtype=types.FLOAT, layout="DHW", ndim=3)
+        volume = fn.external_source(name="volume", dtype=types.FLOAT, layout="DHW", ndim=3, no_copy=True)
         if device_id is not None:
             volume = volume.gpu()
         return clamp(volume, DENOISE_HU_MIN, DENOISE_HU_MAX) / DENOISE_SCALE
@@ -188,7 +188,10 @@ def denoise_input_pipeline(batch_size: int = 1, num_threads: int = 2, device_id:
 
 
 class _Pipelines:
-    """Built DALI pipelines, one per (kind, batch size); building costs ~100 ms, running is cheap."""
+    """Built DALI pipelines, one per (kind, batch size); building costs ~100 ms, running is cheap.
+    Volumes are fed without a copy (``no_copy``): the caller's contiguous arrays stay alive and
+    unchanged until ``run`` returns, which with a synchronous executor is when DALI is done with them,
+    so a full series is not duplicated into DALI's (never returned) host memory pool."""
 
     def __init__(self) -> None:
         self._built: dict[tuple[str, int], object] = {}

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from ingest.backends.base import LdctRaw
 from ingest.preprocess import ldct as preprocess
-from ingest.preprocess.ldct import DENOISE_SCALE, PATCH_SIZE, ResampleGrid
+from ingest.preprocess.ldct import DENOISE_HU_MAX, DENOISE_HU_MIN, DENOISE_SCALE, PATCH_SIZE, ResampleGrid
 from oncostream.model_contract import ModelContract
 
 RunModel = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -57,20 +57,18 @@ def denoise(volume_hu: np.ndarray, run_model: RunModel) -> np.ndarray:
     """HU [D, H, W] -> denoised HU [D, H, W], through ``ldct_denoise`` one batch of slices at a time,
     inside the body box (outside it the air is returned as it came, clamped like the model's input).
     The denoiser needs even slice edges: an odd edge (a 597-pixel reconstruction grid) is padded by
-    repeating its last row or column, and the pad is cut off again."""
-    scaled = preprocess.denoise_input(volume_hu)
+    repeating its last row or column, and the pad is cut off again. Each batch is scaled, denoised
+    and written back on its own: the working set beside the input and the output is one batch."""
     rows, cols = body_box(volume_hu)
-    box = scaled[:, rows, cols]
-    height, width = box.shape[1:]
-    pad = ((0, 0), (0, height % 2), (0, width % 2))
-    if any(p[1] for p in pad):
-        box = np.pad(box, pad, mode="edge")
-    box = np.ascontiguousarray(box)
-    for start in range(0, box.shape[0], DENOISE_BATCH):
-        batch = box[start:start + DENOISE_BATCH, None]
-        box[start:start + DENOISE_BATCH] = run_model("ldct_denoise", {"image": batch})["denoised"][:, 0]
-    scaled[:, rows, cols] = box[:, :height, :width]
-    return scaled * np.float32(DENOISE_SCALE)
+    out = np.clip(volume_hu, DENOISE_HU_MIN, DENOISE_HU_MAX)
+    for start in range(0, out.shape[0], DENOISE_BATCH):
+        batch = preprocess.denoise_input(volume_hu[start:start + DENOISE_BATCH, rows, cols])
+        height, width = batch.shape[1:]
+        if height % 2 or width % 2:
+            batch = np.pad(batch, ((0, 0), (0, height % 2), (0, width % 2)), mode="edge")
+        denoised = run_model("ldct_denoise", {"image": np.ascontiguousarray(batch[:, None])})["denoised"]
+        out[start:start + DENOISE_BATCH, rows, cols] = denoised[:, 0, :height, :width] * np.float32(DENOISE_SCALE)
+    return out
 
 
 def detect(denoised_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel) -> tuple[np.ndarray, np.ndarray, ResampleGrid]:

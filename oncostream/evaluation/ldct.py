@@ -53,7 +53,7 @@ from ingest.steps import ldct as steps
 from oncostream.evaluation import with_progress
 from oncostream.evaluation.mammo import roc_auc
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
-from oncostream.model_contract import load_contract, onnx_path
+from oncostream.model_contract import cpu_session, load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,7 @@ class LdctModels:
     """The three LDCT ONNX models in ONNX Runtime, as ``run_model`` for the steps."""
 
     def __init__(self, repository: Path):
-        import onnxruntime as ort
-
-        self._sessions = {name: ort.InferenceSession(str(onnx_path(name, repository)),
-                                                     providers=["CPUExecutionProvider"])
-                          for name in LDCT_MODELS}
+        self._sessions = {name: cpu_session(onnx_path(name, repository)) for name in LDCT_MODELS}
         self.threshold = steps.detection_threshold(load_contract("ldct_nodule_detector", repository))
 
     def __call__(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

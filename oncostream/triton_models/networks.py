@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from oncostream.model_contract import cpu_session
 from oncostream.triton_models.base import StepModel
 
 
 class OnnxNetwork(StepModel):
     def setup(self, args: dict) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # same as EmbeddedBackend: ONNX Runtime's default thread pool (the host's physical cores)
-        options.intra_op_num_threads = 0
-        path = self.model_dir / self.version / "model.onnx"
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # as EmbeddedBackend: the default thread pool, no CPU memory arena
+        self._session = cpu_session(self.model_dir / self.version / "model.onnx")
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def compute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

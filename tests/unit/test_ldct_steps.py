@@ -266,3 +266,37 @@ def test_denoising_the_body_box_gives_the_whole_plane_answer_inside_the_body(pla
     outside = np.ones(volume.shape, bool)
     outside[:, rows, cols] = False
     np.testing.assert_allclose(boxed[outside], np.clip(volume, -1024, 3071)[outside], atol=1e-3)
+
+
+def test_denoising_holds_one_batch_of_slices_beside_the_series(monkeypatch):
+    """Preprocessing and the denoiser see one batch of slices at a time, never the whole series (a
+    full-size series is 170 MB as float32; a copy of it per step is what the working set was made of),
+    and the batches together cover every slice once."""
+    volume = np.full((steps.DENOISE_BATCH * 2 + 3, 64, 64), 40.0, np.float32)
+    seen_by_dali, seen_by_model = [], []
+    real = pre.denoise_input
+
+    def spied(batch):
+        seen_by_dali.append(batch.shape[0])
+        return real(batch)
+
+    def model(name, feeds):
+        seen_by_model.append(feeds["image"].shape[0])
+        return {"denoised": feeds["image"] * np.float32(0.5)}
+
+    monkeypatch.setattr(pre, "denoise_input", spied)
+    out = steps.denoise(volume, model)
+    assert max(seen_by_dali) <= steps.DENOISE_BATCH and sum(seen_by_dali) == len(volume)
+    assert seen_by_model == seen_by_dali
+    np.testing.assert_allclose(out, 20.0, atol=1e-4)
+
+
+def test_a_slice_of_another_size_is_a_clear_series_error(small_phantom):
+    from ingest.ldct import SeriesGeometryError
+
+    datasets = ldct_datasets(small_phantom)[:3]
+    odd = datasets[2]
+    odd.PixelData = odd.pixel_array[:-1].tobytes()
+    odd.Rows = odd.Rows - 1
+    with pytest.raises(SeriesGeometryError, match="slice 2 is"):
+        series_volume_hu(datasets)
