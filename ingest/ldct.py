@@ -135,8 +135,11 @@ def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
     frame = canonical_geometry(geometry, orientation)
     canonical, texture = ct_texture.harmonise(canonical, float(np.mean(frame.spacing_mm[1:])))
     log.info("study %s: CT noise texture %s", study.study_instance_uid, texture.describe())
-    raw = backend.infer_ldct(canonical, frame.spacing_mm.astype(np.float32))
-    nodules = nodules_from_raw(raw, frame, canonical.shape)
+    shape = canonical.shape
+    # the volume was built here and is read no further: the backend may denoise into it
+    raw = backend.infer_ldct(canonical, frame.spacing_mm.astype(np.float32), overwrite=True)
+    del canonical
+    nodules = nodules_from_raw(raw, frame, shape)
     for nodule in nodules:
         if nodule.mask is not None:
             nodule.mask = orientation.mask_to_stored(nodule.mask)

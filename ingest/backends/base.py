@@ -42,8 +42,10 @@ class InferenceBackend(ABC):
     name: str
 
     @abstractmethod
-    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
-        """volume_hu: float32 [D, H, W] in HU, slices sorted inferior to superior; spacing_mm: float32 [3] (z, y, x)."""
+    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray, *, overwrite: bool = False) -> LdctRaw:
+        """volume_hu: float32 [D, H, W] in HU, slices sorted inferior to superior; spacing_mm: float32 [3] (z, y, x).
+        ``overwrite``: the caller hands the volume over and never reads it again, so the backend may
+        reuse its memory (the embedded backend denoises into it: one full-size volume fewer per series)."""
 
     @abstractmethod
     def infer_mammo(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> MammoRaw:

@@ -43,11 +43,11 @@ class EmbeddedBackend(InferenceBackend):
             values = session.run(outputs, feeds)
         return dict(zip(outputs, values))
 
-    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
+    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray, *, overwrite: bool = False) -> LdctRaw:
         from ingest.steps import ldct
 
         return ldct.run(volume_hu, spacing_mm, self.run_model,
-                        ldct.detection_threshold(self._contracts["ldct_nodule_detector"]))
+                        ldct.detection_threshold(self._contracts["ldct_nodule_detector"]), overwrite=overwrite)
 
     def infer_mammo(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> MammoRaw:
         from ingest.steps import mammo

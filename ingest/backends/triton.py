@@ -265,7 +265,8 @@ class TritonBackend(InferenceBackend):
             read[name] = self._regions[1].read(tensor.datatype, list(tensor.shape), offset)
         return read
 
-    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
+    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray, *, overwrite: bool = False) -> LdctRaw:
+        # ``overwrite`` changes nothing here: the server denoises its own copy of the request
         out = self._infer(LDCT_ENSEMBLE, {"volume_hu": np.ascontiguousarray(volume_hu, np.float32),
                                           "spacing_mm": np.ascontiguousarray(spacing_mm, np.float32)},
                           _LDCT_OUTPUTS, _LDCT_OUTPUT_BOUNDS)

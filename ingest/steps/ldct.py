@@ -53,14 +53,16 @@ def body_box(volume_hu: np.ndarray) -> tuple[slice, slice]:
     return boxes[0], boxes[1]
 
 
-def denoise(volume_hu: np.ndarray, run_model: RunModel) -> np.ndarray:
+def denoise(volume_hu: np.ndarray, run_model: RunModel, overwrite: bool = False) -> np.ndarray:
     """HU [D, H, W] -> denoised HU [D, H, W], through ``ldct_denoise`` one batch of slices at a time,
     inside the body box (outside it the air is returned as it came, clamped like the model's input).
     The denoiser needs even slice edges: an odd edge (a 597-pixel reconstruction grid) is padded by
     repeating its last row or column, and the pad is cut off again. Each batch is scaled, denoised
-    and written back on its own: the working set beside the input and the output is one batch."""
+    and written back on its own: the working set beside the input and the output is one batch.
+    ``overwrite``: the output is ``volume_hu`` itself (each batch is read before it is written, and the
+    denoiser works within a slice, so the answer is the same)."""
     rows, cols = body_box(volume_hu)
-    out = np.clip(volume_hu, DENOISE_HU_MIN, DENOISE_HU_MAX)
+    out = np.clip(volume_hu, DENOISE_HU_MIN, DENOISE_HU_MAX, out=volume_hu if overwrite else None)
     for start in range(0, out.shape[0], DENOISE_BATCH):
         batch = preprocess.denoise_input(volume_hu[start:start + DENOISE_BATCH, rows, cols])
         height, width = batch.shape[1:]
@@ -161,12 +163,14 @@ def flip_uncertainty(probabilities: np.ndarray) -> np.ndarray:
     return probabilities.std(axis=1).astype(np.float32)
 
 
-def run(volume_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel, threshold: float) -> LdctRaw:
+def run(volume_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel, threshold: float,
+        overwrite: bool = False) -> LdctRaw:
     """One series (HU [D, H, W], inferior to superior; spacing z, y, x mm) through every LDCT model;
-    ``threshold``: the detector's operating point (detection_threshold)."""
+    ``threshold``: the detector's operating point (detection_threshold); ``overwrite``: the volume is
+    denoised in place (the caller no longer needs its HU)."""
     volume_hu = np.asarray(volume_hu, np.float32)
     spacing_mm = np.asarray(spacing_mm, np.float32)
-    denoised = denoise(volume_hu, run_model)
+    denoised = denoise(volume_hu, run_model, overwrite)
     heatmap, diameter, grid = detect(denoised, spacing_mm, run_model)
     candidates = series_candidates(heatmap, diameter, grid, threshold)
     masks, malignancy, composition, uncertainty = segment(denoised, spacing_mm, candidates, run_model)

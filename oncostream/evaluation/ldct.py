@@ -211,8 +211,8 @@ class _StepsBackend:
     def __init__(self, run_model: LdctModels):
         self._run_model = run_model
 
-    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray) -> LdctRaw:
-        return steps.run(volume_hu, spacing_mm, self._run_model, self._run_model.threshold)
+    def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray, *, overwrite: bool = False) -> LdctRaw:
+        return steps.run(volume_hu, spacing_mm, self._run_model, self._run_model.threshold, overwrite=overwrite)
 
     def model_versions(self) -> dict[str, str]:
         return {}

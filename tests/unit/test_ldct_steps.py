@@ -300,3 +300,18 @@ def test_a_slice_of_another_size_is_a_clear_series_error(small_phantom):
     odd.Rows = odd.Rows - 1
     with pytest.raises(SeriesGeometryError, match="slice 2 is"):
         series_volume_hu(datasets)
+
+
+def test_denoising_in_place_gives_the_same_answer(random_volume):
+    """``overwrite``: the series handed over is denoised into its own memory, with the same result."""
+
+    def model(name, feeds):
+        from scipy import ndimage
+
+        return {"denoised": ndimage.uniform_filter(feeds["image"], size=(1, 1, 5, 5), mode="constant")}
+
+    expected = steps.denoise(random_volume, model)
+    handed_over = random_volume.copy()
+    out = steps.denoise(handed_over, model, overwrite=True)
+    assert out is handed_over
+    np.testing.assert_array_equal(out, expected)
