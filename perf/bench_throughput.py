@@ -552,8 +552,8 @@ class Report:
                          _ratio(embedded_rss["100"], embedded_rss["10"]), "<= 1.2", "peak RSS"))
         if self.big_folder and self.big_folder.peak_rss_mb is not None:
             rows.append((f"peak RSS / folder size, {self.big_folder.nbytes / 1e9:.1f} GB folder",
-                         "embedded `oncostream run`, peak RSS MB / DICOM MB",
-                         _ratio(self.big_folder.peak_rss_mb * 1e6, self.big_folder.nbytes),
+                         "embedded `oncostream run`, peak RSS bytes / DICOM bytes",
+                         _ratio(self.big_folder.peak_rss_mb * 2**20, self.big_folder.nbytes),  # VmHWM is in KiB
                          "< 1 (a 2 GB folder in under 2 GB RSS)", "a 2 GB folder"))
         return rows
 

@@ -22,7 +22,7 @@ from datetime import date, datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-from oncostream import metrics
+from oncostream import memory, metrics
 from oncostream.errors import BackendUnavailable, DeadLetterUnavailable, StudyFailed
 from oncostream.settings import Settings
 from oncostream.study import Study, StudyResult
@@ -341,6 +341,7 @@ class ConcurrentStudies:
         self.lifecycle = lifecycle
         self.capacity = capacity
         self.backlog = backlog
+        memory.configure_allocator()
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="oncostream-study")
         self._running: dict = {}  # Future -> _Work
         self._waiting: list[_Work] = []  # held back while a study of the same patient processes
@@ -400,6 +401,8 @@ class ConcurrentStudies:
         except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
             log.exception("a %s study failed in processing", study.modality)
             return StudyFailed("processing_failed", f"{type(exc).__name__}: {exc}", study.study_instance_uid)
+        finally:
+            memory.release_freed_memory()  # the study's working set, freed on this thread's heap
 
     def drop(self, predicate: Callable[[Study], bool]) -> None:
         """Studies whose source went away (a revoked partition): their results will be thrown away."""
