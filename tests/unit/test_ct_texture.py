@@ -73,3 +73,28 @@ def test_padding_below_air_does_not_ring_into_the_body(training_like):
     padded[:, :, :20] = -3024.0  # Pixel Padding Value outside the reconstruction circle
     harmonised, texture = ct_texture.harmonise(padded, PIXEL_MM)
     assert texture.changed and harmonised.min() >= -1024.0 - 1e-3
+
+
+def test_an_uncorrectable_texture_reaches_the_triage_event_as_a_review_reason(monkeypatch):
+    """The served path end to end: a series whose texture no filter brings into range is still read,
+    and its event asks for a reader with the reason (the measurement is forced here: the small
+    phantoms' 2.65 mm pixels are too coarse to measure, and no re-expression produces such a texture)."""
+    from datetime import datetime, timezone
+
+    from ingest.backends.embedded import EmbeddedBackend
+    from ingest.ldct import infer_ldct_study
+    from oncostream.settings import Settings
+    from oncostream.study import Study
+    from oncostream.synth.ldct import ldct_datasets, make_ldct_phantom
+    from postprocess.results import build_result
+
+    uncorrectable = ct_texture.Texture(band_ratio=1.62, tiles=120, smooth_sigma_mm=2.0, out_of_range=True)
+    monkeypatch.setattr(ct_texture, "measure", lambda volume_hu, pixel_mm: uncorrectable)
+    datasets = ldct_datasets(make_ldct_phantom(5, size="small"))
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    study = Study(study_instance_uid=str(datasets[0].StudyInstanceUID), modality="CT", datasets=datasets,
+                  arrived_at=at)
+    inference = infer_ldct_study(EmbeddedBackend(), study)
+    event = build_result(study, inference, Settings(), now=at).event
+    assert event.needs_human_review
+    assert any("noise texture outside what the models were validated on" in r for r in event.review_reasons)
