@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # assembled studies decoded, inferred and post-processed at once, each on a thread, while the source
     # keeps reading (oncostream.app.lifecycle.ConcurrentStudies); perf/RESULTS.md has the measurement
     max_studies_processing: int = Field(default=2, gt=0)
+    # embedded backend, ONNX Runtime intra-op threads per model run: 0 = ONNX Runtime's default (the
+    # host's physical cores), one model run at a time; N > 0 = N threads per run, the runs of the studies
+    # processing at once in parallel (perf/RESULTS.md compares both)
+    ort_threads: int = Field(default=0, ge=0)
     # raw records of unfinished studies the worker keeps in memory for their dead-letter records; past this
     # they wait in the claim-check store (oncostream.app.worker.HeldMessages)
     max_held_bytes: int = Field(default=256 * 1024 * 1024, ge=0)

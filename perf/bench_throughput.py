@@ -686,6 +686,11 @@ def main(argv: list[str] | None = None) -> int:
         report.paths.extend(runs.values())
         report.best_k = max(runs, key=lambda k: runs[k].studies_per_s)
         report.embedded_best = runs[report.best_k]
+        # the alternative thread setting (settings.ort_threads): one ONNX Runtime thread per model run,
+        # as many runs in parallel as studies processing (= cores); reported beside the default, not chosen
+        report.paths.append(embedded(data, work, os.cpu_count() or 2, env={"ONCOSTREAM_ORT_THREADS": "1"},
+                                     label=f"embedded `oncostream run`, ONNX Runtime 1 thread per run, "
+                                           f"{os.cpu_count() or 2} studies processing in parallel"))
         report.write()
         bootstrap = args.bootstrap
         if bootstrap is None and not {"kafka", "openloop", "rss100"} <= skip:

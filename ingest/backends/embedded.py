@@ -4,6 +4,7 @@ with Triton's CPU python-backend models, so both realisations compute the same t
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -34,7 +35,10 @@ class EmbeddedBackend(InferenceBackend):
             session = cpu_session(path, intra_op_threads)
             _check_against_contract(session, self._contracts[name])
             self._sessions[name] = session
-        self._lock = threading.Lock()  # sessions are thread-safe; the lock keeps CPU use predictable
+        # sessions are thread-safe: with ONNX Runtime's default pool (every core per run) the runs of
+        # studies processing at once go one at a time, so they do not oversubscribe the cores; with a
+        # fixed thread count per run (settings.ort_threads) they run side by side
+        self._lock = threading.Lock() if intra_op_threads == 0 else contextlib.nullcontext()
 
     def run_model(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[name]

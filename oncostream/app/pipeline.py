@@ -22,7 +22,7 @@ def make_backend(settings: Settings):
         return TritonBackend(settings)
     from ingest.backends.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(settings.model_repository)
+    return EmbeddedBackend(settings.model_repository, intra_op_threads=settings.ort_threads)
 
 
 def delivery_sinks(settings: Settings, files_dir=None) -> list:

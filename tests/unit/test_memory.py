@@ -1,4 +1,5 @@
-"""Freed memory goes back to the operating system between studies (oncostream/memory.py)."""
+"""Memory and threads between studies: freed memory goes back to the operating system
+(oncostream/memory.py); ONNX Runtime sessions open as configured."""
 
 from __future__ import annotations
 
@@ -57,3 +58,17 @@ def test_configuring_twice_is_harmless():
     first = memory.configure_allocator()
     assert memory.configure_allocator() == first
     memory.release_freed_memory()
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_the_onnx_runtime_thread_setting_reaches_every_session(threads):
+    """ONCOSTREAM_ORT_THREADS: 0 keeps ONNX Runtime's default pool (runs one at a time), N > 0 gives
+    each session N threads; every served session opens without the CPU memory arena."""
+    from oncostream.app.pipeline import make_backend
+    from oncostream.settings import Settings
+
+    backend = make_backend(Settings(ort_threads=threads))
+    for session in backend._sessions.values():
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == threads
+        assert not options.enable_cpu_mem_arena
