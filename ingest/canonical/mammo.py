@@ -146,6 +146,25 @@ def refusal(ds: Dataset) -> RejectedInstance | None:
     return None
 
 
+# The intensity is stored / (2^BitsStored - 1) (``intensity``): an image whose values use far less of the
+# declared range (12- or 14-bit content in a file declaring 16 bits stored, without a rescale) would be
+# read 4-16x darker than anything the models saw (training images reach 80-100 % of their range: a
+# mammogram's background or densest tissue reaches the top of it), so it is refused, not guessed.
+MIN_RANGE_USED = 1 / 4  # two unused high bits
+
+
+def range_refusal(ds: Dataset, stored: np.ndarray) -> RejectedInstance | None:
+    """Refusal of a view whose stored values reach under MIN_RANGE_USED of what BitsStored declares."""
+    full_scale = float(2 ** int(ds.BitsStored) - 1)
+    top = float(np.max(stored)) if stored.size else 0.0
+    if top >= MIN_RANGE_USED * full_scale:
+        return None
+    return RejectedInstance(
+        "pixel_range", f"stored values reach {top:.0f} of the {full_scale:.0f} that Bits Stored {int(ds.BitsStored)} "
+        f"declares: the image would be read {full_scale / max(top, 1.0):.0f}x darker than the models were "
+        "trained on (Bits Stored overstated?)", str(ds.get("SOPInstanceUID", "")) or None)
+
+
 def review_reasons(ds: Dataset) -> list[str]:
     """Reasons a reader must look at this view whatever the score (the models never saw them)."""
     reasons = []
@@ -242,7 +261,7 @@ def breast_mask(image: np.ndarray) -> np.ndarray:
 
 def canonical_frame(ds: Dataset, stored: np.ndarray, laterality: str, view: str) -> MammoFrame:
     """The frame that takes this view to the canonical image. Raises RejectedInstance (``refusal``)."""
-    problem = refusal(ds)
+    problem = refusal(ds) or range_refusal(ds, stored)
     if problem is not None:
         raise problem
     spacing = _spacing_mm(ds)

@@ -249,3 +249,20 @@ def test_tomosynthesis_is_refused_not_ignored(mammo_views):
     with pytest.raises(RejectedInstance) as refused:
         parse_instance(_bytes(ds), max_bytes=1 << 30)
     assert not isinstance(refused.value, NotScreened) and refused.value.reason == "unknown_sop_class"
+
+
+def test_twelve_bit_content_declared_as_sixteen_bits_is_refused_not_read_darker(mammo_views):
+    """Bits Stored overstated (12-bit values, 16 declared, no rescale): read as declared the image would be
+    16x darker than anything the models saw, so the exam fails with the reason; the same values rescaled
+    to 16 bits (an honest 16-bit image) are read."""
+    from ingest.mammo import canonical_views
+
+    overstated = copy.deepcopy(mammo_views[1])
+    for ds in overstated:
+        assert int(ds.BitsStored) == 12
+        ds.BitsStored, ds.HighBit = 16, 15
+    with pytest.raises(StudyFailed) as failed:
+        canonical_views(overstated, "1.2.3")
+    assert failed.value.reason == "pixel_range" and "Bits Stored 16" in failed.value.detail
+    images, frames = canonical_views(vendors.mg_sixteen_bits(copy.deepcopy(mammo_views[1])), "1.2.3")
+    assert len(frames) == 4
