@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # assembled studies decoded, inferred and post-processed at once, each on a thread, while the source
     # keeps reading (oncostream.app.lifecycle.ConcurrentStudies); perf/RESULTS.md has the measurement
     max_studies_processing: int = Field(default=2, gt=0)
+    # pixels (float32, from the headers) the studies processing at once may hold between them: a study that
+    # does not fit waits (one larger than this runs alone); 0: no budget. 256 MiB holds one full-size LDCT
+    # series and a mammography exam, never two series (perf/RESULTS.md, "a 2 GB folder")
+    max_processing_pixel_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # embedded backend, ONNX Runtime intra-op threads per model run: 0 = ONNX Runtime's default (the
     # host's physical cores), one model run at a time; N > 0 = N threads per run, the runs of the studies
     # processing at once in parallel (perf/RESULTS.md compares both)

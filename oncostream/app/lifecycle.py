@@ -307,8 +307,21 @@ class StudyLifecycle:
 @dataclass
 class _Work:
     study: Study
+    weight: int = 0  # pixel_bytes(study)
     attempt: int = 0  # backend-unavailable retries so far
     dropped: bool = False  # its source went away (partition revoked): the result is thrown away
+
+
+def pixel_bytes(study: Study) -> int:
+    """The study's pixels as float32, from its headers: what its working set in processing scales with
+    (a full-size LDCT series ~170 MB, a full-size mammography exam ~50 MB)."""
+    total = 0
+    for ds in study.datasets:
+        try:
+            total += int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * 4
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return total
 
 
 class ConcurrentStudies:
@@ -329,9 +342,14 @@ class ConcurrentStudies:
     first: a study submitted while another of its patient is processing waits until that one is
     published, so a follow-up round streamed together with its prior (a backlog replay) finds the prior
     in the results store instead of being read as a baseline.
+
+    Memory: the studies processing at once may hold at most ``pixel_budget`` bytes of pixels between them
+    (``pixel_bytes``; 0: no budget). A study that does not fit waits, and no later study overtakes it, until
+    enough have finished; one larger than the whole budget runs alone. So two full-size LDCT series are
+    never decoded, denoised and segmented side by side, whatever ``capacity`` is.
     """
 
-    def __init__(self, lifecycle: StudyLifecycle, capacity: int, backlog: int = 0):
+    def __init__(self, lifecycle: StudyLifecycle, capacity: int, backlog: int = 0, pixel_budget: int = 0):
         from concurrent.futures import ThreadPoolExecutor
 
         if not isinstance(capacity, int) or capacity < 1:
@@ -341,6 +359,7 @@ class ConcurrentStudies:
         self.lifecycle = lifecycle
         self.capacity = capacity
         self.backlog = backlog
+        self.pixel_budget = pixel_budget
         memory.configure_allocator()
         self._pool = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="oncostream-study")
         self._running: dict = {}  # Future -> _Work
@@ -369,24 +388,29 @@ class ConcurrentStudies:
         if self.full:
             raise RuntimeError(f"{len(self._running)} studies already submitted (capacity {self.capacity}, "
                                f"backlog {self.backlog})")
-        work = _Work(study)
-        if self._patient_processing(study):
-            self._waiting.append(work)
-        else:
-            self._start(work)
+        self._waiting.append(_Work(study, weight=pixel_bytes(study)))
+        self._start_waiting()
 
     def _patient_processing(self, study: Study) -> bool:
         key = study.patient_key
         return key is not None and any(w.study.patient_key == key for w in self._running.values())
 
+    def _fits(self, work: _Work) -> bool:
+        in_use = sum(w.weight for w in self._running.values())
+        return not self.pixel_budget or not self._running or in_use + work.weight <= self.pixel_budget
+
     def _start_waiting(self) -> None:
-        """Start the held-back studies whose patient has nothing processing any more, earliest study date
-        first (an undated study last); those whose source went away are forgotten."""
+        """Start the held-back studies whose patient has nothing processing any more and whose pixels fit the
+        budget, earliest study date first (an undated study last); one that does not fit stops the others
+        behind it. Those whose source went away are forgotten."""
         self._waiting = [work for work in self._waiting if not work.dropped]
         for work in sorted(self._waiting, key=lambda w: w.study.study_date or date.max):
-            if not self._patient_processing(work.study):
-                self._waiting.remove(work)
-                self._start(work)
+            if self._patient_processing(work.study):
+                continue
+            if not self._fits(work):
+                break
+            self._waiting.remove(work)
+            self._start(work)
 
     def _start(self, work: _Work) -> None:
         future = self._pool.submit(self._process, work.study)
@@ -445,7 +469,7 @@ class ConcurrentStudies:
                 continue
             if not work.dropped:
                 work.attempt += 1
-                self._start(work)
+                self._waiting.append(work)
         self._start_waiting()
         return ended
 

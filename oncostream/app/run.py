@@ -104,7 +104,8 @@ def main_run(args) -> int:
                                rejections, _Patience(_RUN_PATIENCE_S), assembler=assembler)
     # studies are processed on their own threads while the next files are read; with every thread busy,
     # reading waits (backpressure), so memory follows max_studies_processing, not the folder
-    processing = ConcurrentStudies(lifecycle, settings.max_studies_processing)
+    processing = ConcurrentStudies(lifecycle, settings.max_studies_processing,
+                                   pixel_budget=settings.max_processing_pixel_bytes)
     events: list[TriageEvent] = []  # what the worklist shows; the DICOM outputs are already on disk
     unfinished = 0
     started = time.monotonic()

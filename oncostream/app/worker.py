@@ -167,7 +167,8 @@ class Worker:
         self._queue: list = []  # completed studies not yet finished (waiting, or processing)
         # a backlog as deep as the threads: they keep working while the loop waits in poll
         self.processing = ConcurrentStudies(self.lifecycle, settings.max_studies_processing,
-                                            backlog=settings.max_studies_processing)
+                                            backlog=settings.max_studies_processing,
+                                            pixel_budget=settings.max_processing_pixel_bytes)
         self._held = HeldMessages(settings.max_held_bytes, self.resolver)  # records of unfinished studies
         self._unread: dict[TopicPartitionKey, int] = {}  # instances whose claim store could not be asked
         # partitions to read again before accepting anything from them: None = from the committed offset

@@ -276,3 +276,48 @@ def test_studies_of_one_patient_run_one_at_a_time_earliest_round_first():
             assert started["2"].wait(TIMEOUT_S)
     assert order == ["1", "4", "3", "2"] and pipeline.most_running <= 2 and len(processing) == 0
     processing.close()
+
+
+def _with_pixels(uid: str, rows: int, columns: int, images: int):
+    from pydicom.dataset import Dataset
+
+    s = study(uid)
+    for _ in range(images):
+        ds = Dataset()
+        ds.Rows, ds.Columns = rows, columns
+        s.datasets.append(ds)
+    return s
+
+
+def test_studies_whose_pixels_exceed_the_budget_together_wait_in_order():
+    """Two full-size LDCT series never process side by side: the second waits for the first, and a small
+    exam submitted after it does not overtake it (else a stream of exams could starve the series); a study
+    larger than the whole budget still runs, alone."""
+    from oncostream.app.lifecycle import pixel_bytes
+
+    pipeline = GatedPipeline()
+    for uid in ("ct1", "ct2", "mg1", "huge"):
+        pipeline.gate(uid)
+    started = pipeline.started
+    series = lambda uid: _with_pixels(uid, 512, 512, 160)  # noqa: E731
+    assert pixel_bytes(series("x")) == 160 * 512 * 512 * 4
+    processing = ConcurrentStudies(lifecycle(pipeline=pipeline), capacity=3, backlog=1,
+                                   pixel_budget=256 * 1024 * 1024)
+    processing.submit(series("ct1"))
+    assert started["ct1"].wait(TIMEOUT_S)
+    processing.submit(series("ct2"))
+    processing.submit(_with_pixels("mg1", 2048, 1664, 4))
+    # never handed to a thread (held in the waiting list), so checking at once is deterministic
+    assert not started["ct2"].is_set() and not started["mg1"].is_set() and len(processing) == 3
+    pipeline.gate("ct1").set()
+    assert [s.study_instance_uid for s, _ in collect_until(processing, 1)] == ["ct1"]
+    assert started["ct2"].wait(TIMEOUT_S) and started["mg1"].wait(TIMEOUT_S)  # 168 + 55 MB fit together
+    pipeline.gate("ct2").set()
+    pipeline.gate("mg1").set()
+    collect_until(processing, 2)
+    processing.submit(_with_pixels("huge", 512, 512, 600))
+    assert started["huge"].wait(TIMEOUT_S)
+    pipeline.gate("huge").set()
+    collect_until(processing, 1)
+    assert len(processing) == 0
+    processing.close()
