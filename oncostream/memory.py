@@ -4,7 +4,7 @@ A study's working set is large and short-lived (a full-size LDCT series is ~170 
 and is allocated on several threads. glibc keeps what NumPy, ONNX Runtime and DALI free: its mmap
 threshold climbs after the first large free (up to 32 MiB), so later buffers of a few MiB land in
 per-thread heaps that are trimmed only from their top. The process then holds the high-water mark of
-every thread's heap for good: on a 2 GB folder `oncostream run` peaked at 2.31 GB and sat at ~2 GB
+every thread's heap for good: on a 2 GB folder `oncostream run` peaked at 2,310 MiB and sat near 2 GiB
 with no study in flight. Two settings fix that without touching the data path:
 
 - ``configure_allocator``: a fixed mmap threshold of 1 MiB, so large buffers are mapped and unmapped
@@ -12,7 +12,7 @@ with no study in flight. Two settings fix that without touching the data path:
 - ``release_freed_memory``: ``malloc_trim(0)`` after each study, which gives back the free pages in
   the middle of every heap as well.
 
-Measured together (perf/RESULTS.md, "a 2 GB folder"): 2.31 -> 1.96 GB peak on the same folder.
+Measured together on that folder: 2,310 -> 1,957 MiB peak (perf/RESULTS.md, the reading).
 """
 
 from __future__ import annotations
