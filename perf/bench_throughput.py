@@ -688,9 +688,11 @@ def main(argv: list[str] | None = None) -> int:
         report.embedded_best = runs[report.best_k]
         # the alternative thread setting (settings.ort_threads): one ONNX Runtime thread per model run,
         # as many runs in parallel as studies processing (= cores); reported beside the default, not chosen
-        report.paths.append(embedded(data, work, os.cpu_count() or 2, env={"ONCOSTREAM_ORT_THREADS": "1"},
-                                     label=f"embedded `oncostream run`, ONNX Runtime 1 thread per run, "
-                                           f"{os.cpu_count() or 2} studies processing in parallel"))
+        # (not in the quick variant, which shows the benchmark runs)
+        if not quick:
+            report.paths.append(embedded(data, work, os.cpu_count() or 2, env={"ONCOSTREAM_ORT_THREADS": "1"},
+                                         label=f"embedded `oncostream run`, ONNX Runtime 1 thread per run, "
+                                               f"{os.cpu_count() or 2} studies processing in parallel"))
         report.write()
         bootstrap = args.bootstrap
         if bootstrap is None and not {"kafka", "openloop", "rss100"} <= skip:

@@ -87,8 +87,8 @@ def one_at_a_time() -> None:
 
     init = ConcurrentStudies.__init__
 
-    def without_backlog(self, lifecycle, capacity, backlog=0):
-        init(self, lifecycle, capacity, backlog=0)
+    def without_backlog(self, lifecycle, capacity, backlog=0, **options):
+        init(self, lifecycle, capacity, backlog=0, **options)
 
     ConcurrentStudies.__init__ = without_backlog
 
