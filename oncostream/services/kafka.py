@@ -185,6 +185,17 @@ def _server_properties(data_dir: Path, port: int, controller_port: int,
     ])
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (22 URL-safe base64 characters) that never starts with '-'.
+
+    One uuid in 64 encodes to a leading '-', which kafka-storage's argument parser reads as an option
+    ("argument --cluster-id/-t: expected one argument"); Kafka's own Uuid.randomUuid redraws those too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READY_TIMEOUT_S,
           settings: Settings | None = None, tls: BrokerTls | None = None) -> RunningService:
     """Format a fresh KRaft data dir under `workdir`, start the broker, create the oncostream topics.
@@ -213,7 +224,7 @@ def start(workdir: Path, libs: Path | None = None, ready_timeout_s: float = READ
     classpath = str(libs / "*")
     jvm = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={workdir}"]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = new_cluster_id()
     scram = [arg for name, password in (tls.users.items() if tls is not None else ())
              for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
     fmt = subprocess.run([java, *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
