@@ -26,12 +26,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}, no GPU"
 
 
-def write_section(name: str, command: str, body: str, path: Path | None = None) -> Path:
-    """Replace (or append) the section `name` of perf/RESULTS.md (or of ``path``)."""
+def write_section(name: str, command: str, body: str, path: Path | None = None, *, measured_on: str | None = None,
+                  measured_at: str | None = None) -> Path:
+    """Replace (or append) the section `name` of perf/RESULTS.md (or of ``path``). ``measured_on`` and
+    ``measured_at``: the machine and time of a measurement made elsewhere (default: this one, now)."""
     results = RESULTS if path is None else Path(path)
     text = results.read_text() if results.exists() else _HEADER
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"<!-- begin {name} -->\n## {name}\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
+    stamp = measured_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"<!-- begin {name} -->\n## {name}\n\nCommand: `{command}`  \nMachine: {measured_on or machine()}  \n"
                f"Measured: {stamp}\n\n{body.strip()}\n<!-- end {name} -->\n")
     pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
