@@ -224,6 +224,17 @@ class Assembler:
             closed.append(self._close(oldest))
         return closed
 
+    def keep_alive(self, partitions: set[tuple[str, int]]) -> None:
+        """Studies holding instances of ``partitions`` are not quiet: restart their quiet clock. The worker
+        passes its paused partitions (backpressure, backoff), whose next instances wait unread in Kafka;
+        the absolute age limit still applies."""
+        if not partitions:
+            return
+        now = self._clock()
+        for pending in self._pending.values():
+            if any((topic, partition) in partitions for topic, partition, _ in pending.sources):
+                pending.last_seen = now
+
     def expire(self, now: float | None = None) -> list[Study]:
         """Close studies quiet for longer than the assembly timeout (marked incomplete if short), and
         studies older than the absolute age limit however they keep receiving."""

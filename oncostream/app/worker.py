@@ -128,6 +128,15 @@ class HeldMessages:
             self.pop(source)
 
 
+
+def completing_partitions(assembling: dict[TopicPartitionKey, int],
+                          assembled: dict[TopicPartitionKey, int]) -> set[TopicPartitionKey]:
+    """Partitions whose oldest unfinished study is still assembling: its lowest held offset (``assembling``:
+    lowest offset per partition of any study still assembling) comes before that of any assembled study
+    waiting or processing (``assembled``). Reading on there completes it; anywhere else it would only
+    start new studies."""
+    return {tp for tp, offset in assembling.items() if offset < assembled.get(tp, offset + 1)}
+
 class Worker:
     """One consumer-group member: poll, parse, assemble, finish studies, commit.
 
@@ -225,6 +234,8 @@ class Worker:
                     self._accept(message)
                     if self.stopping:
                         break
+                # a paused partition's next instances wait unread in Kafka: its studies are not quiet
+                self.assembler.keep_alive(self.source.paused)
                 self._queue.extend(self.assembler.expire())
                 self._finish_queue()
                 self._commit()
@@ -399,8 +410,11 @@ class Worker:
         """Bound in-flight studies by pausing partitions instead of buffering; pause everything while the
         dead-letter topic refuses records (FAILURE_POLICY: dead-letter sink unavailable -> pause).
 
-        At the bound, only partitions that hold an unfinished study keep flowing: pausing those too would
-        starve the very studies whose completion frees capacity (a study lives on one partition).
+        At the bound, only partitions whose oldest unfinished study is still assembling keep flowing:
+        pausing those would starve the very studies whose completion frees capacity (a study lives on one
+        partition), while reading on behind an assembled one only starts new studies: in a backlog every
+        partition always holds an unfinished study, and the worker read (and held) the whole backlog.
+        A study left part-read on a paused partition is not quiet (run: Assembler.keep_alive).
         """
         if self.dlq.failing:
             if self.source.assignment() - self.source.paused:
@@ -409,8 +423,10 @@ class Worker:
             return
         in_flight = len(self.assembler) + len(self._queue)
         if in_flight >= self.settings.max_in_flight_studies:
-            busy = set(self._held_offsets())
-            idle = self.source.assignment() - busy
+            completing = completing_partitions(self.assembler.pending_offsets(),
+                                               lowest_offsets(s for study in self._queue for s in study.sources))
+            # a partition with instances to read again (claim store unavailable) must flow to complete them
+            idle = self.source.assignment() - completing - set(self._unread)
             if idle - self.source.paused:
                 log.info("%d studies in flight: pausing %d partitions", in_flight, len(idle))
             self.source.pause_only(idle)

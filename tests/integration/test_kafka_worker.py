@@ -304,6 +304,36 @@ def test_backpressure_pauses_other_partitions_while_the_bound_is_reached(kafka_t
     assert [uid for uid, e in events.items() if e["incomplete"]] == [open_exam]
 
 
+def test_a_backlog_on_one_partition_is_read_as_capacity_frees_not_all_at_once(kafka_topics_factory, corpus,
+                                                                               pipeline):
+    # a backlog always has an unfinished study on every partition: the bound must still hold (no more
+    # than one poll's worth of studies past it), and a study left part-read on the paused partition must
+    # not close incomplete for want of its unread instances
+    topics = kafka_topics_factory(1)
+    uids = corpus.subset(mammo=4, ldct=4)
+    files = corpus.files(uids)
+    produce_files(files, topics.settings(), topics.bootstrap)
+    bound, per_poll = 1, 64  # ingest/kafka_source.py KafkaSource max_poll_records
+    owners = [uid for uid in uids for _ in corpus.studies[uid]]
+    one_poll = max(len(set(owners[k:k + per_poll])) for k in range(len(owners)))
+    worker = Worker(topics.settings(max_in_flight_studies=bound, assembly_timeout_s=2.0), topics.bootstrap,
+                    topics.dicom, pipeline, [], max_studies=len(uids))
+    seen: list[int] = []
+    apply_backpressure = worker._apply_backpressure
+
+    def observed():
+        seen.append(len(worker.assembler) + len(worker._queue))
+        apply_backpressure()
+
+    worker._apply_backpressure = observed
+    run_until_published(worker, WAIT_S)
+    events = {e["study_instance_uid"]: e for _, e in triage_events(topics)}
+    assert set(events) == set(uids)
+    assert not [uid for uid, e in events.items() if e["incomplete"]]
+    assert worker.source.pause_count > 0
+    assert max(seen) <= bound + one_poll < len(uids), (max(seen), bound, one_poll)
+
+
 def test_quiet_timeout_publishes_an_incomplete_exam_saying_what_is_missing(kafka_topics, corpus, pipeline):
     uid = next(u for u in corpus.studies if corpus.modality[u] == "MG")
     *sent, dropped = corpus.studies[uid]

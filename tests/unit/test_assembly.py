@@ -165,3 +165,24 @@ def test_watermark_and_rebalance_drop(assembler):
     (done,) = assembler.add(a[2], source=("dicom", 0, 13))
     assert done.sources == [("dicom", 0, 10), ("dicom", 0, 12), ("dicom", 0, 13)]
     assert assembler.pending_offsets() == {}
+
+
+def test_a_study_on_a_paused_partition_is_not_quiet_until_the_age_limit(clock):
+    """Backpressure pauses a partition with a part-read study: its next instances wait unread in Kafka,
+    so the quiet clock must not close it incomplete (the absolute age limit still does)."""
+    assembler = Assembler(Settings(assembly_timeout_s=10, max_study_age_s=100), clock=clock)
+    paused, flowing = generate_uid(), generate_uid()
+    for key in ("LCC", "LMLO"):
+        assembler.add(mammo_view(paused, key), source=("t", 0, len(key)))
+        assembler.add(mammo_view(flowing, key), source=("t", 1, len(key)))
+    clock.now = 50.0
+    assembler.keep_alive({("t", 0)})
+    (closed,) = assembler.expire()
+    assert closed.study_instance_uid == flowing and closed.incomplete
+    assembler.keep_alive(set())  # resumed: the full quiet time from the last keep-alive
+    clock.now = 59.9
+    assert assembler.expire() == []
+    clock.now = 100.0
+    assembler.keep_alive({("t", 0)})
+    (aged,) = assembler.expire()
+    assert aged.study_instance_uid == paused and aged.incomplete
