@@ -61,9 +61,6 @@ class EmbeddedBackend(InferenceBackend):
     def model_versions(self) -> dict[str, str]:
         return {n: c.release for n, c in self._contracts.items()}
 
-    def calibration(self, name: str) -> dict[str, float]:
-        return dict(self._contracts[name].calibration)
-
 
 def _check_against_contract(session, contract) -> None:
     differences = []
