@@ -154,6 +154,19 @@ def instance_bytes(message: SourceMessage, resolver: ClaimCheckResolver) -> byte
     return message.data
 
 
+def _release_parked_fetches(consumer) -> None:
+    """Work around a kafka-python 3.0.x fetcher stall (docs/pitfalls.md): records fetched for a partition
+    that was paused meanwhile are parked and handed back after it resumes, but only while the fetcher's
+    in-line slot (``_next_partition_records``) is None, and a fully drained record set stays in that slot
+    (it is falsy, not None). The parked partitions are then neither returned nor fetched again: a worker
+    pausing and resuming partitions (backpressure, backoff) stopped receiving records for good. A drained
+    set holds nothing, so emptying the slot changes nothing else. No-op where the attribute is absent."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current:
+        fetcher._next_partition_records = None
+
+
 class KafkaSource(Source):
     """A consumer-group member on the DICOM topic, with manual commits, pause/resume and rebalance hooks.
 
@@ -209,6 +222,7 @@ class KafkaSource(Source):
         return set(self._paused)
 
     def poll(self, timeout_s: float = 0.5) -> list[KafkaMessage]:
+        _release_parked_fetches(self._consumer)
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         messages: list[KafkaMessage] = []
         for records in batches.values():

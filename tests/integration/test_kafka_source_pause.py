@@ -1,0 +1,61 @@
+"""A partition paused while its records were in line, then resumed, is read again (kafka-python 3.0.x
+parks such records and could leave them parked for good: docs/pitfalls.md; ingest/kafka_source.py
+_release_parked_fetches)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ingest.kafka_source import KafkaSource
+
+pytestmark = pytest.mark.integration
+
+PER_PARTITION = 30
+
+
+def test_a_partition_paused_mid_read_and_resumed_delivers_the_rest(kafka_topics_factory):
+    from kafka import KafkaProducer
+
+    topics = kafka_topics_factory(2)
+    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
+    for partition in (0, 1):
+        for k in range(PER_PARTITION):
+            producer.send(topics.dicom, value=b"x" * 100, partition=partition, key=f"{partition}-{k}".encode())
+    producer.flush()
+    producer.close()
+
+    source = KafkaSource(topics.bootstrap, topics.dicom, topics.group, max_poll_records=5)
+    seen = {0: 0, 1: 0}
+    paused = None
+    deadline = time.monotonic() + 60
+    try:
+        # read until one partition is part-read in line while the other is not finished: pause it there
+        while paused is None:
+            assert time.monotonic() < deadline, seen
+            messages = source.poll(timeout_s=0.5)
+            for m in messages:
+                seen[m.partition] += 1
+            last = {m.partition for m in messages}
+            if len(last) == 1:
+                (line,) = last
+                other = 1 - line
+                if seen[line] < PER_PARTITION and seen[other] < PER_PARTITION:
+                    paused = line
+        source.pause_only({(topics.dicom, paused)})
+        while seen[1 - paused] < PER_PARTITION:  # the other drains to its end while this one is paused
+            assert time.monotonic() < deadline, seen
+            for m in source.poll(timeout_s=0.5):
+                assert m.partition != paused, "a paused partition delivered records"
+                seen[m.partition] += 1
+        for _ in range(3):  # the drained record set settles in line
+            assert not source.poll(timeout_s=0.2)
+        source.resume()
+        resumed = time.monotonic() + 20
+        while seen[paused] < PER_PARTITION and time.monotonic() < resumed:
+            for m in source.poll(timeout_s=0.5):
+                seen[m.partition] += 1
+        assert seen == {0: PER_PARTITION, 1: PER_PARTITION}, f"paused partition {paused}: {seen}"
+    finally:
+        source.close()
