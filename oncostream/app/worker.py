@@ -128,7 +128,6 @@ class HeldMessages:
             self.pop(source)
 
 
-
 def completing_partitions(assembling: dict[TopicPartitionKey, int],
                           assembled: dict[TopicPartitionKey, int]) -> set[TopicPartitionKey]:
     """Partitions whose oldest unfinished study is still assembling: its lowest held offset (``assembling``:
@@ -136,6 +135,7 @@ def completing_partitions(assembling: dict[TopicPartitionKey, int],
     waiting or processing (``assembled``). Reading on there completes it; anywhere else it would only
     start new studies."""
     return {tp for tp, offset in assembling.items() if offset < assembled.get(tp, offset + 1)}
+
 
 class Worker:
     """One consumer-group member: poll, parse, assemble, finish studies, commit.
