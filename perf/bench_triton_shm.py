@@ -60,7 +60,8 @@ def measure(url: str, volume: np.ndarray, spacing: np.ndarray, mode: str, repeat
         backend.close()
         client.close()
     input_bytes = volume.nbytes + spacing.nbytes
-    output_bytes = sum(getattr(raw, f).nbytes for f in raw.__dataclass_fields__)
+    # the tensors only (LdctRaw also carries the operating point, a float)
+    output_bytes = sum(v.nbytes for v in vars(raw).values() if isinstance(v, np.ndarray))
     shared_in = backend.uses_shared_memory and input_bytes >= SHARED_MEMORY_MIN_BYTES
     shared_out = backend.uses_shared_memory  # LDCT outputs are bounded by the candidate cap (>= 1 MiB)
     server_s = (ns1 - ns0) / max(1, count1 - count0) / 1e9
