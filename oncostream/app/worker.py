@@ -450,6 +450,8 @@ class Worker:
                     self._rewind[partition] = min(self._rewind[partition], message.offset)
             if self.source.assignment() - self.source.paused:
                 self.source.pause()
+        # every partition was paused: nothing assembling went quiet meanwhile (Assembler.keep_alive)
+        self.assembler.keep_alive(self.source.assignment())
         self.source.resume()
         return not self.stopping
 
