@@ -24,8 +24,13 @@ from oncostream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# fetch limit per partition and per request: above the topics' max.message.bytes (64 MiB)
-_MAX_FETCH_BYTES = 72 * 1024 * 1024
+# the largest record the topics take (max.message.bytes, 64 MiB) and a response carrying one
+_MAX_RESPONSE_BYTES = 72 * 1024 * 1024
+# what the consumer fetches ahead per partition and per request: small, since it is read-ahead held in
+# memory (parked whole while a partition is paused); the broker still returns a single larger record
+# batch whole when it comes first (KIP-74), so a 64 MiB instance is read as before
+_FETCH_PARTITION_BYTES = 4 * 1024 * 1024
+_FETCH_REQUEST_BYTES = 16 * 1024 * 1024
 
 TopicPartitionKey = tuple[str, int]
 
@@ -190,8 +195,8 @@ class KafkaSource(Source):
             KafkaConsumer, bootstrap, settings, group_id=group_id, client_id=client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=max_poll_records,
-            max_partition_fetch_bytes=_MAX_FETCH_BYTES, fetch_max_bytes=_MAX_FETCH_BYTES,
-            receive_message_max_bytes=_MAX_FETCH_BYTES + 1024 * 1024,
+            max_partition_fetch_bytes=_FETCH_PARTITION_BYTES, fetch_max_bytes=_FETCH_REQUEST_BYTES,
+            receive_message_max_bytes=_MAX_RESPONSE_BYTES + 1024 * 1024,
             # a study's inference can take a while on 2 cores; the heartbeat thread keeps membership
             max_poll_interval_ms=600_000, session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
         )
