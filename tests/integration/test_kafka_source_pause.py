@@ -1,6 +1,7 @@
-"""A partition paused while its records were in line, then resumed, is read again (kafka-python 3.0.x
-parks such records and could leave them parked for good: docs/pitfalls.md; ingest/kafka_source.py
-_release_parked_fetches)."""
+"""The Kafka source against a real broker: a partition paused while its records were in line and then
+resumed is read again (kafka-python 3.0.x parks such records and could leave them parked for good:
+docs/pitfalls.md; ingest/kafka_source.py _release_parked_fetches), and records larger than the small
+fetch-ahead size arrive whole."""
 
 from __future__ import annotations
 
@@ -59,3 +60,30 @@ def test_a_partition_paused_mid_read_and_resumed_delivers_the_rest(kafka_topics_
         assert seen == {0: PER_PARTITION, 1: PER_PARTITION}, f"paused partition {paused}: {seen}"
     finally:
         source.close()
+
+
+def test_records_larger_than_the_fetch_size_arrive_whole(kafka_topics_factory):
+    """The consumer fetches a few MiB ahead per partition; an instance up to the topics' 64 MiB still
+    arrives whole (the broker returns a first record batch above the fetch size)."""
+    import os
+
+    from kafka import KafkaProducer
+
+    from ingest.kafka_source import _FETCH_PARTITION_BYTES, _FETCH_REQUEST_BYTES
+
+    topics = kafka_topics_factory(1)
+    sizes = [100_000, 5 * _FETCH_REQUEST_BYTES // 2, 200_000, 2 * _FETCH_PARTITION_BYTES + 1, 50_000]
+    producer = KafkaProducer(bootstrap_servers=topics.bootstrap, max_request_size=64 * 1024 * 1024)
+    for k, size in enumerate(sizes):
+        producer.send(topics.dicom, value=os.urandom(size), partition=0, key=str(k).encode())
+    producer.flush()
+    producer.close()
+    source = KafkaSource(topics.bootstrap, topics.dicom, topics.group)
+    received: list[int] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(received) < len(sizes) and time.monotonic() < deadline:
+            received += [len(m.data) for m in source.poll(timeout_s=0.5)]
+    finally:
+        source.close()
+    assert received == sizes
