@@ -371,9 +371,12 @@ class Worker:
     def _held_offsets(self) -> dict[TopicPartitionKey, int]:
         """Lowest offset per partition of any study not yet finished (assembling or queued), of any
         instance whose dead-letter record is not acknowledged yet, and of any the claim store could not give."""
-        return merge_lowest(self._unread, self.assembler.pending_offsets(),
-                            lowest_offsets(s for study in self._queue for s in study.sources),
+        return merge_lowest(self._unread, self.assembler.pending_offsets(), self._queued_offsets(),
                             self.dlq.pending_offsets())
+
+    def _queued_offsets(self) -> dict[TopicPartitionKey, int]:
+        """Lowest offset per partition of any assembled study not yet finished (waiting or processing)."""
+        return lowest_offsets(s for study in self._queue for s in study.sources)
 
     def _commit(self, force: bool = False, timeout_s: float = 60.0) -> None:
         from oncostream.errors import DeadLetterUnavailable
@@ -423,8 +426,7 @@ class Worker:
             return
         in_flight = len(self.assembler) + len(self._queue)
         if in_flight >= self.settings.max_in_flight_studies:
-            completing = completing_partitions(self.assembler.pending_offsets(),
-                                               lowest_offsets(s for study in self._queue for s in study.sources))
+            completing = completing_partitions(self.assembler.pending_offsets(), self._queued_offsets())
             # a partition with instances to read again (claim store unavailable) must flow to complete them
             idle = self.source.assignment() - completing - set(self._unread)
             if idle - self.source.paused:
