@@ -1,6 +1,6 @@
 """The baseline: the sequential script a user would write around the same committed models.
 
-    .venv/bin/python -m perf.naive_script DIR OUT
+    .venv/bin/python -m perf.naive_script DIR OUT [--same-work]
 
 Read every file with pydicom, group by StudyInstanceUID, and for one study after another: decode pixels
 (``pixel_array``), preprocess with NumPy (the numpy twins of oncostream's preprocessing, the same maths
@@ -10,6 +10,10 @@ synthetic series are axial, head-first), no threads, no overlap. Model loading h
 
 Writes OUT/naive.jsonl (one line per study: uid, modality, started, finished: seconds on the monotonic
 clock) and prints one JSON summary line.
+
+``--same-work``: segment the look-back candidates too (ingest/steps/ldct.py series_candidates: the
+detector peaks below the operating point that oncostream keeps for a later round), so the script does the
+same model work as oncostream and the comparison measures the engineering, not the work.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from ingest.canonical.mammo import canonical_frame
 from ingest.preprocess import ldct as ldct_pre
 from ingest.preprocess.mammo import preprocess_view_reference
-from ingest.steps.ldct import extract_candidates
+from ingest.steps.ldct import extract_candidates, series_candidates
 from oncostream.model_contract import MODEL_NAMES, load_contract, onnx_path
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -57,7 +61,7 @@ def mammo_study(models, datasets) -> dict:
     return {"score": max(scores)}
 
 
-def ldct_study(models, datasets, threshold: float) -> dict:
+def ldct_study(models, datasets, threshold: float, same_work: bool = False) -> dict:
     datasets = sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
     volume = np.stack([d.pixel_array.astype(np.float32) * float(d.get("RescaleSlope", 1) or 1)
                        + float(d.get("RescaleIntercept", 0) or 0) for d in datasets])
@@ -71,7 +75,8 @@ def ldct_study(models, datasets, threshold: float) -> dict:
     denoised *= np.float32(ldct_pre.DENOISE_SCALE)
     detector_in, grid = ldct_pre.detector_input_reference(denoised, spacing)
     out = run1(models["ldct_nodule_detector"], "volume", detector_in[None, None])
-    candidates = extract_candidates(out["heatmap"][0, 0], out["diameter_mm"][0, 0], grid, threshold)
+    find = series_candidates if same_work else extract_candidates
+    candidates = find(out["heatmap"][0, 0], out["diameter_mm"][0, 0], grid, threshold)
     patches = ldct_pre.patches_reference(denoised, spacing, candidates[:, :3])
     probabilities = []
     for patch in patches:  # one patch at a time, and its left-right mirror
@@ -103,6 +108,7 @@ def write_sr(out: Path, first: pydicom.Dataset, finding: dict) -> None:
 
 def main(argv: list[str]) -> int:
     source, out = Path(argv[0]), Path(argv[1])
+    same_work = "--same-work" in argv[2:]
     out.mkdir(parents=True, exist_ok=True)
     models = load_models()
     threshold = load_contract("ldct_nodule_detector", DEFAULT_MODEL_REPOSITORY).calibration["detection_threshold"]
@@ -122,7 +128,7 @@ def main(argv: list[str]) -> int:
             if modality == "MG":
                 finding = mammo_study(models, datasets)
             else:
-                finding = ldct_study(models, datasets, threshold)
+                finding = ldct_study(models, datasets, threshold, same_work)
             write_sr(out, datasets[0], finding)
             log.write(json.dumps({"uid": uid, "modality": modality, "arrived": first_read[uid],
                                   "started": started, "finished": time.monotonic()}) + "\n")

@@ -4,8 +4,10 @@ with Triton's CPU python-backend models, so both realisations compute the same t
 
 from __future__ import annotations
 
-import contextlib
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 class EmbeddedBackend(InferenceBackend):
     name = "embedded"
 
-    def __init__(self, repository: Path = DEFAULT_MODEL_REPOSITORY, intra_op_threads: int = 0):
+    def __init__(self, repository: Path = DEFAULT_MODEL_REPOSITORY, intra_op_threads: int = 1):
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
@@ -35,23 +37,41 @@ class EmbeddedBackend(InferenceBackend):
             session = cpu_session(path, intra_op_threads)
             _check_against_contract(session, self._contracts[name])
             self._sessions[name] = session
-        # sessions are thread-safe: with ONNX Runtime's default pool (every core per run) the runs of
-        # studies processing at once go one at a time, so they do not oversubscribe the cores; with a
-        # fixed thread count per run (settings.ort_threads) they run side by side
-        self._lock = threading.Lock() if intra_op_threads == 0 else contextlib.nullcontext()
+        # Model slots: how many runs go at once. Sessions are thread-safe; with ONNX Runtime's default
+        # pool (0: every core per run) one run at a time, so they do not oversubscribe the cores; with N
+        # threads per run, cores // N runs side by side: the runs of the studies processing at once, and
+        # the independent batches of one series (run_all), which keeps the cores busy when one study is
+        # processing (perf/RESULTS.md measures both settings)
+        cores = len(os.sched_getaffinity(0))
+        self.slots = 1 if intra_op_threads == 0 else max(1, cores // intra_op_threads)
+        self._slots = threading.BoundedSemaphore(self.slots)
+        self._tasks = ThreadPoolExecutor(self.slots, thread_name_prefix="model") if self.slots > 1 else None
 
     def run_model(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[name]
         outputs = [o.name for o in session.get_outputs()]
-        with self._lock:
+        with self._slots:
             values = session.run(outputs, feeds)
         return dict(zip(outputs, values))
+
+    def run_all(self, tasks: list[Callable[[], None]]) -> None:
+        """Run independent tasks (steps' model batches) on the model slots; return when every one has
+        finished (none is left writing after a failure), raising the first failure."""
+        if self._tasks is None or len(tasks) < 2:
+            for task in tasks:
+                task()
+            return
+        futures = [self._tasks.submit(task) for task in tasks]
+        wait(futures)
+        for future in futures:
+            future.result()
 
     def infer_ldct(self, volume_hu: np.ndarray, spacing_mm: np.ndarray, *, overwrite: bool = False) -> LdctRaw:
         from ingest.steps import ldct
 
         return ldct.run(volume_hu, spacing_mm, self.run_model,
-                        ldct.detection_threshold(self._contracts["ldct_nodule_detector"]), overwrite=overwrite)
+                        ldct.detection_threshold(self._contracts["ldct_nodule_detector"]), overwrite=overwrite,
+                        run_all=self.run_all)
 
     def infer_mammo(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> MammoRaw:
         from ingest.steps import mammo
@@ -60,6 +80,10 @@ class EmbeddedBackend(InferenceBackend):
 
     def model_versions(self) -> dict[str, str]:
         return {n: c.release for n, c in self._contracts.items()}
+
+    def close(self) -> None:
+        if self._tasks is not None:
+            self._tasks.shutdown(wait=True)
 
 
 def _check_against_contract(session, contract) -> None:

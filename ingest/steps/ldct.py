@@ -11,6 +11,7 @@ same functions, so both realisations compute the same thing:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -21,6 +22,15 @@ from ingest.preprocess.ldct import DENOISE_HU_MAX, DENOISE_HU_MIN, DENOISE_SCALE
 from oncostream.model_contract import ModelContract
 
 RunModel = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+# Runs independent tasks (each writes its own part of the output) and returns when all have finished.
+# The embedded backend runs them side by side on its model slots (EmbeddedBackend.run_all); each task's
+# input is the same whatever the order, so the answer does not depend on the scheduling.
+RunAll = Callable[[list[Callable[[], None]]], None]
+
+
+def run_in_order(tasks: list[Callable[[], None]]) -> None:
+    for task in tasks:
+        task()
 
 DENOISE_BATCH = 8
 SEGMENT_BATCH = 8
@@ -53,23 +63,27 @@ def body_box(volume_hu: np.ndarray) -> tuple[slice, slice]:
     return boxes[0], boxes[1]
 
 
-def denoise(volume_hu: np.ndarray, run_model: RunModel, overwrite: bool = False) -> np.ndarray:
+def denoise(volume_hu: np.ndarray, run_model: RunModel, overwrite: bool = False,
+            run_all: RunAll = run_in_order) -> np.ndarray:
     """HU [D, H, W] -> denoised HU [D, H, W], through ``ldct_denoise`` one batch of slices at a time,
     inside the body box (outside it the air is returned as it came, clamped like the model's input).
     The denoiser needs even slice edges: an odd edge (a 597-pixel reconstruction grid) is padded by
     repeating its last row or column, and the pad is cut off again. Each batch is scaled, denoised
-    and written back on its own: the working set beside the input and the output is one batch.
-    ``overwrite``: the output is ``volume_hu`` itself (each batch is read before it is written, and the
-    denoiser works within a slice, so the answer is the same)."""
+    and written back on its own: the working set beside the input and the output is one batch per
+    task ``run_all`` runs at once. ``overwrite``: the output is ``volume_hu`` itself (a batch reads and
+    writes only its own slices, and the denoiser works within a slice, so the answer is the same)."""
     rows, cols = body_box(volume_hu)
     out = np.clip(volume_hu, DENOISE_HU_MIN, DENOISE_HU_MAX, out=volume_hu if overwrite else None)
-    for start in range(0, out.shape[0], DENOISE_BATCH):
+
+    def one_batch(start: int) -> None:
         batch = preprocess.denoise_input(volume_hu[start:start + DENOISE_BATCH, rows, cols])
         height, width = batch.shape[1:]
         if height % 2 or width % 2:
             batch = np.pad(batch, ((0, 0), (0, height % 2), (0, width % 2)), mode="edge")
         denoised = run_model("ldct_denoise", {"image": np.ascontiguousarray(batch[:, None])})["denoised"]
         out[start:start + DENOISE_BATCH, rows, cols] = denoised[:, 0, :height, :width] * np.float32(DENOISE_SCALE)
+
+    run_all([partial(one_batch, start) for start in range(0, out.shape[0], DENOISE_BATCH)])
     return out
 
 
@@ -102,13 +116,25 @@ MAX_LOOKBACK_CANDIDATES = 16  # highest first: bounds the segmenter's extra work
 MAX_SERIES_CANDIDATES = MAX_CANDIDATES + MAX_LOOKBACK_CANDIDATES
 
 
+def local_maxima(heatmap: np.ndarray, threshold: float) -> np.ndarray:
+    """Voxels [N, 3] (C order) scoring at least ``threshold`` that are the maximum of their
+    PEAK_NEIGHBOURHOOD cube (outside the grid counts as 0): scipy's maximum_filter with mode
+    "constant", evaluated only where the score reaches the threshold (a few voxels, not the grid)."""
+    index = np.argwhere(heatmap >= threshold)
+    if not len(index):
+        return index
+    reach = PEAK_NEIGHBOURHOOD // 2
+    cubes = np.lib.stride_tricks.sliding_window_view(np.pad(heatmap, reach), (PEAK_NEIGHBOURHOOD,) * 3)
+    neighbourhood_max = cubes[tuple(index.T)].max(axis=(1, 2, 3))
+    return index[heatmap[tuple(index.T)] == neighbourhood_max]
+
+
 def extract_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: ResampleGrid,
                        threshold: float, max_candidates: int = MAX_CANDIDATES) -> np.ndarray:
     """Local maxima of the centre heatmap above ``threshold`` -> float32 [K, 5]:
     z, y, x (voxel index in the source series), diameter_mm, detection score; highest score first."""
-    peaks = (heatmap == ndimage.maximum_filter(heatmap, size=PEAK_NEIGHBOURHOOD, mode="constant")) & (heatmap >= threshold)
-    index = np.argwhere(peaks)
-    scores = heatmap[peaks]
+    index = local_maxima(heatmap, threshold)
+    scores = heatmap[tuple(index.T)]
     order = np.argsort(-scores, kind="stable")[:max_candidates]
     index, scores = index[order], scores[order]
     diameters = diameter_mm[tuple(index.T)] if len(index) else np.zeros(0, np.float32)
@@ -138,24 +164,27 @@ def series_candidates(heatmap: np.ndarray, diameter_mm: np.ndarray, grid: Resamp
 
 
 def segment(denoised_hu: np.ndarray, spacing_mm: np.ndarray, candidates: np.ndarray,
-            run_model: RunModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            run_model: RunModel, run_all: RunAll = run_in_order) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Patches around the candidates -> (masks [K,48,48,48], malignancy [K], composition [K,4],
-    uncertainty [K]); each patch also runs mirrored left-right and the two passes are averaged."""
+    uncertainty [K]); each patch also runs mirrored left-right and the two passes are averaged
+    (each batch and pass is one task for ``run_all``, writing its own slots)."""
     patches = preprocess.nodule_patches(denoised_hu, spacing_mm, candidates[:, :3])
     k = len(patches)
-    masks = np.zeros((k, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), np.float32)
+    masks = np.zeros((2, k, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), np.float32)
     malignancy = np.zeros((k, 2), np.float32)
-    composition = np.zeros((k, 4), np.float32)
-    for start in range(0, k, SEGMENT_BATCH):
+    composition = np.zeros((2, k, 4), np.float32)
+
+    def one_pass(start: int, view: int) -> None:
         batch = patches[start:start + SEGMENT_BATCH, None]
         stop = start + len(batch)
-        for view, flipped in enumerate((batch, batch[..., ::-1])):
-            out = run_model("ldct_nodule_segmenter", {"patch": np.ascontiguousarray(flipped)})
-            mask = out["mask"][:, 0]
-            masks[start:stop] += (mask if view == 0 else mask[..., ::-1]) / 2.0
-            malignancy[start:stop, view] = out["malignancy"][:, 0]
-            composition[start:stop] += out["composition"] / 2.0
-    return masks, malignancy.mean(axis=1), composition, flip_uncertainty(malignancy)
+        out = run_model("ldct_nodule_segmenter", {"patch": np.ascontiguousarray(batch if view == 0 else batch[..., ::-1])})
+        mask = out["mask"][:, 0]
+        masks[view, start:stop] = mask if view == 0 else mask[..., ::-1]
+        malignancy[start:stop, view] = out["malignancy"][:, 0]
+        composition[view, start:stop] = out["composition"]
+
+    run_all([partial(one_pass, start, view) for start in range(0, k, SEGMENT_BATCH) for view in (0, 1)])
+    return masks.mean(axis=0), malignancy.mean(axis=1), composition.mean(axis=0), flip_uncertainty(malignancy)
 
 
 def flip_uncertainty(probabilities: np.ndarray) -> np.ndarray:
@@ -164,15 +193,16 @@ def flip_uncertainty(probabilities: np.ndarray) -> np.ndarray:
 
 
 def run(volume_hu: np.ndarray, spacing_mm: np.ndarray, run_model: RunModel, threshold: float,
-        overwrite: bool = False) -> LdctRaw:
+        overwrite: bool = False, run_all: RunAll = run_in_order) -> LdctRaw:
     """One series (HU [D, H, W], inferior to superior; spacing z, y, x mm) through every LDCT model;
     ``threshold``: the detector's operating point (detection_threshold); ``overwrite``: the volume is
-    denoised in place (the caller no longer needs its HU)."""
+    denoised in place (the caller no longer needs its HU); ``run_all``: how the independent model batches
+    run (in order, or side by side: EmbeddedBackend.run_all)."""
     volume_hu = np.asarray(volume_hu, np.float32)
     spacing_mm = np.asarray(spacing_mm, np.float32)
-    denoised = denoise(volume_hu, run_model, overwrite)
+    denoised = denoise(volume_hu, run_model, overwrite, run_all)
     heatmap, diameter, grid = detect(denoised, spacing_mm, run_model)
     candidates = series_candidates(heatmap, diameter, grid, threshold)
-    masks, malignancy, composition, uncertainty = segment(denoised, spacing_mm, candidates, run_model)
+    masks, malignancy, composition, uncertainty = segment(denoised, spacing_mm, candidates, run_model, run_all)
     return LdctRaw(candidates=candidates, masks=masks, malignancy=malignancy,
                    composition=composition, uncertainty=uncertainty, operating_point=float(threshold))

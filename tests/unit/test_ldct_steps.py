@@ -315,3 +315,68 @@ def test_denoising_in_place_gives_the_same_answer(random_volume):
     out = steps.denoise(handed_over, model, overwrite=True)
     assert out is handed_over
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("trial", range(40))
+def test_local_maxima_are_scipys_maximum_filter_peaks(trial):
+    """Candidate peaks are checked only where the score reaches the threshold: the same voxels as the
+    whole-grid maximum filter (mode "constant"), ties and grid edges included."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(trial)
+    shape = tuple(int(n) for n in rng.integers(1, 24, 3))
+    heatmap = ndimage.gaussian_filter(rng.random(shape), rng.uniform(0, 2)).astype(np.float32)
+    if trial % 4 == 0:
+        heatmap = np.round(heatmap, 1)  # plateaus: equal neighbours are all peaks
+    threshold = float(rng.uniform(0, 0.8))
+    size = steps.PEAK_NEIGHBOURHOOD
+    expected = np.argwhere((heatmap == ndimage.maximum_filter(heatmap, size=size, mode="constant"))
+                           & (heatmap >= threshold))
+    np.testing.assert_array_equal(steps.local_maxima(heatmap, threshold), expected)
+
+
+def test_a_series_gives_the_same_answer_with_its_batches_side_by_side(small_phantom):
+    """One thread per model run with the series' batches run side by side (the embedded default) gives
+    exactly what every core per run, one run at a time, gives: same candidates, masks and scores."""
+    from ingest.backends.embedded import EmbeddedBackend
+
+    spacing = np.asarray(small_phantom.spacing_mm, np.float32)
+    side_by_side, one_at_a_time = EmbeddedBackend(intra_op_threads=1), EmbeddedBackend(intra_op_threads=0)
+    try:
+        assert one_at_a_time.slots == 1
+        a = side_by_side.infer_ldct(small_phantom.hu_low.copy(), spacing)
+        b = one_at_a_time.infer_ldct(small_phantom.hu_low.copy(), spacing)
+    finally:
+        side_by_side.close()
+        one_at_a_time.close()
+    assert len(a.candidates) > 0
+    for field in ("candidates", "masks", "malignancy", "composition", "uncertainty"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-6, err_msg=field)
+
+
+def test_run_all_waits_for_every_task_and_raises_the_first_failure():
+    """A failing batch does not leave the others writing after the series has been given up: every task
+    has finished when run_all raises."""
+    import threading
+
+    from ingest.backends.embedded import EmbeddedBackend
+
+    backend = EmbeddedBackend(intra_op_threads=1)
+    release, finished = threading.Event(), []
+
+    def slow():
+        release.wait(timeout=30)
+        finished.append("slow")
+
+    def failing():
+        release.set()
+        raise RuntimeError("batch 2 failed")
+
+    try:
+        if backend.slots < 2:
+            pytest.skip("one core: the tasks run in order, the failure stops the rest before they start")
+        with pytest.raises(RuntimeError, match="batch 2 failed"):
+            backend.run_all([slow, failing])
+        assert finished == ["slow"]
+    finally:
+        backend.close()
