@@ -163,6 +163,40 @@ def mg_burned_in_marker(datasets: list[Dataset]) -> list[Dataset]:
     return out
 
 
+def mg_twelve_bits(datasets: list[Dataset]) -> list[Dataset]:
+    """The same values rescaled to 12 stored bits (rounded: fewer grey levels, so a resampling of the
+    intensities, not an exact re-expression)."""
+    out = []
+    for ds in datasets:
+        scale = (2 ** 12 - 1) / (2 ** int(ds.BitsStored) - 1)
+        new = _with_pixels(ds, np.rint(_pixels(ds) * scale))
+        new.BitsStored, new.HighBit = 12, 11
+        for name in ("WindowCenter", "WindowWidth"):
+            if name in ds:
+                setattr(new, name, f"{float(getattr(ds, name)) * scale:.1f}")
+        out.append(new)
+    return out
+
+
+def mg_voi_lut_sequence(datasets: list[Dataset]) -> list[Dataset]:
+    """A display VOI LUT Sequence (a 4096-entry gamma table) instead of a window: a display choice the
+    models must never see (exact)."""
+    out = []
+    for ds in datasets:
+        new = copy.deepcopy(ds)
+        entries = 2 ** int(ds.BitsStored)
+        table = Dataset()
+        table.LUTDescriptor = [entries % 65536, 0, 16]  # 65536 entries are written as 0 (PS3.3 C.11.2.1.1)
+        table.add_new(0x00283006, "OW", (np.linspace(0.0, 1.0, entries) ** 0.5 * 65535).astype("<u2").tobytes())
+        table.LUTExplanation = "vendor display gamma"
+        new.VOILUTSequence = [table]
+        for name in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction"):
+            if name in new:
+                delattr(new, name)
+        out.append(new)
+    return out
+
+
 def mg_pixel_pitch(datasets: list[Dataset], spacing_mm: float = 0.085) -> list[Dataset]:
     """The same breast sampled at another detector pitch (cubic resampling; Pixel and Imager Pixel
     Spacing updated)."""
@@ -206,6 +240,51 @@ def ct_transpose(datasets: list[Dataset]) -> list[Dataset]:
         new.ImageOrientationPatient = [f"{v:g}" for v in (*iop[3:], *iop[:3])]
         row_spacing, col_spacing = ds.PixelSpacing
         new.PixelSpacing = [col_spacing, row_spacing]
+        out.append(new)
+    return out
+
+
+def ct_mirror_rows(datasets: list[Dataset]) -> list[Dataset]:
+    """Rows mirrored, the column direction cosine negated and ImagePositionPatient moved to the new
+    first row (a posterior-to-anterior row order, as a prone scan is written; exact)."""
+    out = []
+    for ds in datasets:
+        iop = np.asarray(ds.ImageOrientationPatient, np.float64)
+        ipp = np.asarray(ds.ImagePositionPatient, np.float64)
+        height = (int(ds.Rows) - 1) * float(ds.PixelSpacing[0])
+        new = _with_pixels(ds, _pixels(ds)[::-1])
+        new.ImagePositionPatient = [f"{v:.6g}" for v in ipp + iop[3:] * height]
+        new.ImageOrientationPatient = [f"{v:g}" for v in (*iop[:3], *(-iop[3:]))]
+        out.append(new)
+    return out
+
+
+def ct_feet_first(datasets: list[Dataset]) -> list[Dataset]:
+    """As a feet-first supine scan is written: Image Orientation (Patient) -1, 0, 0, 0, 1, 0 and
+    the instances numbered from the feet (exact)."""
+    return ct_reverse_order(ct_mirror_columns(datasets))
+
+
+def ct_rescale(datasets: list[Dataset]) -> list[Dataset]:
+    """Signed storage at Rescale Slope 0.5, Rescale Intercept 0 (twice the HU stored; exact)."""
+    out = []
+    for ds in datasets:
+        hu = _pixels(ds).astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        signed = copy.deepcopy(ds)
+        signed.PixelRepresentation = 1
+        new = _with_pixels(signed, np.rint(hu * 2.0))
+        new.RescaleSlope, new.RescaleIntercept = "0.5", "0"
+        out.append(new)
+    return out
+
+
+def ct_cosine_rounding(datasets: list[Dataset]) -> list[Dataset]:
+    """Direction cosines a few thousandths off the axes, as scanners write them from their own
+    calibration (0.06 degrees: read as axis-aligned, not refused as oblique)."""
+    out = []
+    for ds in datasets:
+        new = copy.deepcopy(ds)
+        new.ImageOrientationPatient = ["0.999999", "0.001", "0", "-0.001", "0.999999", "0.0001"]
         out.append(new)
     return out
 
@@ -322,17 +401,24 @@ MAMMO_EXACT: dict[str, Transform] = {
     "sixteen_bits": mg_sixteen_bits,
     "display_attributes": mg_display_attributes,
     "coded_view_only": mg_coded_view_only,
+    "voi_lut_sequence": mg_voi_lut_sequence,
 }
 MAMMO_RESAMPLING: dict[str, Transform] = {
     "burned_in_marker": mg_burned_in_marker,
     "larger_detector": mg_larger_detector,
     "pixel_pitch_0.085": mg_pixel_pitch,
+    "pixel_pitch_0.05": lambda datasets: mg_pixel_pitch(datasets, 0.05),
+    "twelve_bits": mg_twelve_bits,
 }
 CT_EXACT: dict[str, Transform] = {
     "mirror_columns": ct_mirror_columns,
+    "mirror_rows": ct_mirror_rows,
     "transpose": ct_transpose,
     "reverse_order": ct_reverse_order,
+    "feet_first": ct_feet_first,
     "fov_padding": ct_fov_padding,
+    "rescale": ct_rescale,
+    "cosine_rounding": ct_cosine_rounding,
 }
 CT_RESAMPLING: dict[str, Transform] = {
     "thick_2.5mm": ct_thick_slices,
