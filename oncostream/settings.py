@@ -39,8 +39,9 @@ class Settings(BaseSettings):
     # series and a mammography exam, never two series (perf/RESULTS.md, "a 2 GB folder")
     max_processing_pixel_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # embedded backend, ONNX Runtime intra-op threads per model run: N > 0 = N threads per run, cores // N
-    # runs side by side (the studies processing at once, and one series' independent batches); 0 = ONNX
-    # Runtime's default (the host's physical cores), one model run at a time (perf/RESULTS.md compares both)
+    # runs side by side (the studies processing at once, and one series' independent batches; cores: the
+    # affinity capped by a container's CPU quota, oncostream/cpus.py); 0 = ONNX Runtime's default (the
+    # host's physical cores), one model run at a time (perf/RESULTS.md compares both)
     ort_threads: int = Field(default=1, ge=0)
     # raw records of unfinished studies the worker keeps in memory for their dead-letter records; past this
     # they wait in the claim-check store (oncostream.app.worker.HeldMessages)

@@ -4,7 +4,6 @@ with Triton's CPU python-backend models, so both realisations compute the same t
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ingest.backends.base import InferenceBackend, LdctRaw, MammoRaw
+from oncostream.cpus import usable_cores
 from oncostream.errors import BackendUnavailable, ContractMismatch
 from oncostream.model_contract import MODEL_NAMES, cpu_session, load_contract, onnx_path, weights_problem
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
@@ -42,7 +42,7 @@ class EmbeddedBackend(InferenceBackend):
         # threads per run, cores // N runs side by side: the runs of the studies processing at once, and
         # the independent batches of one series (run_all), which keeps the cores busy when one study is
         # processing (perf/RESULTS.md measures both settings)
-        cores = len(os.sched_getaffinity(0))
+        cores = usable_cores()  # a container's CPU limit counts, not only the node's cores
         self.slots = 1 if intra_op_threads == 0 else max(1, cores // intra_op_threads)
         self._slots = threading.BoundedSemaphore(self.slots)
         self._tasks = ThreadPoolExecutor(self.slots, thread_name_prefix="model") if self.slots > 1 else None
