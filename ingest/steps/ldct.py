@@ -14,7 +14,6 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
-from scipy import ndimage
 
 from ingest.backends.base import LdctRaw
 from ingest.preprocess import ldct as preprocess
