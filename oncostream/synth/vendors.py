@@ -84,18 +84,23 @@ def mg_mirror_rows(datasets: list[Dataset]) -> list[Dataset]:
     return out
 
 
-def mg_sixteen_bits(datasets: list[Dataset]) -> list[Dataset]:
-    """The same values rescaled to 16 stored bits (exact up to rounding)."""
+def _rescaled_bits(datasets: list[Dataset], bits: int) -> list[Dataset]:
+    """The same values rescaled to ``bits`` stored bits (rounded), the window scaled alike."""
     out = []
     for ds in datasets:
-        scale = (2 ** 16 - 1) / (2 ** int(ds.BitsStored) - 1)
+        scale = (2 ** bits - 1) / (2 ** int(ds.BitsStored) - 1)
         new = _with_pixels(ds, np.rint(_pixels(ds) * scale))
-        new.BitsStored, new.HighBit = 16, 15
+        new.BitsStored, new.HighBit = bits, bits - 1
         for name in ("WindowCenter", "WindowWidth"):
             if name in ds:
                 setattr(new, name, f"{float(getattr(ds, name)) * scale:.1f}")
         out.append(new)
     return out
+
+
+def mg_sixteen_bits(datasets: list[Dataset]) -> list[Dataset]:
+    """The same values rescaled to 16 stored bits (exact up to rounding)."""
+    return _rescaled_bits(datasets, 16)
 
 
 def mg_display_attributes(datasets: list[Dataset]) -> list[Dataset]:
@@ -166,16 +171,7 @@ def mg_burned_in_marker(datasets: list[Dataset]) -> list[Dataset]:
 def mg_twelve_bits(datasets: list[Dataset]) -> list[Dataset]:
     """The same values rescaled to 12 stored bits (rounded: fewer grey levels, so a resampling of the
     intensities, not an exact re-expression)."""
-    out = []
-    for ds in datasets:
-        scale = (2 ** 12 - 1) / (2 ** int(ds.BitsStored) - 1)
-        new = _with_pixels(ds, np.rint(_pixels(ds) * scale))
-        new.BitsStored, new.HighBit = 12, 11
-        for name in ("WindowCenter", "WindowWidth"):
-            if name in ds:
-                setattr(new, name, f"{float(getattr(ds, name)) * scale:.1f}")
-        out.append(new)
-    return out
+    return _rescaled_bits(datasets, 12)
 
 
 def mg_voi_lut_sequence(datasets: list[Dataset]) -> list[Dataset]:
