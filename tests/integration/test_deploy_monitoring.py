@@ -57,7 +57,6 @@ def worker_scraped(kafka_topics, prometheus, prometheus_targets, tmp_path):
 
     folders = write_studies(tmp_path / "studies", mammo=N_MAMMO, ldct=N_LDCT, seed=SEED, size="small")
     files = sorted(p for folder in folders for p in folder.glob("*.dcm"))
-    report = produce_files(files, kafka_topics.settings(), kafka_topics.bootstrap)
     port, health_file = free_port(), tmp_path / "run" / "heartbeat"
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
@@ -67,6 +66,11 @@ def worker_scraped(kafka_topics, prometheus, prometheus_targets, tmp_path):
     try:
         prometheus_targets([f"127.0.0.1:{port}"])
         url = prometheus.env["PROMETHEUS_URL"]
+        # the studies are sent once Prometheus has scraped the worker's counters at zero: counters first
+        # seen at their final value have no increase, and the drift rule's share of each bin is then 0/0
+        # (a worker fast enough to finish a small backlog before its first scrape made PSI NaN)
+        _wait_for(url, 'sum(oncostream_model_score_bin_total{model="mammo_screening"})', 0.0)
+        report = produce_files(files, kafka_topics.settings(), kafka_topics.bootstrap)
         try:
             _wait_for(url, 'sum(oncostream_studies_total{outcome=~"triaged|incomplete"})', N_MAMMO + N_LDCT)
         except BaseException:
