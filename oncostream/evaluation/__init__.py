@@ -14,8 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_FIRST_SEED = 1_000_000
 # Sized for the power to decide the targets, declared (2026-11-29) before the models it first judged
@@ -34,6 +38,31 @@ DEFAULT_POOLED_FIRST_SEED = 2_000_000
 DEFAULT_POOLED_SERIES = 200
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def eval_workers() -> int:
+    """Processes that score phantoms side by side: ``ONCOSTREAM_EVAL_WORKERS``, default the usable cores
+    (each phantom is generated, written and read on one core; the answers do not depend on it)."""
+    from oncostream.cpus import usable_cores
+
+    value = os.environ.get("ONCOSTREAM_EVAL_WORKERS", "")
+    return max(1, int(value)) if value.strip() else usable_cores()
+
+
+def map_seeds(score: Callable[[int], T], seeds: range, what: str, every: int = 25) -> Iterator[T]:
+    """``score(seed)`` for every seed, in seed order, on ``eval_workers()`` processes (``score`` must be
+    picklable: a module-level function or a partial of one), logging progress as with_progress does."""
+    workers = min(eval_workers(), len(seeds))
+    if workers <= 1:
+        for seed in with_progress(seeds, what, every):
+            yield score(seed)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done, result in enumerate(pool.map(score, seeds), 1):
+            yield result
+            if done % every == 0 or done == len(seeds):
+                log.info("%s: %d of %d done (%d processes)", what, done, len(seeds), workers)
 
 
 def with_progress(seeds: range, what: str, every: int = 25) -> Iterator[int]:

@@ -39,9 +39,11 @@ hits no nodule is a false positive.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ from ingest.canonical import ct_texture
 from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu
 from ingest.backends.base import LdctRaw
 from ingest.steps import ldct as steps
-from oncostream.evaluation import with_progress
+from oncostream.evaluation import map_seeds
 from oncostream.evaluation.mammo import roc_auc
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
 from oncostream.model_contract import cpu_session, load_contract, onnx_path
@@ -72,8 +74,8 @@ POOLED_CAP = 8
 class LdctModels:
     """The three LDCT ONNX models in ONNX Runtime, as ``run_model`` for the steps."""
 
-    def __init__(self, repository: Path):
-        self._sessions = {name: cpu_session(onnx_path(name, repository)) for name in LDCT_MODELS}
+    def __init__(self, repository: Path, threads: int = 0):
+        self._sessions = {name: cpu_session(onnx_path(name, repository), threads) for name in LDCT_MODELS}
         self.threshold = steps.detection_threshold(load_contract("ldct_nodule_detector", repository))
 
     def __call__(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -254,21 +256,35 @@ def score_profile_series(phantom, run_model: LdctModels, profile: str) -> Series
         squared_error={"low": 0.0, "full": 0.0, "denoised": 0.0}, body_voxels=0, seconds=seconds)
 
 
+@lru_cache(maxsize=2)
+def _models(repository: Path) -> LdctModels:
+    """This process's models: one thread per run in an evaluation process (the processes side by side use
+    the cores), ONNX Runtime's default pool when scoring in the main process."""
+    return LdctModels(repository, threads=1 if multiprocessing.parent_process() is not None else 0)
+
+
+def score_seed(seed: int, size: str, repository: Path, profiles: tuple[str, ...], pooled: bool) -> list[SeriesScore]:
+    """One phantom (a pooled calibration one when ``pooled``), generated once and scored as each of
+    ``profiles`` re-expresses it; runs in an evaluation process (map_seeds)."""
+    from oncostream.synth.ldct import make_ldct_phantom
+
+    phantom = make_ldct_phantom(seed, size=size, nodules=pooled_series_specs(seed) if pooled else None)
+    run_model = _models(repository)
+    return [score_phantom(phantom, run_model) if profile == "default"
+            else score_profile_series(phantom, run_model, profile) for profile in profiles]
+
+
 def evaluate_ldct(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY,
                   profiles: Sequence[str] = ("default",)) -> dict:
     """Metrics of the LDCT models of ``repository`` on the 25 % dose phantoms of ``seeds`` (see module
     doc), read as each of ``profiles`` re-expresses them; the keys of a profile other than the default
     carry its name (``ldct_malignancy_auc_smooth_kernel``). Each phantom is generated once and read as
     every profile (generating a full phantom costs about as much as reading it)."""
-    from oncostream.synth.ldct import make_ldct_phantom
-
-    run_model = LdctModels(repository)
     series: dict[str, list[SeriesScore]] = {profile: [] for profile in profiles}
-    for seed in with_progress(seeds, f"LDCT series ({','.join(profiles)})"):
-        phantom = make_ldct_phantom(seed, size=size)
-        for profile in profiles:
-            series[profile].append(score_phantom(phantom, run_model) if profile == "default"
-                                   else score_profile_series(phantom, run_model, profile))
+    score = partial(score_seed, size=size, repository=repository, profiles=tuple(profiles), pooled=False)
+    for scores in map_seeds(score, seeds, f"LDCT series ({','.join(profiles)})"):
+        for profile, scored in zip(profiles, scores):
+            series[profile].append(scored)
     results = {}
     for profile, scored in series.items():
         figures = ldct_metrics(scored)
@@ -296,15 +312,11 @@ def evaluate_nodule_calibration(seeds: range, size: str, repository: Path = DEFA
     ``ldct_malignancy_auc_pooled``, ``n_ldct_pooled``, ``ldct_nodules_scored_pooled``; for each of
     ``profiles`` other than the default the same keys with its name appended, from the same phantoms
     (each generated once) re-expressed by it."""
-    from oncostream.synth.ldct import make_ldct_phantom
-
-    run_model = LdctModels(repository)
     series: dict[str, list[SeriesScore]] = {profile: [] for profile in profiles}
-    for seed in with_progress(seeds, f"pooled LDCT series ({','.join(profiles)})"):
-        phantom = make_ldct_phantom(seed, size=size, nodules=pooled_series_specs(seed))
-        for profile in profiles:
-            series[profile].append(score_phantom(phantom, run_model) if profile == "default"
-                                   else score_profile_series(phantom, run_model, profile))
+    score = partial(score_seed, size=size, repository=repository, profiles=tuple(profiles), pooled=True)
+    for scores in map_seeds(score, seeds, f"pooled LDCT series ({','.join(profiles)})"):
+        for profile, scored in zip(profiles, scores):
+            series[profile].append(scored)
     results = {}
     for profile, scored in series.items():
         def metrics(indices, scored=scored) -> dict:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 
 from ingest.mammo import infer_mammo_study
-from oncostream.evaluation import with_progress
+from oncostream.evaluation import map_seeds
 from oncostream.evaluation.stats import bootstrap_ci95, ece_if_calibrated, expected_calibration_error
 from oncostream.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -95,6 +96,14 @@ class _ExamScores:
                 if view.regions and any(_overlaps(view.regions[0][2], box) for box in boxes):
                     self.localized += 1
 
+    def merge(self, other: "_ExamScores") -> None:
+        """Take in the reads of ``other`` (the same profile, scored in another process)."""
+        for name in ("exam_p", "exam_y", "dens_pred", "dens_true", "view_p", "view_y"):
+            getattr(self, name).extend(getattr(other, name))
+        self.localized += other.localized
+        self.malignant_views += other.malignant_views
+        self.seconds += other.seconds
+
     def figures(self) -> dict[str, float]:
         exam_p, exam_y = np.array(self.exam_p), np.array(self.exam_y)
 
@@ -118,32 +127,47 @@ class _ExamScores:
         }
 
 
+@lru_cache(maxsize=2)
+def _backend(repository: Path):
+    from ingest.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(repository)
+
+
+def score_exam(seed: int, size: str, repository: Path, profiles: tuple[str, ...]) -> list[_ExamScores]:
+    """One phantom exam, generated once and read as each of ``profiles`` re-expresses it; runs in an
+    evaluation process (map_seeds)."""
+    from datetime import datetime, timezone
+
+    from oncostream.study import Study
+    from oncostream.synth.mammo import make_mammo_phantom, mammo_datasets
+    from oncostream.synth.vendors import MAMMO_PROFILES
+
+    phantom = make_mammo_phantom(seed, size=size)
+    out = []
+    for profile in profiles:
+        scored = _ExamScores(profile)
+        study = Study(study_instance_uid=phantom.truth.study_instance_uid, modality="MG",
+                      datasets=MAMMO_PROFILES[profile](mammo_datasets(phantom)), arrived_at=datetime.now(timezone.utc))
+        started = time.perf_counter()
+        inference = infer_mammo_study(_backend(repository), study, repository)
+        scored.seconds += time.perf_counter() - started
+        scored.add(inference, phantom.truth)
+        out.append(scored)
+    return out
+
+
 def evaluate_mammo(seeds: range, size: str, repository: Path = DEFAULT_MODEL_REPOSITORY,
                    profiles: Sequence[str] = ("default",)) -> dict:
     """Metrics of the mammography models of ``repository`` on the phantoms of ``seeds`` (see module
     doc), read as each of ``profiles`` re-expresses them; the keys of a profile other than the default
     carry its name (``mammo_exam_auc_pixel_pitch_0.085``). Each phantom is generated once and read as
     every profile."""
-    from datetime import datetime, timezone
-
-    from ingest.backends.embedded import EmbeddedBackend
-    from oncostream.study import Study
-    from oncostream.synth.mammo import make_mammo_phantom, mammo_datasets
-    from oncostream.synth.vendors import MAMMO_PROFILES
-
-    backend = EmbeddedBackend(repository)
     scores = {profile: _ExamScores(profile) for profile in profiles}
-    for seed in with_progress(seeds, f"mammography exams ({','.join(profiles)})", every=100):
-        phantom = make_mammo_phantom(seed, size=size)
-        for profile, scored in scores.items():
-            study = Study(study_instance_uid=phantom.truth.study_instance_uid, modality="MG",
-                          datasets=MAMMO_PROFILES[profile](mammo_datasets(phantom)),
-                          arrived_at=datetime.now(timezone.utc))
-            started = time.perf_counter()
-            inference = infer_mammo_study(backend, study, repository)
-            scored.seconds += time.perf_counter() - started
-            scored.add(inference, phantom.truth)
-    backend.close()
+    score = partial(score_exam, size=size, repository=repository, profiles=tuple(profiles))
+    for exam in map_seeds(score, seeds, f"mammography exams ({','.join(profiles)})", every=100):
+        for scored in exam:
+            scores[scored.profile].merge(scored)
     results = {}
     for profile, scored in scores.items():
         figures = scored.figures()

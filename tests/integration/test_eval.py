@@ -82,3 +82,25 @@ def test_pooled_phantoms_score_several_nodules_each(eval_json):
     assert eval_json["ldct_nodules_scored_pooled"] >= 9, eval_json["ldct_nodules_scored_pooled"]
     low, high = eval_json["ece_nodule_pooled_ci95"]
     assert 0.0 <= low <= eval_json["ece_nodule_pooled"] <= high <= 1.0
+
+
+def test_the_figures_do_not_depend_on_how_many_processes_score_them(tmp_path):
+    """map_seeds scores phantoms in ONCOSTREAM_EVAL_WORKERS processes: one or two give the same figures
+    (timings aside), in the same order."""
+    import math
+    import os
+
+    figures = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"eval-{workers}.json"
+        proc = subprocess.run([ONCOSTREAM, "eval", "--seeds", "1000500:1000503", "--pooled-seeds", "2000500:2000502",
+                               "--size", "small", "--json", str(out)], capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "ONCOSTREAM_EVAL_WORKERS": workers})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        figures[workers] = {k: v for k, v in json.loads(out.read_text()).items() if "seconds" not in k}
+    assert figures["1"].keys() == figures["2"].keys()
+    for key, value in figures["1"].items():
+        other = figures["2"][key]
+        same = (isinstance(value, float) and isinstance(other, float) and math.isnan(value) and math.isnan(other))
+        assert same or value == other, key
+    assert figures["1"]["n_ldct"] == 3 and figures["1"]["n_ldct_pooled"] == 2
