@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 from scipy import ndimage
+from scipy.special import expit, logit
 
 from ingest.backends.base import InferenceBackend, LdctRaw
 from ingest.canonical import ct_texture
@@ -25,6 +26,10 @@ from oncostream.study import BoxMask, LdctInference, LookbackCandidate, NoduleCa
 
 COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
 MASK_THRESHOLD = 0.5
+# the segmenter contract's calibration keys of the Platt recalibration of malignancy for slices thicker
+# than THIN_SERIES_MM (fitted by training/thick_calibration.py on calibration phantoms re-expressed with
+# 2.5 mm slices; absent: no recalibration)
+THICK_SCALE, THICK_BIAS = "thick_slice_malignancy_scale", "thick_slice_malignancy_bias"
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +144,8 @@ def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
     # the volume was built here and is read no further: the backend may denoise into it
     raw = backend.infer_ldct(canonical, frame.spacing_mm.astype(np.float32), overwrite=True)
     del canonical
+    raw.malignancy = thick_slice_malignancy(raw.malignancy, slice_thickness_mm(study.datasets, geometry),
+                                            backend.calibration("ldct_nodule_segmenter"))
     nodules = nodules_from_raw(raw, frame, shape)
     for nodule in nodules:
         if nodule.mask is not None:
@@ -150,13 +157,30 @@ def infer_ldct_study(backend: InferenceBackend, study: Study) -> LdctInference:
                          lookback=lookback_from_raw(raw, frame, nodules))
 
 
+def slice_thickness_mm(datasets: list[Dataset], geometry: SeriesGeometry) -> float:
+    """How thick the series' slices read: SliceThickness, or the slice spacing where that is larger
+    (a missing or unreadable SliceThickness counts as the spacing)."""
+    try:
+        return max(float(datasets[0].get("SliceThickness", 0.0) or 0.0), float(geometry.spacing_mm[0]))
+    except (TypeError, ValueError):
+        return float(geometry.spacing_mm[0])
+
+
+def thick_slice_malignancy(probability: np.ndarray, thickness_mm: float, calibration: dict[str, float]) -> np.ndarray:
+    """The served malignancy probability of a series thicker than the thin-section limit, Platt-recalibrated
+    (``sigmoid(scale * logit(p) + bias)``, the segmenter contract's THICK_SCALE and THICK_BIAS): thick
+    slices blur a nodule's texture along z, and the model, trained on thin slices, reads it as more (or
+    less) suspicious than it is. Thin series, and a contract without the keys, keep ``probability``."""
+    if thickness_mm <= THIN_SERIES_MM or THICK_SCALE not in calibration:
+        return probability
+    p = np.clip(np.asarray(probability, np.float64), 1e-6, 1 - 1e-6)
+    return expit(calibration[THICK_SCALE] * logit(p) + calibration.get(THICK_BIAS, 0.0)).astype(np.float32)
+
+
 def thickness_review(datasets: list[Dataset], geometry: SeriesGeometry) -> list[str]:
     """Thick slices blur a nodule along z: its measured size grows (README, Vendor conformance), so a
     reader checks the measurements of a series thicker than the thin-section limit."""
-    try:
-        thickness = max(float(datasets[0].get("SliceThickness", 0.0) or 0.0), float(geometry.spacing_mm[0]))
-    except (TypeError, ValueError):
-        thickness = float(geometry.spacing_mm[0])
+    thickness = slice_thickness_mm(datasets, geometry)
     if thickness <= THIN_SERIES_MM:
         return []
     return [f"slices {thickness:g} mm thick (thin-section limit {THIN_SERIES_MM:g} mm): nodule sizes read "

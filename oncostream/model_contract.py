@@ -113,11 +113,11 @@ def weights_problem(contract: ModelContract, path: Path) -> str | None:
 
 
 def record_calibration(name: str, calibration: dict[str, float], repository: Path = DEFAULT_MODEL_REPOSITORY) -> None:
-    """Replace the ``calibration`` of the model's contract.yaml (the rest is rewritten as loaded)."""
+    """Replace the ``calibration`` block of the model's contract.yaml (the rest is kept as written)."""
     path = repository / name / "contract.yaml"
-    contract = yaml.safe_load(path.read_text())
-    contract["calibration"] = {k: float(v) for k, v in calibration.items()}
-    path.write_text(yaml.safe_dump(contract, sort_keys=False, width=100))
+    block = yaml.safe_dump({"calibration": {k: float(v) for k, v in calibration.items()}}, sort_keys=False)
+    text, replaced = re.subn(r"^calibration:.*\n(?:[ \t]+.*\n)*", block, path.read_text(), flags=re.M)
+    path.write_text(text if replaced else text.rstrip("\n") + "\n" + block)
     load_contract(name, repository)  # still valid
 
 

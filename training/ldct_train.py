@@ -399,6 +399,9 @@ def export_segmenter(segmenter: SegmenterNet, calibration: dict[str, float], rep
                 repository / "ldct_nodule_segmenter" / "1" / "model.onnx", "patch",
                 ["mask", "malignancy", "composition"], dynamic_spatial=False)
     record_weights("ldct_nodule_segmenter", repository)
+    # the thick-slice recalibration was fitted on the previous weights' probabilities: drop it (refit
+    # with training/thick_calibration.py)
+    record_calibration("ldct_nodule_segmenter", {}, repository)
 
 
 # Served-path calibration set: full-size phantoms with the generator's natural nodule draw, never

@@ -56,5 +56,10 @@ class InferenceBackend(ABC):
     def model_versions(self) -> dict[str, str]:
         """Model name -> version of every model this backend serves."""
 
+    @abstractmethod
+    def calibration(self, name: str) -> dict[str, float]:
+        """The ``calibration`` of model ``name``'s contract: what the caller applies after the model
+        (ingest/ldct.py thick_slice_malignancy), part of the model's release."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions, connections and shared memory."""

@@ -85,6 +85,9 @@ class EmbeddedBackend(InferenceBackend):
         if self._tasks is not None:
             self._tasks.shutdown(wait=True)
 
+    def calibration(self, name: str) -> dict[str, float]:
+        return dict(self._contracts[name].calibration)
+
 
 def _check_against_contract(session, contract) -> None:
     differences = []

@@ -309,6 +309,10 @@ class TritonBackend(InferenceBackend):
     def model_versions(self) -> dict[str, str]:
         return {n: self._versions[n] for n in MODEL_NAMES}
 
+    def calibration(self, name: str) -> dict[str, float]:
+        # the server checked against these contracts at start (_check_contracts: same weights)
+        return dict(self._contracts[name].calibration)
+
     @property
     def shared_memory_prefix(self) -> str | None:
         """Name prefix of the system shared-memory regions this backend registers (None: plain gRPC)."""

@@ -76,7 +76,8 @@ class LdctModels:
 
     def __init__(self, repository: Path, threads: int = 0):
         self._sessions = {name: cpu_session(onnx_path(name, repository), threads) for name in LDCT_MODELS}
-        self.threshold = steps.detection_threshold(load_contract("ldct_nodule_detector", repository))
+        self.contracts = {name: load_contract(name, repository) for name in LDCT_MODELS}
+        self.threshold = steps.detection_threshold(self.contracts["ldct_nodule_detector"])
 
     def __call__(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._sessions[name]
@@ -218,6 +219,9 @@ class _StepsBackend:
 
     def model_versions(self) -> dict[str, str]:
         return {}
+
+    def calibration(self, name: str) -> dict[str, float]:
+        return dict(self._run_model.contracts[name].calibration)
 
 
 def score_profile_series(phantom, run_model: LdctModels, profile: str) -> SeriesScore:
