@@ -70,9 +70,21 @@ class ModelContract(BaseModel):
         return f"{self.version}+{digest[:12]}"
 
 
+# contract.yaml path -> (its text when parsed, the contract): every study reads its model's calibration,
+# and parsing and validating the YAML cost ~20 ms a time (0.2 s per 10 studies, perf/RESULTS.md), reading
+# the few KiB of text microseconds; a rewritten file (record_calibration, a new export) is parsed again
+_PARSED: dict[Path, tuple[str, ModelContract]] = {}
+
+
 def load_contract(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> ModelContract:
     path = repository / name / "contract.yaml"
-    return ModelContract.model_validate(yaml.safe_load(path.read_text()))
+    text = path.read_text()
+    parsed = _PARSED.get(path)
+    if parsed is not None and parsed[0] == text:
+        return parsed[1]
+    contract = ModelContract.model_validate(yaml.safe_load(text))
+    _PARSED[path] = (text, contract)
+    return contract
 
 
 def onnx_path(name: str, repository: Path = DEFAULT_MODEL_REPOSITORY) -> Path:

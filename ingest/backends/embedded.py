@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ingest.backends.base import InferenceBackend, LdctRaw, MammoRaw
+from ingest.preprocess import ldct as preprocess_ldct
+from ingest.preprocess import mammo as preprocess_mammo
 from oncostream.cpus import usable_cores
 from oncostream.errors import BackendUnavailable, ContractMismatch
 from oncostream.model_contract import MODEL_NAMES, cpu_session, load_contract, onnx_path, weights_problem
@@ -37,6 +39,9 @@ class EmbeddedBackend(InferenceBackend):
             session = cpu_session(path, intra_op_threads)
             _check_against_contract(session, self._contracts[name])
             self._sessions[name] = session
+        # the preprocessing pipelines are built now, not on the first study (its latency)
+        preprocess_ldct.warm_up()
+        preprocess_mammo.warm_up()
         # Model slots: how many runs go at once. Sessions are thread-safe; with ONNX Runtime's default
         # pool (0: every core per run) one run at a time, so they do not oversubscribe the cores; with N
         # threads per run, cores // N runs side by side: the runs of the studies processing at once, and

@@ -118,13 +118,22 @@ class MammoPreprocessor:
         self._pipeline = None
         self._lock = threading.Lock()
 
+    def _built(self):  # under the lock
+        if self._pipeline is None:
+            self._pipeline = mammo_preprocess_pipeline(self._max_batch)
+            self._pipeline.build()
+        return self._pipeline
+
+    def warm_up(self) -> None:
+        """Build the pipeline now rather than on the first exam."""
+        with self._lock:
+            self._built()
+
     def __call__(self, images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
         """Stored views, float32 [8] frame vectors and uint8 [512, 416] masks -> float32 [V, 1, 512, 416]."""
         out = []
         with self._lock:
-            if self._pipeline is None:
-                self._pipeline = mammo_preprocess_pipeline(self._max_batch)
-                self._pipeline.build()
+            self._built()
             for start in range(0, len(images), self._max_batch):
                 stop = start + self._max_batch
                 self._pipeline.feed_input("image", [np.ascontiguousarray(i, np.float32) for i in images[start:stop]])
@@ -138,9 +147,18 @@ class MammoPreprocessor:
 _shared: MammoPreprocessor | None = None
 
 
-def preprocess_views(images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
-    """The serving path: DALI on the CPU, one pipeline per process. -> float32 [V, 1, 512, 416]."""
+def _preprocessor() -> MammoPreprocessor:
     global _shared
     if _shared is None:
         _shared = MammoPreprocessor()
-    return _shared(images, frames, masks)
+    return _shared
+
+
+def preprocess_views(images: list[np.ndarray], frames: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    """The serving path: DALI on the CPU, one pipeline per process. -> float32 [V, 1, 512, 416]."""
+    return _preprocessor()(images, frames, masks)
+
+
+def warm_up() -> None:
+    """Build the serving path's pipeline before the first exam arrives."""
+    _preprocessor().warm_up()

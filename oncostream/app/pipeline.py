@@ -78,6 +78,19 @@ def _import_processing_modules() -> None:
     import postprocess.results  # noqa: F401
 
 
+def _load_standard_tables() -> None:
+    """Load highdicom's tables of the standard (which modules each IOD has, which attributes each
+    module has) now: highdicom reads them, ~0.5 s of JSON, when the first SR or SEG of the process is
+    built, which would otherwise land on the first study's latency. A warm-up only: a highdicom that no
+    longer has these functions loads its tables as before, on first use."""
+    from highdicom import _standard_utils
+
+    for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        load = getattr(_standard_utils, name, None)
+        if callable(load):
+            load()
+
+
 class Pipeline:
     """Processes one assembled study at a time; a failing study raises StudyFailed and fails alone."""
 
@@ -90,6 +103,7 @@ class Pipeline:
         self._prior_lookup = prior_lookup
         self._prior_lookup_lock = threading.Lock()
         _import_processing_modules()
+        _load_standard_tables()
 
     def _priors(self):
         if self._prior_lookup is None:

@@ -72,3 +72,46 @@ def test_the_onnx_runtime_thread_setting_reaches_every_session(threads):
         options = session.get_session_options()
         assert options.intra_op_num_threads == threads
         assert not options.enable_cpu_mem_arena
+
+
+def test_the_huge_page_tunable_is_added_once_and_kept_beside_others():
+    env = memory.hugepage_environment({"PATH": "/bin"})
+    if not sys.platform.startswith("linux"):
+        assert env is None
+        return
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": memory.HUGEPAGE_TUNABLE}
+    assert memory.hugepage_environment(env) is None, "already set: no second start"
+    other = memory.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert other["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{memory.HUGEPAGE_TUNABLE}"
+    assert memory.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None, "an operator's choice stands"
+    assert memory.hugepage_environment({"ONCOSTREAM_HUGEPAGES": "0"}) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
+def test_the_command_starts_itself_again_with_the_tunable_and_only_the_command(monkeypatch, tmp_path):
+    from oncostream import cli
+
+    started = []
+
+    class Started(Exception):
+        pass
+
+    def execve(path, args, env):
+        started.append((path, args, env))
+        raise Started
+
+    monkeypatch.setattr(cli.os, "execve", execve)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("ONCOSTREAM_HUGEPAGES", raising=False)
+    never = str(tmp_path / "never-written")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/oncostream", "health", "--file", never])
+    with pytest.raises(Started):
+        cli.main()
+    path, args, env = started[0]
+    assert (path, args) == (sys.executable, [sys.executable, "/venv/bin/oncostream", "health", "--file", never])
+    assert env["GLIBC_TUNABLES"] == memory.HUGEPAGE_TUNABLE
+    # a caller in this process (tests, staged workers) is never replaced
+    assert cli.main(["health", "--file", never]) == 1
+    monkeypatch.setenv("GLIBC_TUNABLES", memory.HUGEPAGE_TUNABLE)
+    assert cli.main() == 1, "started with the tunable: runs"
+    assert len(started) == 1

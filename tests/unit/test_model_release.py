@@ -103,3 +103,13 @@ def test_a_detector_contract_without_a_valid_operating_point_is_refused(reposito
     path.write_text(text[:start] + replacement + text[end:])
     with pytest.raises(ValueError, match="detection_threshold must be a probability"):
         load_contract("ldct_nodule_detector", repository)
+
+
+def test_a_rewritten_contract_is_read_again_and_an_unchanged_one_is_not_parsed_again(tmp_path):
+    shutil.copytree(SOURCE / "mammo_classifier", tmp_path / "mammo_classifier")
+    first = load_contract("mammo_classifier", tmp_path)
+    assert load_contract("mammo_classifier", tmp_path) is first
+    path = tmp_path / "mammo_classifier" / "contract.yaml"
+    a = first.calibration["view_platt_a"]
+    path.write_text(path.read_text().replace(f"view_platt_a: {a!r}", "view_platt_a: 0.5"))
+    assert load_contract("mammo_classifier", tmp_path).calibration["view_platt_a"] == 0.5
