@@ -33,8 +33,11 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
 # (emptyDir or PVC mounts there); the SQLite store and claim directory default below the working dir.
 WORKDIR /var/lib/oncostream
 RUN chown 10001:0 /var/lib/oncostream
+# glibc's transparent huge pages for ONNX Runtime's activations (oncostream/memory.py); set here, the
+# command need not start itself again to set it
 ENV PYTHONUNBUFFERED=1 \
-    ONCOSTREAM_METRICS_HOST=0.0.0.0
+    ONCOSTREAM_METRICS_HOST=0.0.0.0 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 USER 10001
 EXPOSE 9400 11112
 # for the worker (its loop rewrites the file, `oncostream worker --health-file ...`); a gateway
