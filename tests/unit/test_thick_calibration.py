@@ -87,3 +87,16 @@ def test_the_served_path_reports_the_recalibrated_probability_of_a_thick_series(
     assert any("mm thick (thin-section limit" in r for r in recalibrated.review_reasons), recalibrated.review_reasons
     # a refitted recalibration is a new release: new output UIDs
     assert backend.model_versions()["ldct_nodule_segmenter"] != plain_release
+
+
+def test_the_harmonisation_maps_the_thick_read_onto_the_thin_read_of_the_same_nodules():
+    from training.thick_calibration import fit_harmonisation
+
+    rng = np.random.default_rng(7)
+    thin = expit(rng.normal(-0.3, 1.6, 600))
+    thick = expit((logit(thin) - 0.25) / 0.8)  # thick slices read each nodule flatter and lower
+    a, b = fit_harmonisation(thick, thin)
+    assert a == pytest.approx(0.8, abs=0.02) and b == pytest.approx(0.25, abs=0.02)
+    harmonised = thick_slice_malignancy(thick.astype(np.float32), 2.5, {THICK_SCALE: a, THICK_BIAS: b})
+    assert np.abs(harmonised - thin).max() < 0.01
+    assert fit_harmonisation(thin, thin) == pytest.approx((1.0, 0.0), abs=1e-3), "the same reads: left as they are"
