@@ -115,20 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _restart_with_hugepages() -> None:
-    """The `oncostream` command starts itself again, once, with glibc's huge-page tunable set
-    (oncostream/memory.py hugepage_environment): glibc reads it only at process start. Same PID
-    (exec), so supervisors and signals see one process."""
-    from oncostream.memory import hugepage_environment
-
-    env = hugepage_environment()
-    if env is not None and os.path.basename(sys.argv[0]) == "oncostream":
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the console command, not a caller in this process
-        _restart_with_hugepages()
+    if argv is None and os.path.basename(sys.argv[0]) == "oncostream":  # the command, not a caller in this process
+        # once, with glibc's huge-page tunable set (oncostream/memory.py): glibc reads it only at start
+        from oncostream.memory import restart_with_hugepages
+
+        restart_with_hugepages(sys.argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

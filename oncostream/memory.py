@@ -91,3 +91,22 @@ def hugepage_environment(environ: Mapping[str, str] = os.environ) -> dict[str, s
     if "glibc.malloc.hugetlb" in tunables:
         return None
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, HUGEPAGE_TUNABLE)))}
+
+
+def restart_with_hugepages(python_args: list[str]) -> None:
+    """Replace this process (exec: the same PID, so supervisors and signals see one process) by
+    ``python python_args...`` with hugepage_environment's tunable set; returns when there is nothing
+    to do (see hugepage_environment). Only a command's entry point calls it, never library code."""
+    env = hugepage_environment()
+    if env is not None:
+        os.execve(sys.executable, [sys.executable, *python_args], env)
+
+
+def without_hugepages(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``environ`` without the tunable hugepage_environment adds (a child that should run as a plain
+    Python process would: the benchmark's naive script)."""
+    env = dict(environ)
+    tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t != HUGEPAGE_TUNABLE]
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
+    return env

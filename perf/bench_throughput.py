@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from oncostream.memory import restart_with_hugepages, without_hugepages
 from perf.results import RESULTS, write_section
 
 ONCOSTREAM = str(Path(sys.executable).with_name("oncostream"))
@@ -148,8 +149,9 @@ def _events(lines) -> tuple[float, list[float]]:
 
 def naive(data: Path, work: Path, same_work: bool = False) -> Measured:
     out = work / ("naive-same-work-out" if same_work else "naive-out")
+    # the script a user would write runs as a plain Python process: without oncostream's allocator tunable
     status, rss = _child([sys.executable, "-m", "perf.naive_script", str(data), str(out),
-                          *(["--same-work"] if same_work else [])], dict(os.environ), work / "naive.log")
+                          *(["--same-work"] if same_work else [])], without_hugepages(), work / "naive.log")
     if status != 0:
         raise RuntimeError(f"naive script failed: {(work / 'naive.log').read_text()[-2000:]}")
     rows = [json.loads(line) for line in (out / "naive.jsonl").read_text().splitlines()]
@@ -810,4 +812,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # as the `oncostream` command runs (oncostream/memory.py): the ceiling is measured under the same allocator
+    restart_with_hugepages(["-m", "perf.bench_throughput", *sys.argv[1:]])
     sys.exit(main(sys.argv[1:]))

@@ -44,4 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from oncostream.memory import restart_with_hugepages
+
+    # as the `oncostream` command runs (oncostream/memory.py), so that in-process measurements compare alike
+    restart_with_hugepages(["-m", "perf.run_all", *sys.argv[1:]])
     sys.exit(main(sys.argv[1:]))

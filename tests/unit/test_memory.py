@@ -115,3 +115,10 @@ def test_the_command_starts_itself_again_with_the_tunable_and_only_the_command(m
     monkeypatch.setenv("GLIBC_TUNABLES", memory.HUGEPAGE_TUNABLE)
     assert cli.main() == 1, "started with the tunable: runs"
     assert len(started) == 1
+
+
+def test_a_plain_child_environment_loses_only_the_huge_page_tunable():
+    assert memory.without_hugepages({"PATH": "/bin", "GLIBC_TUNABLES": memory.HUGEPAGE_TUNABLE}) == {"PATH": "/bin"}
+    mixed = {"GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{memory.HUGEPAGE_TUNABLE}"}
+    assert memory.without_hugepages(mixed) == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert memory.without_hugepages({"PATH": "/bin"}) == {"PATH": "/bin"}
