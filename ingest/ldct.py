@@ -26,9 +26,9 @@ from oncostream.study import BoxMask, LdctInference, LookbackCandidate, NoduleCa
 
 COMPOSITIONS = ("solid", "part_solid", "ground_glass", "calcified")
 MASK_THRESHOLD = 0.5
-# the segmenter contract's calibration keys of the Platt recalibration of malignancy for slices thicker
-# than THIN_SERIES_MM (fitted by training/thick_calibration.py on calibration phantoms re-expressed with
-# 2.5 mm slices; absent: no recalibration)
+# the segmenter contract's calibration keys of the Platt map of malignancy for slices thicker than
+# THIN_SERIES_MM (fitted by training/thick_calibration.py: calibration phantoms read with 2.5 mm slices
+# onto their 1.25 mm read; absent: nothing applied)
 THICK_SCALE, THICK_BIAS = "thick_slice_malignancy_scale", "thick_slice_malignancy_bias"
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,11 @@ def slice_thickness_mm(datasets: list[Dataset], geometry: SeriesGeometry) -> flo
 
 
 def thick_slice_malignancy(probability: np.ndarray, thickness_mm: float, calibration: dict[str, float]) -> np.ndarray:
-    """The served malignancy probability of a series thicker than the thin-section limit, Platt-recalibrated
-    (``sigmoid(scale * logit(p) + bias)``, the segmenter contract's THICK_SCALE and THICK_BIAS): thick
-    slices blur a nodule's texture along z, and the model, trained on thin slices, reads it as more (or
-    less) suspicious than it is. Thin series, and a contract without the keys, keep ``probability``."""
+    """The served malignancy probability of a series thicker than the thin-section limit, mapped by a
+    Platt map (``sigmoid(scale * logit(p) + bias)``, the segmenter contract's THICK_SCALE and THICK_BIAS)
+    onto what a thin reconstruction of the same anatomy reads: thick slices blur a nodule's texture along
+    z, and the model, trained and calibrated on thin slices, reads it a little differently. Thin series,
+    and a contract without the keys, keep ``probability``."""
     if thickness_mm <= THIN_SERIES_MM or THICK_SCALE not in calibration:
         return probability
     p = np.clip(np.asarray(probability, np.float64), 1e-6, 1 - 1e-6)

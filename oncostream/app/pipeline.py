@@ -83,8 +83,10 @@ def _load_standard_tables() -> None:
     module has) now: highdicom reads them, ~0.5 s of JSON, when the first SR or SEG of the process is
     built, which would otherwise land on the first study's latency. A warm-up only: a highdicom that no
     longer has these functions loads its tables as before, on first use."""
-    from highdicom import _standard_utils
-
+    try:
+        from highdicom import _standard_utils
+    except ImportError:
+        return
     for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
         load = getattr(_standard_utils, name, None)
         if callable(load):
