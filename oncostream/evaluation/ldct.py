@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ingest.canonical import ct_texture
-from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu
+from ingest.ldct import SeriesGeometry, nodules_from_raw, series_volume_hu, slice_thickness_mm, thick_slice_malignancy
 from ingest.backends.base import LdctRaw
 from ingest.steps import ldct as steps
 from oncostream.evaluation import map_seeds
@@ -179,6 +179,10 @@ def score_phantom(phantom, run_model: LdctModels, threshold: float | None = None
     # with the look-back candidates, as served: they cost segmenter time and never become findings
     candidates = steps.series_candidates(heatmap, diameter, grid, threshold)
     masks, mal, composition, uncertainty = steps.segment(denoised, spacing, candidates, run_model)
+    # as served (ingest/ldct.py infer_ldct_study): a series thicker than the thin-section limit (the small
+    # phantoms' 2.5 mm) gets the segmenter contract's thick-slice map
+    mal = thick_slice_malignancy(mal, slice_thickness_mm(datasets, geometry),
+                                 run_model.contracts["ldct_nodule_segmenter"].calibration)
     raw = LdctRaw(candidates=candidates, masks=masks, malignancy=mal, composition=composition,
                   uncertainty=uncertainty, operating_point=threshold)
     nodules = nodules_from_raw(raw, geometry, volume.shape)
