@@ -98,8 +98,12 @@ def restart_with_hugepages(python_args: list[str]) -> None:
     ``python python_args...`` with hugepage_environment's tunable set; returns when there is nothing
     to do (see hugepage_environment). Only a command's entry point calls it, never library code."""
     env = hugepage_environment()
-    if env is not None:
+    if env is None:
+        return
+    try:
         os.execve(sys.executable, [sys.executable, *python_args], env)
+    except OSError as exc:  # a tuning, never a reason not to start: run on in this process
+        log.warning("could not restart with %s (%s): running without it", HUGEPAGE_TUNABLE, exc)
 
 
 def without_hugepages(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

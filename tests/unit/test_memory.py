@@ -122,3 +122,13 @@ def test_a_plain_child_environment_loses_only_the_huge_page_tunable():
     mixed = {"GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{memory.HUGEPAGE_TUNABLE}"}
     assert memory.without_hugepages(mixed) == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
     assert memory.without_hugepages({"PATH": "/bin"}) == {"PATH": "/bin"}
+
+
+def test_a_failed_restart_leaves_the_command_running(monkeypatch):
+    def execve(path, args, env):
+        raise PermissionError("exec refused")
+
+    monkeypatch.setattr(memory.os, "execve", execve)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("ONCOSTREAM_HUGEPAGES", raising=False)
+    assert memory.restart_with_hugepages(["-c", "pass"]) is None
