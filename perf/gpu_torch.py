@@ -39,7 +39,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from training.ldct_models import CalibratedDetector, CalibratedSegmenter, DenoiseNet, DetectorNet, SegmenterNet
-from training.mammo_nets import ClassifierNet, DensityNet, ExportedClassifier, ExportedDensity, view_logit
+from training.mammo_nets import ClassifierNet, DensityNet, ExportedDensity, ExportedEnsemble, view_logit
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -112,7 +112,7 @@ def build(quick: bool) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
               "mammo_density": (VIEWS, 1, 512, 416)}
     definitions = {"ldct_denoise": DenoiseNet(), "ldct_nodule_detector": CalibratedDetector(DetectorNet()),
                    "ldct_nodule_segmenter": CalibratedSegmenter(SegmenterNet()),
-                   "mammo_classifier": ExportedClassifier(ClassifierNet(), 1.0, 0.0),
+                   "mammo_classifier": ExportedEnsemble([ClassifierNet(), ClassifierNet()], [(1.0, 0.0)] * 2),
                    "mammo_density": ExportedDensity(DensityNet(), 1.0)}
     models = {}
     for name, model in definitions.items():
@@ -124,15 +124,17 @@ def build(quick: bool) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
     return models
 
 
-def recover_platt(classifier: ExportedClassifier) -> None:
-    """The classifier's Platt constants are folded into its ONNX graph: fit them (least squares on the
-    logit) from the ONNX output against the torch view logit on a few inputs."""
-    x = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (6, 1, 512, 416)).astype(np.float32))
+def recover_platt(classifier: ExportedEnsemble) -> None:
+    """The members' Platt constants are folded into the classifier's ONNX graph: the served logit is
+    sum_k (a_k / K) v_k + mean_k b_k, so a least-squares fit of the ONNX output's logit on the K torch
+    view logits and a constant, over a few inputs, recovers them (each member given the mean offset)."""
+    x = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (8, 1, 512, 416)).astype(np.float32))
     with torch.no_grad():
-        v = view_logit(classifier.net(x)[1]).double().numpy()
+        v = np.column_stack([view_logit(net(x)[1]).double().numpy() for net in classifier.nets])
     p = np.clip(ort_outputs("mammo_classifier", x.numpy())[0].ravel().astype(np.float64), 1e-12, 1 - 1e-12)
-    a, b = np.linalg.lstsq(np.column_stack([v, np.ones_like(v)]), np.log(p / (1 - p)), rcond=None)[0]
-    classifier.platt.copy_(torch.tensor([a, b], dtype=torch.float32))
+    *slopes, offset = np.linalg.lstsq(np.column_stack([v, np.ones(len(v))]), np.log(p / (1 - p)), rcond=None)[0]
+    members = len(slopes)
+    classifier.platt.copy_(torch.tensor([[members * s, offset] for s in slopes], dtype=torch.float32))
 
 
 def realistic_input(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -81,7 +81,8 @@ class DensityNet(nn.Module):
 
 
 class ExportedClassifier(nn.Module):
-    """What ``mammo_classifier/1/model.onnx`` computes: calibrated outputs named as the contract says."""
+    """One classifier with its Platt scaling, as training/mammo_train.py exports it (calibrated outputs
+    named as the contract says); the served graph is the ensemble below."""
 
     def __init__(self, net: ClassifierNet, platt_a: float, platt_b: float):
         super().__init__()
@@ -92,6 +93,25 @@ class ExportedClassifier(nn.Module):
         lesion, malignancy_map = self.net(image)
         logit = view_logit(malignancy_map) * self.platt[0] + self.platt[1]
         return torch.sigmoid(logit).unsqueeze(1), torch.sigmoid(lesion)
+
+
+class ExportedEnsemble(nn.Module):
+    """What ``mammo_classifier/1/model.onnx`` computes (training/mammo_ensemble.py): the members'
+    Platt-calibrated view logits averaged -> probability, their lesion heatmaps averaged."""
+
+    def __init__(self, nets: list[ClassifierNet], platts: list[tuple[float, float]]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.register_buffer("platt", torch.tensor(platts, dtype=torch.float32))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, heatmaps = [], []
+        for k, net in enumerate(self.nets):
+            lesion, malignancy_map = net(image)
+            logits.append(view_logit(malignancy_map) * self.platt[k, 0] + self.platt[k, 1])
+            heatmaps.append(torch.sigmoid(lesion))
+        return (torch.sigmoid(torch.stack(logits).mean(dim=0)).unsqueeze(1),
+                torch.stack(heatmaps).mean(dim=0))
 
 
 class ExportedDensity(nn.Module):

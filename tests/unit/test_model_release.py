@@ -110,6 +110,6 @@ def test_a_rewritten_contract_is_read_again_and_an_unchanged_one_is_not_parsed_a
     first = load_contract("mammo_classifier", tmp_path)
     assert load_contract("mammo_classifier", tmp_path) is first
     path = tmp_path / "mammo_classifier" / "contract.yaml"
-    a = first.calibration["view_platt_a"]
-    path.write_text(path.read_text().replace(f"view_platt_a: {a!r}", "view_platt_a: 0.5"))
-    assert load_contract("mammo_classifier", tmp_path).calibration["view_platt_a"] == 0.5
+    threshold = first.calibration["region_threshold"]
+    path.write_text(path.read_text().replace(f"region_threshold: {threshold!r}", "region_threshold: 0.5"))
+    assert load_contract("mammo_classifier", tmp_path).calibration["region_threshold"] == 0.5
