@@ -29,6 +29,7 @@ from training.calibration import fit_logistic
 # 200 of them gave a noisy fit (exam ECE 0.079 on the 1,000 evaluation exams), 800 give 0.043
 EXAM_CALIBRATION_SEEDS = range(95_100, 95_900)
 
+
 def log(message: str) -> None:
     print(f"[mammo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 

@@ -10,7 +10,10 @@ Seeds (all training-side, below the evaluation range that starts at 1,000,000):
                small validation set left the full-size exam probability miscalibrated).
 
 Outputs: model_repository/mammo_classifier/{contract.yaml,1/model.onnx} and the same for
-mammo_density. The model cards (README.md) are written by hand from ``oncostream eval`` figures.
+mammo_density. The served classifier is the ensemble training/mammo_ensemble.py builds from this
+classifier's checkpoint and the committed 2026-11-29 one (``make models`` runs it next); run alone,
+this script leaves the single classifier in the repository. The model cards (README.md) are written
+by hand from ``oncostream eval`` figures.
 """
 
 from __future__ import annotations
