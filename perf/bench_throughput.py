@@ -18,8 +18,11 @@ Throughput is studies / (last triaged_at - first arrived_at) from the TriageEven
 process start are outside the window); latency is triaged_at - arrived_at per study; peak RSS is the child
 process's own high-water mark (wait4). Then: peak RSS at 10 and 100 studies, open-loop Poisson arrivals into
 Kafka, cost against work size, a 2 GB folder of full-size studies through `oncostream run` (peak RSS against the
-folder's size), and a GPU projection. Each part writes its section of perf/RESULTS.md (or of
-`--results FILE`), opened by a summary of the four target ratios.
+folder's size), and a GPU projection. Last, the paths behind the ratios (naive, ceiling, embedded, 1 Kafka
+worker on a backlog) run again, back to back, for `--rounds` rounds in all: the summary gives each ratio's median
+over the rounds and every round's value, since other work on the shared cores moves single runs by 10-20 %. Each
+part writes its section of perf/RESULTS.md (or of `--results FILE`), opened by a summary of the four target
+ratios.
 """
 
 from __future__ import annotations
@@ -560,6 +563,8 @@ class Report:
     profile: str = ""
     pending: str = ""
     big_folder: Measured | None = None
+    # later rounds of the paths behind the ratios (repeat_round), measured after everything above
+    repeats: list[Report] = field(default_factory=list)
 
     def ratios(self) -> list[tuple[str, str, float, str, str]]:
         rows = []
@@ -603,14 +608,21 @@ class Report:
 
     def write(self) -> Path:
         load_now = _load()
-        summary = ["| ratio | measured as | value | target | section |", "|---|---|---|---|---|"]
-        summary += [f"| {name} | {how} | {value:.2f} | {target} | {section} |"
-                    for name, how, value, target, section in self.ratios()]
+        summary = ["| ratio | measured as | value | each round | target | section |", "|---|---|---|---|---|---|"]
+        later = [{(name, how): value for name, how, value, *_ in again.ratios()} for again in self.repeats]
+        for name, how, value, target, section in self.ratios():
+            rounds = [value, *(each[name, how] for each in later if (name, how) in each)]
+            summary.append(f"| {name} | {how} | {float(np.median(rounds)):.2f} | "
+                           f"{' / '.join(f'{v:.2f}' for v in rounds)} | {target} | {section} |")
         write_section("Summary: the four target ratios (perf/bench_throughput.py)", self.command, "\n".join([
             f"From one run of `{self.command}`; load average (1/5/15 min) {self.load_start} at the start, "
             f"{load_now} when written. Other sessions share this machine's 2 cores, so absolute figures move "
-            "between runs; the ratios come from the same run. Targets are reported, never asserted. The "
-            f"section \"{SECTION}\" below has the raw numbers and the profile behind each ratio.",
+            "between runs; the ratios come from the same run. The paths behind the first five ratios were "
+            f"measured in {1 + len(self.repeats)} rounds in this run (the first with the rest of the benchmark, "
+            "then each round's paths back to back): the value is the median of the rounds, each round's "
+            "ratio beside it, so the spread shows how much the shared cores moved it. Targets are reported, "
+            f"never asserted. The section \"{SECTION}\" below has the raw numbers and the profile behind "
+            "each ratio.",
             *([f"", f"Not measured in this run: {self.pending}."] if self.pending else []), "", *summary]),
             self.results_path)
         body = [f"{self.corpus} Load average (1/5/15 min) {self.load_start} at the start, {load_now} when "
@@ -627,6 +639,15 @@ class Report:
                 "ceiling has no latency: it is the recorded model calls back to back, the faster of two ways "
                 f"({self.ceiling.note if self.ceiling else 'not measured'}). Peak RSS of the Kafka "
                 "paths is the largest worker's."]
+        if self.repeats:
+            body += ["", "### the ratios' paths, every round (studies/s)", "",
+                     "| round | naive script | naive script, same model work | model-only ceiling | embedded | "
+                     "Kafka, 1 worker on a backlog |", "|---|---|---|---|---|---|"]
+            for k, each in enumerate([self, *self.repeats], start=1):
+                kafka = each.backlog.get(1)
+                body.append(f"| {k} | {each.naive.studies_per_s:.3f} | {each.naive_same_work.studies_per_s:.3f} | "
+                            f"{each.ceiling.studies_per_s:.3f} | {each.embedded_best.studies_per_s:.3f} | "
+                            f"{kafka.studies_per_s if kafka else float('nan'):.3f} |")
         if self.rss:
             body += ["", "### peak RSS at 10 and 100 studies (small size: 6+4 and 60+40, seed + 1)", "",
                      "| studies | path | peak RSS MB | studies/s |", "|---|---|---|---|"]
@@ -686,6 +707,23 @@ class Report:
         return write_section(SECTION, self.command, "\n".join(body), self.results_path)
 
 
+def repeat_round(report: Report, data: Path, work: Path, calls: list[tuple[str, dict]],
+                 bootstrap: str | None) -> Report:
+    """The paths behind the ratios once more, back to back, on the same studies: the naive script (both
+    ways), the model-only ceiling on the recorded calls, `oncostream run` at the best number of studies
+    processing and, with a broker, 1 worker on a produced backlog."""
+    instances, nbytes = _corpus_size(data)
+    again = Report(command=report.command, corpus=report.corpus, sla=report.sla, results_path=None, load_start="")
+    again.naive = naive(data, work)
+    again.naive_same_work = naive(data, work, same_work=True)
+    again.ceiling = ceiling(calls, len(report.stages), instances, nbytes)
+    again.best_k = report.best_k
+    again.embedded_best = embedded(data, work, report.best_k)
+    if bootstrap is not None:
+        again.backlog[1] = kafka_path(data, bootstrap, work, 1, backlog=True)
+    return again
+
+
 # the "2 GB folder" of the issue: full-size studies, 27 MB per mammography exam, 84 MB per LDCT series
 BIG_FOLDER_MAMMO = 50
 BIG_FOLDER_LDCT = 8
@@ -700,10 +738,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processing", default=None, help="comma-separated max_studies_processing values")
     parser.add_argument("--results", type=Path, default=None, help=f"write here instead of {RESULTS.name}")
     parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of the paths behind the ratios (default 3; 1 with --quick)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: kafka,triton,rss100,"
                                                    "openloop,sweep,bigfolder")
     args = parser.parse_args(argv)
     quick = args.quick
+    args.rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
     mammo = args.mammo if args.mammo is not None else (2 if quick else 6)
     ldct = args.ldct if args.ldct is not None else (1 if quick else 4)
     processing = [int(v) for v in (args.processing or ("2" if quick else "1,2,3")).split(",")]
@@ -729,7 +770,6 @@ def main(argv: list[str] | None = None) -> int:
         report.stages, calls, report.profile = profile_stages(data)
         report.ceiling = ceiling(calls, len(report.stages), instances, nbytes)
         report.paths.append(report.ceiling)
-        del calls
         runs = {k: embedded(data, work, k) for k in processing}
         report.paths.extend(runs.values())
         report.best_k = max(runs, key=lambda k: runs[k].studies_per_s)
@@ -799,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
             write_studies(huge, mammo=BIG_FOLDER_MAMMO, ldct=BIG_FOLDER_LDCT, seed=args.seed + 2, size="full")
             report.big_folder = embedded(huge, work, report.best_k)
             shutil.rmtree(huge, ignore_errors=True)
+        for _ in range(args.rounds - 1):
+            report.repeats.append(repeat_round(report, data, work, calls,
+                                               bootstrap if "kafka" not in skip else None))
+            report.write()
+        del calls
         report.pending = ""
         path = report.write()
     finally:
