@@ -213,7 +213,12 @@ class KafkaSource(Source):
             def on_partitions_assigned(self, assigned):
                 parts = {(tp.topic, tp.partition) for tp in assigned}
                 log.info("partitions assigned: %s", sorted(parts))
-                source._paused = set()  # a new assignment starts unpaused
+                # a new assignment starts unpaused. kafka-python 3.x keeps the paused flag of a partition
+                # assigned again (2.x did not): resumed here, or a partition paused before the rebalance
+                # stays paused while this source thinks otherwise, and is never read again (docs/pitfalls.md)
+                if assigned:
+                    source._consumer.resume(*assigned)
+                source._paused = set()
                 if on_assigned is not None:
                     on_assigned(parts)
 

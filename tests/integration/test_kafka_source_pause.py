@@ -1,10 +1,12 @@
 """The Kafka source against a real broker: a partition paused while its records were in line and then
 resumed is read again (kafka-python 3.0.x parks such records and could leave them parked for good:
-docs/pitfalls.md; ingest/kafka_source.py _release_parked_fetches), and records larger than the small
+docs/pitfalls.md; ingest/kafka_source.py _release_parked_fetches), a partition paused before a rebalance
+that gives it back to the same member flows again when resumed, and records larger than the small
 fetch-ahead size arrive whole."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -60,6 +62,61 @@ def test_a_partition_paused_mid_read_and_resumed_delivers_the_rest(kafka_topics_
         assert seen == {0: PER_PARTITION, 1: PER_PARTITION}, f"paused partition {paused}: {seen}"
     finally:
         source.close()
+
+
+def test_a_partition_paused_before_a_rebalance_and_assigned_back_flows_when_resumed(kafka_topics_factory):
+    """kafka-python 3.x keeps the paused flag of a partition assigned back to the same member; the source
+    must not believe it unpaused (a worker's backpressure then never resumed it: docs/pitfalls.md)."""
+    from kafka import KafkaProducer
+
+    topics = kafka_topics_factory(2)
+    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
+    for partition in (0, 1):
+        for k in range(PER_PARTITION):
+            producer.send(topics.dicom, value=b"x" * 100, partition=partition, key=f"{partition}-{k}".encode())
+    producer.flush()
+    producer.close()
+
+    first = KafkaSource(topics.bootstrap, topics.dicom, topics.group, max_poll_records=5)
+    offsets: dict[int, set[int]] = {0: set(), 1: set()}
+    stop = threading.Event()
+    second_thread = None
+    deadline = time.monotonic() + 60
+    try:
+        while len(first.assignment()) < 2:  # both partitions are this member's
+            assert time.monotonic() < deadline, "no assignment"
+            for m in first.poll(timeout_s=0.5):
+                offsets[m.partition].add(m.offset)
+        first.pause()  # backpressure, as a worker at its in-flight bound
+        second = KafkaSource(topics.bootstrap, topics.dicom, topics.group, max_poll_records=5)
+
+        def poll_second():
+            try:
+                while not stop.is_set():
+                    second.poll(timeout_s=0.2)
+            finally:
+                second.close()
+
+        second_thread = threading.Thread(target=poll_second, daemon=True)
+        second_thread.start()
+        while len(first.assignment()) != 1:  # the rebalance gives this member one of its partitions back
+            assert time.monotonic() < deadline, "no rebalance"
+            for m in first.poll(timeout_s=0.5):  # none before the rebalance: both are paused
+                offsets[m.partition].add(m.offset)
+        (kept,) = first.assignment()
+        # the source's view of what is paused is kafka-python's
+        assert first.paused == {(tp.topic, tp.partition) for tp in first._consumer.paused()}
+        first.resume()
+        while len(offsets[kept[1]]) < PER_PARTITION and time.monotonic() < deadline:
+            for m in first.poll(timeout_s=0.5):
+                assert (m.topic, m.partition) == kept
+                offsets[m.partition].add(m.offset)
+        assert offsets[kept[1]] == set(range(PER_PARTITION)), f"kept partition {kept}: {sorted(offsets[kept[1]])}"
+    finally:
+        stop.set()
+        if second_thread is not None:
+            second_thread.join(timeout=30)
+        first.close()
 
 
 def test_records_larger_than_the_fetch_size_arrive_whole(kafka_topics_factory):
