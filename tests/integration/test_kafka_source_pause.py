@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 PER_PARTITION = 30
 
 
-def test_a_partition_paused_mid_read_and_resumed_delivers_the_rest(kafka_topics_factory):
+def _two_full_partitions(kafka_topics_factory):
+    """A 2-partition topic with PER_PARTITION small records on each partition."""
     from kafka import KafkaProducer
 
     topics = kafka_topics_factory(2)
@@ -28,6 +29,11 @@ def test_a_partition_paused_mid_read_and_resumed_delivers_the_rest(kafka_topics_
             producer.send(topics.dicom, value=b"x" * 100, partition=partition, key=f"{partition}-{k}".encode())
     producer.flush()
     producer.close()
+    return topics
+
+
+def test_a_partition_paused_mid_read_and_resumed_delivers_the_rest(kafka_topics_factory):
+    topics = _two_full_partitions(kafka_topics_factory)
 
     source = KafkaSource(topics.bootstrap, topics.dicom, topics.group, max_poll_records=5)
     seen = {0: 0, 1: 0}
@@ -67,15 +73,7 @@ def test_a_partition_paused_mid_read_and_resumed_delivers_the_rest(kafka_topics_
 def test_a_partition_paused_before_a_rebalance_and_assigned_back_flows_when_resumed(kafka_topics_factory):
     """kafka-python 3.x keeps the paused flag of a partition assigned back to the same member; the source
     must not believe it unpaused (a worker's backpressure then never resumed it: docs/pitfalls.md)."""
-    from kafka import KafkaProducer
-
-    topics = kafka_topics_factory(2)
-    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
-    for partition in (0, 1):
-        for k in range(PER_PARTITION):
-            producer.send(topics.dicom, value=b"x" * 100, partition=partition, key=f"{partition}-{k}".encode())
-    producer.flush()
-    producer.close()
+    topics = _two_full_partitions(kafka_topics_factory)
 
     first = KafkaSource(topics.bootstrap, topics.dicom, topics.group, max_poll_records=5)
     offsets: dict[int, set[int]] = {0: set(), 1: set()}
